@@ -1,0 +1,4 @@
+//! dedup2d: a Kubernetes operator that moves a dedup2d fleet from `file_bytes_b64` job payloads to
+//! `file_ref` payloads, plus the worker and API it rolls out (wire-compatible with the Python system).
+
+pub mod contract;
