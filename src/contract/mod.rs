@@ -1,6 +1,7 @@
 //! The wire contract with the existing dedup2d system: environment configuration, payloads, Redis
 //! key names, the ARQ queue codec and the job store. Shared by the API, the worker and the operator.
 
+pub mod arq;
 pub mod config;
 pub mod keys;
 pub mod payload;

@@ -301,10 +301,7 @@ mod tests {
     fn safe_names() {
         assert_eq!(safe_file_name("drawing.dxf"), "drawing.dxf");
         assert_eq!(safe_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(
-            safe_file_name("C:\\dir\\my file (1).dwg"),
-            "my_file_1_.dwg"
-        );
+        assert_eq!(safe_file_name("C:\\dir\\my file (1).dwg"), "my_file_1_.dwg");
         assert_eq!(safe_file_name("a  b##c.dxf"), "a_b_c.dxf");
         assert_eq!(safe_file_name("..."), "upload.bin");
         assert_eq!(safe_file_name(""), "upload.bin");
