@@ -5,3 +5,4 @@ pub mod arq;
 pub mod config;
 pub mod keys;
 pub mod payload;
+pub mod queue;
