@@ -1,0 +1,553 @@
+//! The dedup2d job store in Redis: job hash, payload, result, active set and per-tenant index,
+//! with the TTLs of the contract. Unlike the Python store, the capacity check and the insert
+//! happen in one Lua script, so several API replicas never overshoot `DEDUP2D_ASYNC_MAX_JOBS`.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::arq::JobRecord;
+use super::keys::{arq as arq_keys, Keys};
+use super::payload::{FileRef, JobPayload};
+use super::queue::{now_ms, ArqQueue, QueueError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job queue is full ({active} active jobs, limit {max_jobs})")]
+    QueueFull { active: u64, max_jobs: u64 },
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error("job {0} already exists in the ARQ queue")]
+    Duplicate(String),
+    #[error("tenant id is empty")]
+    EmptyTenant,
+    #[error("redis error while {action}: {source}")]
+    Redis {
+        action: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("payload of job {job_id} is not valid JSON: {source}")]
+    BadPayload {
+        job_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn redis_err(action: &'static str) -> impl FnOnce(redis::RedisError) -> StoreError {
+    move |source| StoreError::Redis { action, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::InProgress => "in_progress",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "pending" => JobStatus::Pending,
+            "in_progress" => JobStatus::InProgress,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "canceled" => JobStatus::Canceled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+}
+
+/// A job as stored in `{prefix}:job:{id}` (plus its result when finished).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobView {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub status: JobStatus,
+    pub created_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub callback_url: Option<String>,
+    pub callback_status: String,
+    pub callback_attempts: u32,
+    pub callback_http_status: Option<u16>,
+    pub callback_finished_at: Option<f64>,
+    pub callback_last_error: Option<String>,
+    pub result: Option<Value>,
+}
+
+impl JobView {
+    fn from_hash(job_id: &str, h: &HashMap<String, String>) -> Self {
+        let s = |k: &str| h.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let f = |k: &str| s(k).and_then(|v| v.parse::<f64>().ok());
+        JobView {
+            job_id: s("job_id").unwrap_or(job_id).to_string(),
+            tenant_id: s("tenant_id").unwrap_or("").to_string(),
+            status: s("status")
+                .and_then(JobStatus::parse)
+                .unwrap_or(JobStatus::Pending),
+            created_at: f("created_at"),
+            started_at: f("started_at"),
+            finished_at: f("finished_at"),
+            error: s("error").map(str::to_string),
+            cancel_requested: s("cancel_requested") == Some("1"),
+            callback_url: s("callback_url").map(str::to_string),
+            callback_status: s("callback_status").unwrap_or("").to_string(),
+            callback_attempts: s("callback_attempts")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            callback_http_status: s("callback_http_status").and_then(|v| v.parse().ok()),
+            callback_finished_at: f("callback_finished_at"),
+            callback_last_error: s("callback_last_error").map(str::to_string),
+            result: None,
+        }
+    }
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The job was pending and is now canceled; its upload can be cleaned up.
+    CanceledNow { file_ref: Option<FileRef> },
+    /// The job is running: the worker sees `cancel_requested` and stops at its next check.
+    Requested,
+    /// The job had already finished.
+    AlreadyFinished(JobStatus),
+}
+
+/// A job to submit.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub payload: JobPayload,
+    /// The queue it goes to (main queue, or the render queue for DXF/DWG).
+    pub queue_name: String,
+}
+
+/// Seconds since the epoch as the float string the Python system writes.
+pub fn epoch_seconds_string() -> String {
+    format!("{:.6}", now_ms() as f64 / 1000.0)
+}
+
+const SUBMIT: &str = r#"
+-- KEYS: active, job, payload, tenant_jobs, arq_job, arq_result, queue
+-- ARGV: job_id, tenant_id, created_at, callback_url, ttl_s, max_jobs, payload, arq_record,
+--       expires_ms, score, key_prefix
+local prefix = ARGV[11]
+-- prune finished or expired members (the Python store does this before its capacity check)
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local st = redis.call('HGET', prefix .. ':job:' .. id, 'status')
+  if (not st) or st == 'completed' or st == 'failed' or st == 'canceled' then
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+local active = redis.call('SCARD', KEYS[1])
+if active >= tonumber(ARGV[6]) then return {-1, active} end
+if redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[2]) > 0 then return {-2, active} end
+local cb = ARGV[4]
+local cb_status = ''
+if cb ~= '' then cb_status = 'pending' end
+redis.call('HSET', KEYS[2], 'job_id', ARGV[1], 'tenant_id', ARGV[2], 'status', 'pending',
+  'created_at', ARGV[3], 'started_at', '', 'finished_at', '', 'error', '', 'cancel_requested', '0',
+  'callback_url', cb, 'callback_status', cb_status, 'callback_attempts', '0',
+  'callback_http_status', '', 'callback_finished_at', '', 'callback_last_error', '')
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[5])
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+redis.call('SET', KEYS[5], ARGV[8], 'PX', ARGV[9])
+redis.call('ZADD', KEYS[7], ARGV[10], ARGV[1])
+return {1, active + 1}
+"#;
+
+const CANCEL: &str = r#"
+-- KEYS: job, active. ARGV: tenant_id, now, ttl_s
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return {'missing'} end
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+if f['tenant_id'] ~= ARGV[1] then return {'missing'} end
+local st = f['status'] or 'pending'
+if st == 'completed' or st == 'failed' or st == 'canceled' then return {'finished', st} end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+local out = 'requested'
+if st == 'pending' and (f['started_at'] or '') == '' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'error', '')
+  if (f['callback_url'] or '') ~= '' then
+    redis.call('HSET', KEYS[1], 'callback_status', 'skipped', 'callback_finished_at', ARGV[2],
+      'callback_last_error', 'canceled_before_start')
+  end
+  redis.call('SREM', KEYS[2], ARGV[4])
+  out = 'canceled'
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {out}
+"#;
+
+const MARK_STARTED: &str = r#"
+-- KEYS: job. ARGV: started_at, ttl_s. Returns the status the job had.
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'completed' or st == 'failed' or st == 'canceled' then return st end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'started_at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return st
+"#;
+
+/// The job store of one key prefix.
+#[derive(Clone)]
+pub struct JobStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    ttl_seconds: u64,
+    max_jobs: u64,
+}
+
+impl JobStore {
+    pub fn new(conn: ConnectionManager, keys: Keys, ttl_seconds: u64, max_jobs: u64) -> Self {
+        JobStore {
+            conn,
+            keys,
+            ttl_seconds,
+            max_jobs,
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Stores the job and enqueues it in ARQ format, atomically with the capacity check.
+    pub async fn submit(&self, job: &NewJob) -> Result<(), StoreError> {
+        let tenant = job.tenant_id.trim();
+        if tenant.is_empty() {
+            return Err(StoreError::EmptyTenant);
+        }
+        let id = &job.job_id;
+        let payload = serde_json::to_string(&job.payload).map_err(|e| StoreError::BadPayload {
+            job_id: id.clone(),
+            source: e,
+        })?;
+        let enqueue_ms = now_ms();
+        let record = JobRecord::dedup2d(id, enqueue_ms);
+        let mut conn = self.conn.clone();
+        let reply: redis::RedisResult<(i64, u64)> = Script::new(SUBMIT)
+            .key(self.keys.active())
+            .key(self.keys.job(id))
+            .key(self.keys.payload(id))
+            .key(self.keys.tenant_jobs(tenant))
+            .key(arq_keys::job(id))
+            .key(arq_keys::result(id))
+            .key(&job.queue_name)
+            .arg(id)
+            .arg(tenant)
+            .arg(format!("{:.6}", enqueue_ms as f64 / 1000.0))
+            .arg(job.payload.callback_url.as_deref().unwrap_or(""))
+            .arg(self.ttl_seconds)
+            .arg(self.max_jobs)
+            .arg(payload)
+            .arg(record.encode())
+            .arg(self.ttl_seconds * 1000)
+            .arg(enqueue_ms)
+            .arg(self.keys.prefix())
+            .invoke_async(&mut conn)
+            .await;
+        match reply {
+            Ok((1, _)) => Ok(()),
+            Ok((-1, active)) => Err(StoreError::QueueFull {
+                active,
+                max_jobs: self.max_jobs,
+            }),
+            Ok((_, _)) => Err(StoreError::Duplicate(id.clone())),
+            Err(e) => {
+                // A script that fails halfway keeps its earlier writes: undo them.
+                self.cleanup(id, tenant, &job.queue_name).await;
+                Err(StoreError::Redis {
+                    action: "submitting a job",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    /// Best-effort removal of everything `submit` writes.
+    pub async fn cleanup(&self, job_id: &str, tenant_id: &str, queue_name: &str) {
+        let mut conn = self.conn.clone();
+        let res: redis::RedisResult<()> = redis::pipe()
+            .atomic()
+            .del(&[
+                self.keys.job(job_id),
+                self.keys.payload(job_id),
+                arq_keys::job(job_id),
+            ])
+            .srem(self.keys.active(), job_id)
+            .zrem(self.keys.tenant_jobs(tenant_id), job_id)
+            .zrem(queue_name, job_id)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(job_id, error = %e, "cleanup after a failed submit failed");
+        }
+    }
+
+    /// The job, if it exists and belongs to `tenant_id` (another tenant's job is "not found").
+    pub async fn get_for_tenant(
+        &self,
+        job_id: &str,
+        tenant_id: &str,
+    ) -> Result<JobView, StoreError> {
+        let view = self
+            .get(job_id)
+            .await?
+            .filter(|v| v.tenant_id == tenant_id)
+            .ok_or_else(|| StoreError::NotFound(job_id.to_string()))?;
+        self.with_result(view).await
+    }
+
+    /// The job hash regardless of tenant (worker side).
+    pub async fn get(&self, job_id: &str) -> Result<Option<JobView>, StoreError> {
+        let mut conn = self.conn.clone();
+        let h: HashMap<String, String> = conn
+            .hgetall(self.keys.job(job_id))
+            .await
+            .map_err(redis_err("reading a job"))?;
+        Ok((!h.is_empty()).then(|| JobView::from_hash(job_id, &h)))
+    }
+
+    async fn with_result(&self, mut view: JobView) -> Result<JobView, StoreError> {
+        if view.status.is_finished() {
+            let mut conn = self.conn.clone();
+            let raw: Option<String> = conn
+                .get(self.keys.result(&view.job_id))
+                .await
+                .map_err(redis_err("reading a result"))?;
+            view.result = raw.and_then(|r| serde_json::from_str(&r).ok());
+        }
+        Ok(view)
+    }
+
+    /// Cancels a job. Never waits for a worker: a pending job is canceled at once and taken off
+    /// the given queues; a running one gets `cancel_requested`.
+    pub async fn cancel_for_tenant(
+        &self,
+        job_id: &str,
+        tenant_id: &str,
+        queues: &[ArqQueue],
+    ) -> Result<CancelOutcome, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = Script::new(CANCEL)
+            .key(self.keys.job(job_id))
+            .key(self.keys.active())
+            .arg(tenant_id)
+            .arg(epoch_seconds_string())
+            .arg(self.ttl_seconds)
+            .arg(job_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("canceling a job"))?;
+        match reply.first().map(String::as_str) {
+            Some("canceled") => {
+                for q in queues {
+                    q.remove_if_not_started(job_id).await?;
+                }
+                let file_ref = self
+                    .load_payload(job_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.file_ref);
+                Ok(CancelOutcome::CanceledNow { file_ref })
+            }
+            Some("requested") => Ok(CancelOutcome::Requested),
+            Some("finished") => Ok(CancelOutcome::AlreadyFinished(
+                reply
+                    .get(1)
+                    .and_then(|s| JobStatus::parse(s))
+                    .unwrap_or(JobStatus::Completed),
+            )),
+            _ => Err(StoreError::NotFound(job_id.to_string())),
+        }
+    }
+
+    /// A tenant's jobs, newest first, optionally filtered by status; prunes expired ids.
+    pub async fn list_for_tenant(
+        &self,
+        tenant_id: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobView>, StoreError> {
+        let key = self.keys.tenant_jobs(tenant_id);
+        let mut conn = self.conn.clone();
+        let batch = (limit * 3).max(50);
+        let mut start = 0usize;
+        let mut jobs = Vec::new();
+        while jobs.len() < limit {
+            let ids: Vec<String> = conn
+                .zrevrange(&key, start as isize, (start + batch - 1) as isize)
+                .await
+                .map_err(redis_err("listing jobs"))?;
+            if ids.is_empty() {
+                break;
+            }
+            start += batch;
+            for id in ids {
+                match self.get(&id).await? {
+                    Some(v) if v.tenant_id == tenant_id => {
+                        if status.is_none_or(|s| s == v.status) {
+                            jobs.push(v);
+                            if jobs.len() >= limit {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        let _: i64 = conn.zrem(&key, &id).await.map_err(redis_err("pruning"))?;
+                        start = start.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// The payload JSON of a job (`None` once expired).
+    pub async fn load_payload_raw(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.get(self.keys.payload(job_id))
+            .await
+            .map_err(redis_err("reading a payload"))
+    }
+
+    pub async fn load_payload(&self, job_id: &str) -> Result<Option<JobPayload>, StoreError> {
+        match self.load_payload_raw(job_id).await? {
+            None => Ok(None),
+            Some(raw) => serde_json::from_str(&raw)
+                .map(Some)
+                .map_err(|e| StoreError::BadPayload {
+                    job_id: job_id.to_string(),
+                    source: e,
+                }),
+        }
+    }
+
+    /// Worker: marks a job `in_progress` unless it finished or a cancel was requested.
+    /// Returns the status it found (`missing`, a finished status, `cancel_requested`, or the
+    /// previous unfinished status).
+    pub async fn mark_started(&self, job_id: &str, started_at: f64) -> Result<String, StoreError> {
+        let mut conn = self.conn.clone();
+        Script::new(MARK_STARTED)
+            .key(self.keys.job(job_id))
+            .arg(format!("{started_at:.6}"))
+            .arg(self.ttl_seconds)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("marking a job started"))
+    }
+
+    pub async fn is_cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = conn
+            .hget(self.keys.job(job_id), "cancel_requested")
+            .await
+            .map_err(redis_err("reading cancel flag"))?;
+        Ok(v.as_deref() == Some("1"))
+    }
+
+    /// Worker: records the final status (and the result for completed jobs) and frees the slot.
+    pub async fn mark_result(
+        &self,
+        job_id: &str,
+        status: JobStatus,
+        started_at: Option<f64>,
+        finished_at: f64,
+        result: Option<&Value>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                self.keys.job(job_id),
+                &[
+                    ("status", status.as_str().to_string()),
+                    ("started_at", opt(started_at)),
+                    ("finished_at", format!("{finished_at:.6}")),
+                    ("error", error.unwrap_or("").to_string()),
+                ],
+            )
+            .ignore()
+            .expire(self.keys.job(job_id), self.ttl_seconds as i64)
+            .ignore()
+            .srem(self.keys.active(), job_id)
+            .ignore();
+        if let Some(r) = result {
+            pipe.set_ex(self.keys.result(job_id), r.to_string(), self.ttl_seconds)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_err("recording a job result"))
+    }
+
+    /// Worker: records callback progress fields in the job hash.
+    pub async fn set_fields(
+        &self,
+        job_id: &str,
+        fields: &[(&str, String)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(self.keys.job(job_id), fields)
+            .ignore()
+            .expire(self.keys.job(job_id), self.ttl_seconds as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_err("updating job fields"))
+    }
+
+    /// Number of unfinished jobs (after pruning), as the API's queue-depth metric reports.
+    pub async fn active_count(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        conn.scard(self.keys.active())
+            .await
+            .map_err(redis_err("counting active jobs"))
+    }
+}
