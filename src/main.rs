@@ -1,1 +1,31 @@
-fn main() {}
+//! `dedup2d`: one binary, one subcommand per role. Wiring only; the work lives in the library.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dedup2d",
+    version,
+    about = "dedup2d rollout operator, worker and API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the effective dedup2d configuration read from the environment (the contract's rules).
+    Config,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config => {
+            let config = dedup2d::contract::config::Config::from_env()?;
+            println!("{config:#?}");
+        }
+    }
+    Ok(())
+}

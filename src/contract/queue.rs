@@ -46,6 +46,13 @@ impl QueueSettings {
     }
 }
 
+impl QueueSettings {
+    /// ARQ fails a job whose try number is over `max_tries` instead of running it.
+    pub fn exceeded(&self, job_try: i64) -> bool {
+        job_try > self.max_tries
+    }
+}
+
 /// A job this consumer now owns (its `arq:in-progress` key is ours until it expires).
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
@@ -147,13 +154,22 @@ impl ArqQueue {
 
     /// Ids whose score is due (<= now), oldest first, at most `limit`.
     pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, QueueError> {
+        self.due_page(now_ms, 0, limit).await
+    }
+
+    async fn due_page(
+        &self,
+        now_ms: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, QueueError> {
         let mut conn = self.conn.clone();
         redis::cmd("ZRANGEBYSCORE")
             .arg(&self.name)
             .arg("-inf")
             .arg(now_ms)
             .arg("LIMIT")
-            .arg(0)
+            .arg(offset)
             .arg(limit)
             .query_async(&mut conn)
             .await
@@ -211,19 +227,28 @@ impl ArqQueue {
         }))
     }
 
-    /// Claims the oldest due job that nobody else holds.
+    /// Claims the oldest due job that nobody else holds, paging through the due ids `page` at
+    /// a time (jobs held by other consumers stay in the queue until they finish).
     pub async fn claim_next(
         &self,
         now_ms: i64,
         settings: &QueueSettings,
-        scan: usize,
+        page: usize,
     ) -> Result<Option<ClaimedJob>, QueueError> {
-        for id in self.due(now_ms, scan).await? {
-            if let Some(job) = self.claim(&id, now_ms, settings).await? {
-                return Ok(Some(job));
+        let page = page.max(1);
+        let mut offset = 0;
+        loop {
+            let ids = self.due_page(now_ms, offset, page).await?;
+            for id in &ids {
+                if let Some(job) = self.claim(id, now_ms, settings).await? {
+                    return Ok(Some(job));
+                }
             }
+            if ids.len() < page {
+                return Ok(None);
+            }
+            offset += page;
         }
-        Ok(None)
     }
 
     /// Finishes a job in one transaction, as ARQ does: result written, and the job, retry and
