@@ -1,0 +1,187 @@
+//! The drain observer: how many legacy (`file_bytes_b64`-carrying) payloads are still in Redis,
+//! and when the last one can expire.
+//!
+//! It walks `{prefix}:payload:*` with an incremental `SCAN` (never `KEYS`) in bounded batches and
+//! runs the check inside Redis with a Lua script per batch, so payload bodies never cross the
+//! network and no single call holds Redis for long. The same kind of check over `{prefix}:active`
+//! tells whether a full rollback would strand file_ref-only jobs.
+
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use crate::contract::keys::Keys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("redis unreachable or failing while {action}: {source}")]
+    Redis {
+        action: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// What one full pass over the payload keys found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DrainFigures {
+    /// Payload keys examined.
+    pub scanned: u64,
+    /// Payloads that carry a non-empty `file_bytes_b64`.
+    pub legacy: u64,
+    /// Legacy payloads without an expiry: they would never drain by themselves.
+    pub legacy_without_expiry: u64,
+    /// The largest remaining TTL among legacy payloads (ms); `None` when there are none with one.
+    pub max_legacy_pttl_ms: Option<u64>,
+    /// Lua calls made (one per SCAN batch that returned keys).
+    pub batches: u64,
+    /// Payload bytes inspected server-side (what would have crossed the network otherwise).
+    pub bytes_inspected: u64,
+    /// Wall time of the pass.
+    pub elapsed: Duration,
+}
+
+/// Whether the active jobs can be served by old workers (full rollback safety).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveFigures {
+    pub active: u64,
+    /// Active jobs whose payload lacks `file_bytes_b64` (an old worker would fail them).
+    pub file_ref_only: u64,
+}
+
+/// Lua check of a batch of payload keys. A payload is legacy when it has a `"file_bytes_b64"`
+/// member whose value is a non-empty string. Returns
+/// {legacy, legacy_without_expiry, max_legacy_pttl, bytes}.
+const CHECK_BATCH: &str = r#"
+local legacy, no_expiry, max_pttl, bytes = 0, 0, -1, 0
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v then
+    bytes = bytes + #v
+    if string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') then
+      legacy = legacy + 1
+      local pttl = redis.call('PTTL', key)
+      if pttl == -1 then
+        no_expiry = no_expiry + 1
+      elseif pttl > max_pttl then
+        max_pttl = pttl
+      end
+    end
+  end
+end
+return {legacy, no_expiry, max_pttl, bytes}
+"#;
+
+/// Lua check of the active set: counts active jobs whose payload exists and has no
+/// non-empty `file_bytes_b64`. KEYS: payload keys of the active jobs.
+const CHECK_ACTIVE: &str = r#"
+local file_ref_only = 0
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and not string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') then
+    file_ref_only = file_ref_only + 1
+  end
+end
+return file_ref_only
+"#;
+
+/// Scans every payload key of `keys`' prefix, `batch` keys per SCAN step.
+pub async fn observe_legacy_payloads(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    batch: usize,
+) -> Result<DrainFigures, DrainError> {
+    let started = Instant::now();
+    let pattern = keys.payload_pattern();
+    let script = Script::new(CHECK_BATCH);
+    let mut figures = DrainFigures::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(batch.max(1))
+            .query_async(conn)
+            .await
+            .map_err(|source| DrainError::Redis {
+                action: "scanning payload keys",
+                source,
+            })?;
+        if !found.is_empty() {
+            let mut inv = script.prepare_invoke();
+            for k in &found {
+                inv.key(k);
+            }
+            let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
+                .invoke_async(conn)
+                .await
+                .map_err(|source| DrainError::Redis {
+                    action: "checking a batch of payloads",
+                    source,
+                })?;
+            figures.scanned += found.len() as u64;
+            figures.legacy += legacy;
+            figures.legacy_without_expiry += no_expiry;
+            figures.bytes_inspected += bytes;
+            figures.batches += 1;
+            if max_pttl >= 0 {
+                let m = max_pttl as u64;
+                figures.max_legacy_pttl_ms =
+                    Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    figures.elapsed = started.elapsed();
+    Ok(figures)
+}
+
+/// Counts active jobs whose payload an old worker could not read.
+pub async fn observe_active_jobs(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    batch: usize,
+) -> Result<ActiveFigures, DrainError> {
+    let script = Script::new(CHECK_ACTIVE);
+    let mut figures = ActiveFigures::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(keys.active())
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(batch.max(1))
+            .query_async(conn)
+            .await
+            .map_err(|source| DrainError::Redis {
+                action: "scanning active jobs",
+                source,
+            })?;
+        if !ids.is_empty() {
+            let mut inv = script.prepare_invoke();
+            for id in &ids {
+                inv.key(keys.payload(id));
+            }
+            let n: u64 = inv
+                .invoke_async(conn)
+                .await
+                .map_err(|source| DrainError::Redis {
+                    action: "checking active job payloads",
+                    source,
+                })?;
+            figures.active += ids.len() as u64;
+            figures.file_ref_only += n;
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(figures)
+}

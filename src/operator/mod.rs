@@ -1,0 +1,3 @@
+//! The `Dedup2DRollout` operator.
+
+pub mod drain;
