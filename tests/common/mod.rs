@@ -180,3 +180,4 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
     .await
     .unwrap()
 }
+pub mod cluster;
