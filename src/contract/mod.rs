@@ -2,6 +2,7 @@
 //! key names, the ARQ queue codec and the job store. Shared by the API, the worker and the operator.
 
 pub mod arq;
+pub mod callback;
 pub mod config;
 pub mod keys;
 pub mod payload;
