@@ -1,5 +1,6 @@
 //! dedup2d: a Kubernetes operator that moves a dedup2d fleet from `file_bytes_b64` job payloads to
 //! `file_ref` payloads, plus the worker and API it rolls out (wire-compatible with the Python system).
 
+pub mod api;
 pub mod contract;
 pub mod operator;

@@ -1,0 +1,320 @@
+//! Request handlers. Each one: authenticate, validate, act on the store, answer JSON.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::multipart::MultipartError;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::params::{list_params, search_params};
+use super::ApiState;
+use crate::contract::payload::{render_required, JobPayload};
+use crate::contract::store::{CancelOutcome, JobView, NewJob};
+
+type Shared = State<Arc<ApiState>>;
+
+fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if key.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "missing X-API-Key header",
+        ));
+    }
+    state
+        .keys
+        .tenant_of(key)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid API key"))
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "FILE_TOO_LARGE",
+            "upload exceeds the configured size limit",
+        )
+    } else {
+        ApiError::bad_request("INVALID_UPLOAD", format!("malformed multipart body: {e}"))
+    }
+}
+
+struct Upload {
+    file_name: String,
+    content_type: String,
+    bytes: Vec<u8>,
+    geom: Option<Value>,
+}
+
+async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, ApiError> {
+    let mut file = None;
+    let mut geom = None;
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("file") => {
+                let name = field.file_name().unwrap_or("unknown").to_string();
+                let ct = field
+                    .content_type()
+                    .unwrap_or("application/octet-stream")
+                    .to_string();
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                if bytes.len() as u64 > state.max_upload_bytes {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "FILE_TOO_LARGE",
+                        format!(
+                            "upload of {} bytes exceeds the limit of {} bytes",
+                            bytes.len(),
+                            state.max_upload_bytes
+                        ),
+                    ));
+                }
+                file = Some((name, ct, bytes.to_vec()));
+            }
+            Some("geom_json") => {
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                if bytes.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "INVALID_GEOM_JSON",
+                        "Empty geom_json",
+                    ));
+                }
+                let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::bad_request("INVALID_GEOM_JSON", format!("Invalid geom_json: {e}"))
+                })?;
+                if !v.is_object() {
+                    return Err(ApiError::bad_request(
+                        "INVALID_GEOM_JSON",
+                        "Invalid geom_json: expected a JSON object",
+                    ));
+                }
+                geom = Some(v);
+            }
+            // Unknown form fields are drained and ignored, as the Python API does.
+            _ => {
+                let _ = field.bytes().await.map_err(multipart_error)?;
+            }
+        }
+    }
+    let (file_name, content_type, bytes) = file.ok_or_else(|| {
+        ApiError::bad_request("MISSING_FILE", "multipart field 'file' is required")
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("EMPTY_FILE", "Empty file"));
+    }
+    Ok(Upload {
+        file_name,
+        content_type,
+        bytes,
+        geom,
+    })
+}
+
+/// `POST /api/v1/dedup/2d/search`
+pub async fn search(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    form: Multipart,
+) -> Result<impl IntoResponse, ApiError> {
+    let tenant_id = tenant(&state, &headers)?;
+    let params = search_params(&query)?;
+    let callback_url = match &params.callback_url {
+        None => None,
+        Some(raw) => Some(
+            state
+                .callbacks
+                .validate(raw)
+                .map_err(|e| ApiError::bad_request("CALLBACK_URL_INVALID", e.to_string()))?
+                .to_string(),
+        ),
+    };
+    let upload = read_upload(&state, form).await?;
+
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let file_ref = state
+        .storage
+        .save(
+            &job_id,
+            &upload.file_name,
+            &upload.content_type,
+            &upload.bytes,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(job_id, error = %e, "storing an upload failed");
+            ApiError::unavailable("file storage is unavailable; retry later")
+        })?;
+    let render = render_required(&upload.file_name, Some(&upload.content_type));
+    let include_b64 =
+        state.payload.include_b64 && upload.bytes.len() as u64 <= state.payload.b64_max_bytes;
+    let payload = JobPayload {
+        tenant_id: tenant_id.clone(),
+        file_name: upload.file_name.clone(),
+        content_type: Some(upload.content_type.clone()),
+        file_ref: Some(file_ref.clone()),
+        query_geom: upload.geom,
+        request_params: params.request_params,
+        callback_url,
+        render_required: render,
+        file_bytes_b64: include_b64
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes)),
+        extra: Default::default(),
+    };
+    let format = payload.format();
+    let queue = match (&state.render_queue, render) {
+        (Some(q), true) => q,
+        _ => &state.main_queue,
+    };
+    let job = NewJob {
+        job_id: job_id.clone(),
+        tenant_id: tenant_id.clone(),
+        payload,
+        queue_name: queue.name().to_string(),
+    };
+    if let Err(e) = state.store.submit(&job).await {
+        // Nothing of a refused or failed submit may remain: the store cleaned its keys,
+        // the upload goes too.
+        if let Err(del) = state.storage.delete(&file_ref).await {
+            tracing::warn!(job_id, error = %del, "cleanup of an upload after a failed submit failed");
+        }
+        let err = ApiError::from(e);
+        state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
+            "queue_full"
+        } else {
+            "error"
+        });
+        return Err(err);
+    }
+    state.metrics.count_format(format.label());
+    state.metrics.count_submit("accepted");
+    if let Ok(n) = state.store.active_count().await {
+        state.metrics.queue_depth.set(n as i64);
+    }
+    tracing::info!(
+        job_id,
+        tenant_id,
+        format = format.label(),
+        queue = queue.name(),
+        "job submitted"
+    );
+    Ok(Json(json!({
+        "job_id": job_id,
+        "status": "pending",
+        "poll_url": format!("/api/v1/dedup/2d/jobs/{job_id}"),
+        "forced_async_reason": (!params.async_request)
+            .then_some("this API runs every search asynchronously on the worker fleet"),
+    })))
+}
+
+fn job_json(v: &JobView) -> Value {
+    json!({
+        "job_id": v.job_id,
+        "tenant_id": v.tenant_id,
+        "status": v.status,
+        "created_at": v.created_at,
+        "started_at": v.started_at,
+        "finished_at": v.finished_at,
+        "result": v.result,
+        "error": v.error,
+        "callback_status": (!v.callback_status.is_empty()).then_some(&v.callback_status),
+        "callback_attempts": v.callback_url.as_ref().map(|_| v.callback_attempts),
+        "callback_http_status": v.callback_http_status,
+        "callback_finished_at": v.callback_finished_at,
+        "callback_last_error": v.callback_last_error,
+    })
+}
+
+/// `GET /api/v1/dedup/2d/jobs/{job_id}`: another tenant's job is 404 like a missing one.
+pub async fn get_job(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant_id = tenant(&state, &headers)?;
+    let view = state.store.get_for_tenant(&job_id, &tenant_id).await?;
+    Ok(Json(job_json(&view)))
+}
+
+/// `POST /api/v1/dedup/2d/jobs/{job_id}/cancel`: never waits for a worker.
+pub async fn cancel_job(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant_id = tenant(&state, &headers)?;
+    let outcome = state
+        .store
+        .cancel_for_tenant(&job_id, &tenant_id, &state.queues())
+        .await?;
+    if let CancelOutcome::CanceledNow {
+        file_ref: Some(file_ref),
+    } = &outcome
+    {
+        if state.cleanup_on_finish {
+            if let Err(e) = state.storage.delete(file_ref).await {
+                tracing::warn!(job_id, error = %e, "deleting the upload of a canceled job failed");
+            }
+        }
+    }
+    Ok(Json(
+        json!({"job_id": job_id, "tenant_id": tenant_id, "canceled": true}),
+    ))
+}
+
+/// `GET /api/v1/dedup/2d/jobs?status=&limit=`
+pub async fn list_jobs(
+    State(state): Shared,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant_id = tenant(&state, &headers)?;
+    let (status, limit) = list_params(&query)?;
+    let jobs = state
+        .store
+        .list_for_tenant(&tenant_id, status, limit)
+        .await?;
+    let items: Vec<Value> = jobs
+        .iter()
+        .map(|v| {
+            json!({"job_id": v.job_id, "tenant_id": v.tenant_id, "status": v.status,
+                   "created_at": v.created_at, "started_at": v.started_at,
+                   "finished_at": v.finished_at, "error": v.error})
+        })
+        .collect();
+    Ok(Json(json!({"total": items.len(), "jobs": items})))
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when Redis answers.
+pub async fn readyz(State(state): Shared) -> Result<Json<Value>, ApiError> {
+    let mut conn = state.store.connection();
+    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+    match pong {
+        Ok(_) => Ok(Json(json!({"status": "ready"}))),
+        Err(e) => Err(ApiError::unavailable(format!("redis unreachable: {e}"))),
+    }
+}
+
+pub async fn metrics(State(state): Shared) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
