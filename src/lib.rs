@@ -2,3 +2,4 @@
 //! `file_ref` payloads, plus the worker and API it rolls out (wire-compatible with the Python system).
 
 pub mod contract;
+pub mod operator;
