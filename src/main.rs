@@ -15,13 +15,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the Dedup2DRollout CustomResourceDefinition as YAML.
+    Crd,
     /// Print the effective dedup2d configuration read from the environment (the contract's rules).
     Config,
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
+        Command::Crd => print!("{}", dedup2d::operator::crd::crd_yaml()),
         Command::Config => {
             let config = dedup2d::contract::config::Config::from_env()?;
             println!("{config:#?}");

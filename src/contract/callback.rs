@@ -142,10 +142,22 @@ mod tests {
     fn defaults_are_strict() {
         let p = policy(&[]);
         assert!(p.validate("https://hooks.example.com/x").is_ok());
-        assert!(matches!(p.validate("http://hooks.example.com/x"), Err(CallbackUrlError::Scheme(_))));
-        assert!(matches!(p.validate("ftp://a/x"), Err(CallbackUrlError::Scheme(_))));
-        assert_eq!(p.validate("https://u:p@hooks.example.com/"), Err(CallbackUrlError::Userinfo));
-        assert!(matches!(p.validate("not a url"), Err(CallbackUrlError::Parse(_))));
+        assert!(matches!(
+            p.validate("http://hooks.example.com/x"),
+            Err(CallbackUrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            p.validate("ftp://a/x"),
+            Err(CallbackUrlError::Scheme(_))
+        ));
+        assert_eq!(
+            p.validate("https://u:p@hooks.example.com/"),
+            Err(CallbackUrlError::Userinfo)
+        );
+        assert!(matches!(
+            p.validate("not a url"),
+            Err(CallbackUrlError::Parse(_))
+        ));
         for bad in [
             "https://127.0.0.1/",
             "https://10.1.2.3/",
@@ -157,7 +169,10 @@ mod tests {
             "https://localhost:8443/",
             "https://0.0.0.0/",
         ] {
-            assert!(matches!(p.validate(bad), Err(CallbackUrlError::PrivateAddress(_))), "{bad}");
+            assert!(
+                matches!(p.validate(bad), Err(CallbackUrlError::PrivateAddress(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -168,10 +183,19 @@ mod tests {
             ("DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS", "0"),
         ]);
         assert!(p.validate("http://127.0.0.1:9000/hook").is_ok());
-        let p = policy(&[("DEDUP2D_CALLBACK_ALLOWLIST", "hooks.example.com, .corp.example")]);
+        let p = policy(&[(
+            "DEDUP2D_CALLBACK_ALLOWLIST",
+            "hooks.example.com, .corp.example",
+        )]);
         assert!(p.validate("https://hooks.example.com/").is_ok());
         assert!(p.validate("https://a.b.corp.example/").is_ok());
-        assert!(matches!(p.validate("https://evil.example.com/"), Err(CallbackUrlError::NotAllowed(_))));
-        assert!(matches!(p.validate("https://xcorp.example/"), Err(CallbackUrlError::NotAllowed(_))));
+        assert!(matches!(
+            p.validate("https://evil.example.com/"),
+            Err(CallbackUrlError::NotAllowed(_))
+        ));
+        assert!(matches!(
+            p.validate("https://xcorp.example/"),
+            Err(CallbackUrlError::NotAllowed(_))
+        ));
     }
 }

@@ -1,3 +1,7 @@
-//! The `Dedup2DRollout` operator.
+//! The rollout operator: the `Dedup2DRollout` CRD, the observed-world snapshot, and the pure planner
+//! that decides the next step. The adapters (observer, actor, reconciler, drain scan) sit around these.
 
+pub mod conditions;
+pub mod crd;
 pub mod drain;
+pub mod duration;
