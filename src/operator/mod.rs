@@ -4,4 +4,5 @@
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod plan;
 pub mod snapshot;
