@@ -2,8 +2,9 @@
 //!
 //! # Contract with the adapter (reconciler)
 //!
-//! 1. If `decision.status` differs from the current status, write it through the status subresource
-//!    (with the object's `resourceVersion` as precondition, so a stale status never overwrites a newer one).
+//! 1. Write `decision.status` through the status subresource when it differs from the current status
+//!    *or* an action follows, with the `resourceVersion` that was read as precondition: a decision made
+//!    from a stale (cache-lagged) status is then refused with 409 and never acted on.
 //! 2. Only when that succeeded, perform `decision.action` (server-side apply, field manager
 //!    `dedup2d-operator`).
 //! 3. Emit one Kubernetes Event per `decision.events` entry.
