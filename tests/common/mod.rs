@@ -181,3 +181,4 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
     .unwrap()
 }
 pub mod cluster;
+pub mod s3;
