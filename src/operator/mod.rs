@@ -5,5 +5,7 @@ pub mod conditions;
 pub mod crd;
 pub mod drain;
 pub mod duration;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod snapshot;
