@@ -2,6 +2,7 @@
 //! `file_ref` payloads, plus the worker and API it rolls out (wire-compatible with the Python system).
 
 pub mod api;
+pub mod cli;
 pub mod contract;
 pub mod operator;
 pub mod storage;

@@ -30,6 +30,9 @@ enum Command {
         #[arg(long, env = "DEDUP2D_API_MAX_UPLOAD_BYTES", default_value_t = dedup2d::api::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
     },
+    /// Show and steer Dedup2DRollouts: status [--watch], pause, resume, promote, abort [--full].
+    /// Also a kubectl plugin when installed as `kubectl-dedup2d`.
+    Rollout(dedup2d::cli::RolloutArgs),
 }
 
 fn init_tracing() {
@@ -45,7 +48,8 @@ fn init_tracing() {
 async fn main() -> anyhow::Result<()> {
     // kube (aws-lc-rs) and object_store both bring rustls; pick the provider once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    match Cli::parse().command {
+    // As `kubectl-dedup2d`, the arguments are `rollout ...` without the word `rollout`.
+    match Cli::parse_from(dedup2d::cli::plugin_argv(std::env::args_os())).command {
         Command::Crd => print!("{}", dedup2d::operator::crd::crd_yaml()),
         Command::Config => {
             let config = dedup2d::contract::config::Config::from_env()?;
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await?;
         }
+        Command::Rollout(args) => dedup2d::cli::run(args).await?,
     }
     Ok(())
 }
