@@ -182,3 +182,4 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
 }
 pub mod cluster;
 pub mod s3;
+pub mod worker;
