@@ -86,8 +86,14 @@ pub struct CallbackOutcome {
 }
 
 /// Resolves names and, when private networks are blocked, drops private/loopback answers.
-struct GuardedResolver {
+pub struct GuardedResolver {
     block_private: bool,
+}
+
+impl GuardedResolver {
+    pub fn new(block_private: bool) -> Self {
+        GuardedResolver { block_private }
+    }
 }
 
 impl Resolve for GuardedResolver {
@@ -126,9 +132,9 @@ impl CallbackSender {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .user_agent(concat!("dedup2d-worker/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver {
-                block_private: settings.policy.block_private_networks,
-            }))
+            .dns_resolver(Arc::new(GuardedResolver::new(
+                settings.policy.block_private_networks,
+            )))
             .build()?;
         Ok(CallbackSender { client, settings })
     }

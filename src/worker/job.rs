@@ -276,7 +276,7 @@ async fn execute(
         ctx.metrics.legacy_b64_fallback.inc();
         tracing::info!(job_id, "file read from legacy file_bytes_b64");
     }
-    let load_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let load_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let request = SearchRequest {
         job_id,
         tenant_id: tenant,

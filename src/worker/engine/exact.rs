@@ -58,8 +58,9 @@ impl ExactEngine {
     }
 }
 
+/// Milliseconds since `since`, rounded to microseconds.
 fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
+    (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 impl SearchEngine for ExactEngine {
