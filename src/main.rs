@@ -1,5 +1,7 @@
 //! `dedup2d`: one binary, one subcommand per role. Wiring only; the work lives in the library.
 
+use std::net::SocketAddr;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,50 +21,75 @@ enum Command {
     Crd,
     /// Print the effective dedup2d configuration read from the environment (the contract's rules).
     Config,
+    /// Run the dedup2d HTTP API (dual-writes according to DEDUP2D_JOB_PAYLOAD_*).
+    Api {
+        /// Address to listen on.
+        #[arg(long, env = "DEDUP2D_API_LISTEN", default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+        /// Largest accepted upload in bytes (larger ones get 413).
+        #[arg(long, env = "DEDUP2D_API_MAX_UPLOAD_BYTES", default_value_t = dedup2d::api::DEFAULT_MAX_UPLOAD_BYTES)]
+        max_upload_bytes: u64,
+    },
     /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
     Worker,
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube (aws-lc-rs) and object_store both bring rustls; pick the provider once.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match Cli::parse().command {
         Command::Crd => print!("{}", dedup2d::operator::crd::crd_yaml()),
         Command::Config => {
             let config = dedup2d::contract::config::Config::from_env()?;
             println!("{config:#?}");
         }
-        Command::Worker => worker()?,
+        Command::Api {
+            listen,
+            max_upload_bytes,
+        } => {
+            init_tracing();
+            dedup2d::api::run(dedup2d::api::ApiSettings {
+                listen,
+                max_upload_bytes,
+            })
+            .await?;
+        }
+        Command::Worker => worker().await?,
     }
     Ok(())
 }
 
 /// `dedup2d worker`: configuration errors end the process before anything starts;
 /// SIGTERM/SIGINT start a graceful shutdown.
-fn worker() -> anyhow::Result<()> {
+async fn worker() -> anyhow::Result<()> {
     dedup2d::telemetry::init_tracing();
-    // One TLS provider for reqwest/object_store/kube (see ecosystem notes); an error only means
-    // one is already installed.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let settings = dedup2d::worker::WorkerSettings::from_env()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let signal_stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                tracing::error!("cannot install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-            signal_stop.cancel();
-        });
-        dedup2d::worker::run(settings, stop).await
-    })?;
-    Ok(())
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        signal_stop.cancel();
+    });
+    dedup2d::worker::run(settings, stop).await
 }

@@ -23,6 +23,8 @@ const DNS_SUBDOMAIN: &str =
 const IMAGE_REF: &str = "self.matches('^[^\\\\s]+$')";
 
 /// Spec of a rollout of dedup2d from `file_bytes_b64` payloads to `file_ref` payloads.
+// clippy reads the repeated `type_ = "string"` of the printcolumns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dedup2d.io",

@@ -5,3 +5,5 @@ pub mod conditions;
 pub mod crd;
 pub mod drain;
 pub mod duration;
+pub mod plan;
+pub mod snapshot;

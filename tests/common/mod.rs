@@ -180,6 +180,7 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
     .await
     .unwrap()
 }
+pub mod api;
 pub mod cluster;
 pub mod s3;
 pub mod worker;

@@ -1,0 +1,679 @@
+//! A small simulated cluster for the planner's tests: Deployments whose controller replaces pods one
+//! step at a time (old pods go terminating, then away), an API whose pods keep the payload config they
+//! started with, Redis payloads with TTLs, and an operator that persists the planner's status and
+//! applies its actions. It checks DESIGN §5 invariants 1–5 at every reconcile and panics on a breach.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use super::*;
+use crate::operator::{
+    crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
+    snapshot::{ConfigObs, DrainFigures},
+};
+
+pub const OLD: &str = "reg/dedup2d:2.4.0";
+pub const NEW: &str = "reg/dedup2d:2.5.0";
+pub const API_OLD: &str = "reg/api:1.0";
+pub const API_NEW: &str = "reg/api:2.0";
+pub const T0: i64 = 1_700_000_000;
+
+pub fn spec(workers: usize) -> Dedup2DRolloutSpec {
+    Dedup2DRolloutSpec {
+        workers: (0..workers)
+            .map(|i| WorkerTarget {
+                deployment: format!("worker-{i}"),
+                container: None,
+                image: NEW.into(),
+                evidence: Default::default(),
+            })
+            .collect(),
+        api: ApiTarget {
+            deployment: "api".into(),
+            config_map: "cfg".into(),
+            container: None,
+            image: Some(API_NEW.into()),
+        },
+        dual_write: DualWriteSpec {
+            enabled: true,
+            max_bytes: 1000,
+            soak: "60s".into(),
+        },
+        drain: DrainSpec {
+            ttl_seconds: Some(300),
+            ..Default::default()
+        },
+        finalize: Default::default(),
+        progress_deadline_seconds: 600,
+        on_failure: Default::default(),
+        paused: false,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimPod {
+    pub name: String,
+    pub image: String,
+    pub annotation: Option<String>,
+    pub ready: bool,
+    pub terminating: bool,
+    /// API pods: dual-write as read from the ConfigMap when the pod started.
+    pub include_on: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimDeployment {
+    pub name: String,
+    pub container: String,
+    pub image: String,
+    pub annotation: Option<String>,
+    pub replicas: i32,
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub pods: Vec<SimPod>,
+    /// New pods never become Ready (an unschedulable template).
+    pub stuck: bool,
+}
+
+impl SimDeployment {
+    fn new(name: &str, container: &str, image: &str, replicas: i32, include_on: bool) -> Self {
+        let pods = (0..replicas)
+            .map(|i| SimPod {
+                name: format!("{name}-orig-{i}"),
+                image: image.into(),
+                annotation: None,
+                ready: true,
+                terminating: false,
+                include_on,
+            })
+            .collect();
+        SimDeployment {
+            name: name.into(),
+            container: container.into(),
+            image: image.into(),
+            annotation: None,
+            replicas,
+            generation: 1,
+            observed_generation: 1,
+            pods,
+            stuck: false,
+        }
+    }
+
+    fn is_current(&self, p: &SimPod) -> bool {
+        p.image == self.image && p.annotation == self.annotation
+    }
+
+    /// One step of the Deployment controller (maxSurge 1, maxUnavailable 0). Returns whether it did anything.
+    pub fn controller_step(&mut self, next_id: &mut u64, include_on: bool) -> bool {
+        if self.observed_generation < self.generation {
+            self.observed_generation = self.generation;
+            return true;
+        }
+        let live = self.pods.iter().filter(|p| !p.terminating).count() as i32;
+        let current: Vec<usize> = (0..self.pods.len())
+            .filter(|&i| !self.pods[i].terminating && self.is_current(&self.pods[i]))
+            .collect();
+        if let Some(&i) = current.iter().find(|&&i| !self.pods[i].ready) {
+            if self.stuck {
+                return false;
+            }
+            self.pods[i].ready = true;
+            return true;
+        }
+        if (current.len() as i32) < self.replicas && live < self.replicas + 1 {
+            *next_id += 1;
+            self.pods.push(SimPod {
+                name: format!("{}-{next_id}", self.name),
+                image: self.image.clone(),
+                annotation: self.annotation.clone(),
+                ready: false,
+                terminating: false,
+                include_on,
+            });
+            return true;
+        }
+        let old = (0..self.pods.len())
+            .find(|&i| !self.pods[i].terminating && !self.is_current(&self.pods[i]));
+        if let Some(i) = old {
+            self.pods[i].terminating = true;
+            return true;
+        }
+        false
+    }
+
+    /// A terminating pod finishes shutting down.
+    pub fn reap(&mut self) -> bool {
+        match self.pods.iter().position(|p| p.terminating) {
+            Some(i) => {
+                self.pods.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn observe(&self) -> DeploymentObs {
+        let live: Vec<&SimPod> = self.pods.iter().filter(|p| !p.terminating).collect();
+        let seen = self.observed_generation >= self.generation;
+        let updated = if seen {
+            live.iter().filter(|p| self.is_current(p)).count() as i32
+        } else {
+            0
+        };
+        let mut template_annotations = BTreeMap::new();
+        if let Some(a) = &self.annotation {
+            template_annotations.insert(PAYLOAD_CONFIG_ANNOTATION.to_string(), a.clone());
+        }
+        DeploymentObs {
+            name: self.name.clone(),
+            generation: self.generation,
+            observed_generation: self.observed_generation,
+            replicas: self.replicas,
+            status_replicas: live.len() as i32,
+            updated_replicas: updated,
+            available_replicas: live.iter().filter(|p| p.ready).count() as i32,
+            progress_deadline_exceeded: false,
+            containers: vec![(self.container.clone(), self.image.clone())],
+            template_annotations,
+            reads_config_maps: vec!["cfg".into()],
+            pods: self
+                .pods
+                .iter()
+                .map(|p| PodObs {
+                    name: p.name.clone(),
+                    containers: vec![(self.container.clone(), p.image.clone())],
+                    annotations: p
+                        .annotation
+                        .iter()
+                        .map(|a| (PAYLOAD_CONFIG_ANNOTATION.to_string(), a.clone()))
+                        .collect(),
+                    ready: p.ready,
+                    terminating: p.terminating,
+                })
+                .collect(),
+            managers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The simulated cluster plus the operator's persisted status.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub now: i64,
+    pub spec: Dedup2DRolloutSpec,
+    pub generation: i64,
+    pub request: Option<String>,
+    pub workers: Vec<SimDeployment>,
+    pub api: SimDeployment,
+    pub include: Option<String>,
+    pub max_bytes: Option<String>,
+    /// Expiry times of legacy payloads in Redis (`None`: no expiry).
+    pub legacy: Vec<Option<i64>>,
+    /// Active jobs with file_ref-only payloads.
+    pub active_file_ref_only: u64,
+    pub redis_up: bool,
+    pub next_id: u64,
+    /// The operator's persisted status, and earlier persisted versions (for restart replays).
+    pub status: Option<Status>,
+    pub history: Vec<Status>,
+    /// Since when dual-write has truly been off: ConfigMap off and every API pod started with it off.
+    pub truly_off_since: Option<i64>,
+    /// Values before the rollout touched anything, by field id.
+    pub originals: BTreeMap<String, Option<String>>,
+    pub actions: Vec<Action>,
+    pub phases: Vec<Phase>,
+    /// The next reconcile persists its status but the operator dies before acting.
+    pub crash_before_action: bool,
+}
+
+impl World {
+    pub fn new(spec: Dedup2DRolloutSpec, replicas: i32) -> Self {
+        let workers: Vec<SimDeployment> = spec
+            .workers
+            .iter()
+            .map(|w| SimDeployment::new(&w.deployment, "worker", OLD, replicas, false))
+            .collect();
+        // Before the rollout the API writes legacy payloads (dual-write on, as the legacy system does).
+        let api = SimDeployment::new("api", "api", API_OLD, replicas, true);
+        let mut w = World {
+            now: T0,
+            spec,
+            generation: 1,
+            request: None,
+            workers,
+            api,
+            include: Some("1".into()),
+            max_bytes: None,
+            legacy: vec![],
+            active_file_ref_only: 0,
+            redis_up: true,
+            next_id: 0,
+            status: None,
+            history: vec![],
+            truly_off_since: None,
+            originals: BTreeMap::new(),
+            actions: vec![],
+            phases: vec![],
+            crash_before_action: false,
+        };
+        w.originals = world_values(&w.spec, &w.observe());
+        w
+    }
+
+    pub fn ttl(&self) -> i64 {
+        self.spec.drain.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or_default()
+    }
+
+    pub fn observe(&self) -> Observed {
+        let mut heartbeats = BTreeMap::new();
+        for d in &self.workers {
+            for p in d.pods.iter().filter(|p| p.image == NEW && p.ready) {
+                heartbeats.insert(
+                    p.name.clone(),
+                    vec!["file_ref".to_string(), "file_bytes_b64".to_string()],
+                );
+            }
+        }
+        let drain = if self.redis_up {
+            let live: Vec<_> = self
+                .legacy
+                .iter()
+                .filter(|e| e.is_none_or(|e| e > self.now))
+                .collect();
+            DrainObs::Figures(DrainFigures {
+                scanned_at: ts(self.now),
+                legacy_payloads: live.len() as u64,
+                legacy_without_expiry: live.iter().filter(|e| e.is_none()).count() as u64,
+                max_legacy_pttl_ms: live
+                    .iter()
+                    .filter_map(|e| e.map(|e| ((e - self.now) * 1000) as u64))
+                    .max(),
+                active_without_b64: self.active_file_ref_only,
+            })
+        } else {
+            DrainObs::Unreachable("connection refused".into())
+        };
+        Observed {
+            generation: self.generation,
+            request: self.request.clone(),
+            workers: self
+                .workers
+                .iter()
+                .map(|d| (d.name.clone(), d.observe()))
+                .collect(),
+            api: Some(self.api.observe()),
+            config: Some(ConfigObs {
+                include_b64: self.include.clone(),
+                max_bytes: self.max_bytes.clone(),
+                ttl_seconds: None,
+            }),
+            heartbeats: Heartbeats::Read(heartbeats),
+            drain,
+            conflicts: vec![],
+        }
+    }
+
+    fn include_on(&self) -> bool {
+        include_b64_is_on(self.include.as_deref())
+    }
+
+    /// Advance the controllers of one Deployment by a step (index `workers.len()` is the API).
+    pub fn controller_step(&mut self, which: usize) -> bool {
+        let on = self.include_on();
+        let did = if which < self.workers.len() {
+            self.workers[which].controller_step(&mut self.next_id, false)
+        } else {
+            self.api.controller_step(&mut self.next_id, on)
+        };
+        self.track_truth();
+        did
+    }
+
+    pub fn reap(&mut self, which: usize) -> bool {
+        let did = if which < self.workers.len() {
+            self.workers[which].reap()
+        } else {
+            self.api.reap()
+        };
+        self.track_truth();
+        did
+    }
+
+    /// An upload reaches some API pod: with dual-write on it leaves a legacy payload, else a
+    /// file_ref-only active job.
+    pub fn upload(&mut self, pick: usize) {
+        let live: Vec<&SimPod> = self
+            .api
+            .pods
+            .iter()
+            .filter(|p| !p.terminating || pick.is_multiple_of(2))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        if live[pick % live.len()].include_on {
+            self.legacy.push(Some(self.now + self.ttl()));
+        } else {
+            self.active_file_ref_only += 1;
+        }
+    }
+
+    pub fn tick(&mut self, secs: i64) {
+        self.now += secs;
+        self.track_truth();
+    }
+
+    fn track_truth(&mut self) {
+        let off = !self.include_on() && self.api.pods.iter().all(|p| !p.include_on);
+        if !off {
+            self.truly_off_since = None;
+        } else if self.truly_off_since.is_none() {
+            self.truly_off_since = Some(self.now);
+        }
+    }
+
+    /// Run the planner once as the operator would, check invariants, persist, act.
+    pub fn reconcile(&mut self) -> Decision {
+        let obs = self.observe();
+        let before = self.status.clone();
+        let d = plan(&self.spec, before.as_ref(), &obs, ts(self.now));
+        self.check(&before, &d, &obs);
+        // Idempotency: planning again from the new status on the same world answers the same.
+        let again = plan(&self.spec, Some(&d.status), &obs, ts(self.now));
+        assert_eq!(
+            again.status.phase, d.status.phase,
+            "re-planning moved the phase: {:?}",
+            again.events
+        );
+        if d.action != Action::None {
+            assert_eq!(again.action, d.action, "re-planning changed the action");
+        }
+        if let Some(s) = before {
+            self.history.push(s);
+        }
+        self.status = Some(d.status.clone());
+        self.phases.extend(d.transitions().map(|(_, to)| to));
+        if self.crash_before_action {
+            // The operator died after persisting the status and before writing.
+            self.crash_before_action = false;
+        } else {
+            self.apply(&d.action);
+        }
+        d
+    }
+
+    /// A reconcile that read an older status (informer cache lag). The adapter writes status with
+    /// the read `resourceVersion` as precondition before any action, so such a decision is refused by
+    /// the API server and has no effect; still, what the planner would do from the world must be safe.
+    pub fn stale_read(&mut self, back: usize) {
+        if self.history.is_empty() {
+            return;
+        }
+        let i = self.history.len() - 1 - back % self.history.len();
+        let obs = self.observe();
+        let d = plan(&self.spec, Some(&self.history[i]), &obs, ts(self.now));
+        self.check_world_safety(&d, &obs);
+    }
+
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::None => return,
+            Action::SetWorkerImage {
+                deployment, image, ..
+            } => {
+                let d = self
+                    .workers
+                    .iter_mut()
+                    .find(|d| &d.name == deployment)
+                    .unwrap();
+                if &d.image != image {
+                    d.image = image.clone();
+                    d.generation += 1;
+                }
+            }
+            Action::SetApiImage { image, .. } => {
+                if &self.api.image != image {
+                    self.api.image = image.clone();
+                    self.api.generation += 1;
+                }
+            }
+            Action::SetConfig {
+                include_b64,
+                max_bytes,
+                ..
+            } => {
+                self.include = Some(include_b64.clone());
+                self.max_bytes = Some(max_bytes.clone());
+            }
+            Action::SetApiRestartAnnotation { value, .. } => {
+                if self.api.annotation.as_ref() != Some(value) {
+                    self.api.annotation = Some(value.clone());
+                    self.api.generation += 1;
+                }
+            }
+        }
+        self.actions.push(action.clone());
+        self.track_truth();
+    }
+
+    /// DESIGN §5 invariants, checked on every decision.
+    fn check(&self, before: &Option<Status>, d: &Decision, obs: &Observed) {
+        let prev = before.clone().unwrap_or_default();
+        // Invariant 5: a write happens only for a field already recorded (with that value) in the
+        // persisted status, and the recorded previous value is the value before the rollout.
+        for (field, value) in action_fields(&self.spec, &d.action) {
+            let rec = prev.fields.iter().find(|r| r.field == field);
+            let rec =
+                rec.unwrap_or_else(|| panic!("{:?} writes {field} before recording it", d.action));
+            assert_eq!(
+                rec.written, value,
+                "{field}: the write differs from the recorded intent"
+            );
+            if let Some(orig) = self.originals.get(&field) {
+                assert_eq!(
+                    &rec.previous, orig,
+                    "{field}: recorded previous value is not the original"
+                );
+            }
+        }
+        self.check_world_safety(d, obs);
+        // Invariant 4: images are reverted only when no active job lacks file_bytes_b64.
+        let rolling_back =
+            d.status.phase == Some(Phase::RollingBack) || prev.phase == Some(Phase::RollingBack);
+        if rolling_back
+            && matches!(
+                d.action,
+                Action::SetWorkerImage { .. } | Action::SetApiImage { .. }
+            )
+        {
+            assert_eq!(
+                self.active_file_ref_only, 0,
+                "image reverted with file_ref-only jobs active"
+            );
+            assert!(
+                self.include_on() && self.api.pods.iter().all(|p| p.include_on),
+                "reverted before dual-write on"
+            );
+        }
+        // Invariant 2: an in-effect time is recorded only when the API has fully rolled with it.
+        let newly = |a: &Option<Time>, b: &Option<Time>| a.is_none() && b.is_some();
+        if newly(
+            &prev.dual_write_off_in_effect_at,
+            &d.status.dual_write_off_in_effect_at,
+        ) {
+            let api = obs.api.as_ref().unwrap();
+            assert!(
+                api.rollout_complete(),
+                "dual-write-off recorded in effect before the API rolled"
+            );
+            assert!(
+                self.api.pods.iter().all(|p| !p.include_on),
+                "an API pod with dual-write on is alive"
+            );
+            assert!(!self.include_on());
+            let since = self.truly_off_since.expect("truly off");
+            assert!(
+                d.status
+                    .dual_write_off_in_effect_at
+                    .as_ref()
+                    .unwrap()
+                    .0
+                    .as_second()
+                    >= since
+            );
+        }
+        if newly(
+            &prev.dual_write_on_in_effect_at,
+            &d.status.dual_write_on_in_effect_at,
+        ) {
+            assert!(obs.api.as_ref().unwrap().rollout_complete());
+            assert!(
+                self.api.pods.iter().all(|p| p.include_on),
+                "dual-write-on recorded before every API pod has it"
+            );
+        }
+        // Invariant 3: Completed only after the TTL since dual-write was truly off, or (Observe) with
+        // no legacy payload left; and never while one could still exist.
+        if d.status.phase == Some(Phase::Completed) && prev.phase != Some(Phase::Completed) {
+            let since = self
+                .truly_off_since
+                .expect("Completed while dual-write is not truly off");
+            let live_legacy = self
+                .legacy
+                .iter()
+                .filter(|e| e.is_none_or(|e| e > self.now))
+                .count();
+            assert_eq!(live_legacy, 0, "Completed with legacy payloads in Redis");
+            if self.spec.drain.strategy == DrainStrategy::Ttl {
+                assert!(
+                    self.now >= since + self.ttl(),
+                    "Completed before the TTL elapsed"
+                );
+            }
+        }
+        // Phases never skip a step the spec asks for.
+        for (from, to) in d.transitions() {
+            if let (Some(a), Some(b)) = (from.forward_rank(), to.forward_rank()) {
+                for skipped in (a + 1)..b {
+                    let ok = match skipped {
+                        1 => !self.spec.dual_write.enabled,
+                        3 => self.spec.api.image.is_none(),
+                        7 => self.spec.finalize == Finalize::Auto,
+                        _ => false,
+                    };
+                    assert!(ok, "{from} -> {to} skipped phase rank {skipped}");
+                }
+            }
+        }
+    }
+
+    /// Invariant 1: dual-write is turned off only when every worker pod (terminating included) runs
+    /// the target image and every heartbeat present lists file_ref.
+    fn check_world_safety(&self, d: &Decision, obs: &Observed) {
+        if let Action::SetConfig { include_b64, .. } = &d.action {
+            if !include_b64_is_on(Some(include_b64)) {
+                for (w, dep) in self.spec.workers.iter().zip(&self.workers) {
+                    for p in &dep.pods {
+                        assert_eq!(
+                            p.image, w.image,
+                            "dual-write turned off while pod {} runs {}",
+                            p.name, p.image
+                        );
+                    }
+                }
+                if let Heartbeats::Read(hb) = &obs.heartbeats {
+                    assert!(hb.values().all(|f| f.iter().any(|f| f == "file_ref")));
+                }
+            }
+        }
+    }
+
+    /// Drive the world without faults until the rollout settles; returns the final phase.
+    pub fn settle(&mut self, max_rounds: usize) -> Phase {
+        for _ in 0..self.workers.len() {
+            self.workers.iter_mut().for_each(|d| d.stuck = false);
+        }
+        self.api.stuck = false;
+        self.redis_up = true;
+        for round in 0..max_rounds {
+            if self.spec.paused {
+                self.spec.paused = false;
+                self.generation += 1;
+            }
+            let st = self.status.clone().unwrap_or_default();
+            if st.hold.is_some() {
+                self.request = Some(format!("retry:{round}"));
+            }
+            if self.phase() == Phase::AwaitingFinalize {
+                self.request = Some(format!("promote:{round}"));
+            }
+            let d = self.reconcile();
+            if d.status.phase.is_some_and(|p| p.is_terminal()) && d.action == Action::None {
+                return d.status.phase.unwrap();
+            }
+            for i in 0..=self.workers.len() {
+                while self.controller_step(i) {}
+                self.reap(i); // terminating pods linger: one goes away per round
+            }
+            self.active_file_ref_only = 0;
+            if d.action == Action::None && d.requeue_after.unwrap_or(POLL) > Duration::ZERO {
+                let secs = d.requeue_after.unwrap_or(POLL).as_secs().clamp(1, 60) as i64;
+                self.tick(secs);
+            }
+        }
+        panic!(
+            "rollout did not settle: {:?}",
+            self.status.as_ref().map(|s| (&s.phase, &s.message))
+        );
+    }
+}
+
+pub fn ts(secs: i64) -> Timestamp {
+    Timestamp::from_second(secs).unwrap()
+}
+
+/// The fields an action writes, with the values.
+pub fn action_fields(spec: &Dedup2DRolloutSpec, action: &Action) -> Vec<(String, String)> {
+    match action {
+        Action::None => vec![],
+        Action::SetWorkerImage {
+            deployment,
+            container,
+            image,
+        }
+        | Action::SetApiImage {
+            deployment,
+            container,
+            image,
+        } => {
+            vec![(field_id::image(deployment, container), image.clone())]
+        }
+        Action::SetConfig {
+            config_map,
+            include_b64,
+            max_bytes,
+        } => vec![
+            (
+                field_id::config_key(config_map, KEY_INCLUDE_B64),
+                include_b64.clone(),
+            ),
+            (
+                field_id::config_key(config_map, KEY_MAX_BYTES),
+                max_bytes.clone(),
+            ),
+        ],
+        Action::SetApiRestartAnnotation { deployment, value } => {
+            let _ = spec;
+            vec![(field_id::restart_annotation(deployment), value.clone())]
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The observed world the planner decides from: plain data the observer fills in from the Deployments,
+//! their Pods (terminating ones included), the ConfigMap, worker heartbeats and the Redis drain scan.
+//!
+//! Nothing here does IO. The predicates on these types (rollout completeness, which container a target
+//! means) are part of the planner's logic and tested with it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+/// ConfigMap key: dual-write on/off.
+pub const KEY_INCLUDE_B64: &str = "DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64";
+/// ConfigMap key: largest file that also travels as `file_bytes_b64`.
+pub const KEY_MAX_BYTES: &str = "DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES";
+/// ConfigMap key: job/payload TTL in seconds.
+pub const KEY_TTL_SECONDS: &str = "DEDUP2D_ASYNC_TTL_SECONDS";
+/// Default payload TTL when neither the spec nor the ConfigMap says.
+pub const DEFAULT_TTL_SECONDS: i64 = 3600;
+/// The capability a worker heartbeat must list to count as able to read `file_ref` payloads.
+pub const FILE_REF_FORMAT: &str = "file_ref";
+
+/// Everything observed for one reconcile of one rollout.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Observed {
+    /// `metadata.generation` of the rollout.
+    pub generation: i64,
+    /// The `dedup2d.io/request` annotation, if any.
+    pub request: Option<String>,
+    /// Worker Deployments by name; a name missing here does not exist.
+    pub workers: BTreeMap<String, DeploymentObs>,
+    /// The API Deployment, `None` when it does not exist.
+    pub api: Option<DeploymentObs>,
+    /// The ConfigMap, `None` when it does not exist.
+    pub config: Option<ConfigObs>,
+    /// Worker capability heartbeats by pod name (`{prefix}:worker:{hostname}`).
+    pub heartbeats: Heartbeats,
+    /// The Redis drain figures.
+    pub drain: DrainObs,
+    /// Older rollouts that target one of this rollout's Deployments (names), for `ConflictingRollout`.
+    pub conflicts: Vec<String>,
+}
+
+/// One Deployment as the rollout-status test and the planner need it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeploymentObs {
+    pub name: String,
+    pub generation: i64,
+    pub observed_generation: i64,
+    /// `spec.replicas` (defaulted to 1 by the observer when absent).
+    pub replicas: i32,
+    /// `status.replicas` (pods of all ReplicaSets, terminating ones not counted).
+    pub status_replicas: i32,
+    pub updated_replicas: i32,
+    pub available_replicas: i32,
+    /// The Progressing condition's reason is `ProgressDeadlineExceeded`.
+    pub progress_deadline_exceeded: bool,
+    /// Pod template containers: (name, image), in order.
+    pub containers: Vec<(String, String)>,
+    /// Pod template annotations.
+    pub template_annotations: BTreeMap<String, String>,
+    /// ConfigMaps the pod template reads (via `envFrom.configMapRef` or `env[].valueFrom.configMapKeyRef`).
+    pub reads_config_maps: Vec<String>,
+    /// Every pod matching the Deployment's selector, terminating ones included.
+    pub pods: Vec<PodObs>,
+    /// Field managers of fields the operator writes, by field id (see `FieldRecord::field`), when known.
+    pub managers: BTreeMap<String, String>,
+}
+
+/// One pod of a Deployment.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodObs {
+    pub name: String,
+    /// Containers: (name, image) from the pod spec.
+    pub containers: Vec<(String, String)>,
+    /// Pod annotations (copied from the template it was created from).
+    pub annotations: BTreeMap<String, String>,
+    pub ready: bool,
+    /// `metadata.deletionTimestamp` is set; the pod may still be running and consuming jobs.
+    pub terminating: bool,
+}
+
+impl PodObs {
+    pub fn image(&self, container: &str) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|(n, _)| n == container)
+            .map(|(_, i)| i.as_str())
+    }
+}
+
+/// Why a target's container cannot be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerError {
+    #[error("Deployment {deployment} has no container named {container}")]
+    NotFound {
+        deployment: String,
+        container: String,
+    },
+    #[error("Deployment {deployment} has {count} containers; name one in the rollout's `container` field")]
+    Ambiguous { deployment: String, count: usize },
+}
+
+impl DeploymentObs {
+    /// The container a target means: the named one, or the only one.
+    pub fn resolve_container(&self, wanted: Option<&str>) -> Result<String, ContainerError> {
+        match wanted {
+            Some(name) => self
+                .containers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(n, _)| n.clone())
+                .ok_or_else(|| ContainerError::NotFound {
+                    deployment: self.name.clone(),
+                    container: name.into(),
+                }),
+            None if self.containers.len() == 1 => Ok(self.containers[0].0.clone()),
+            None => Err(ContainerError::Ambiguous {
+                deployment: self.name.clone(),
+                count: self.containers.len(),
+            }),
+        }
+    }
+
+    /// The template image of a container.
+    pub fn template_image(&self, container: &str) -> Option<&str> {
+        self.containers
+            .iter()
+            .find(|(n, _)| n == container)
+            .map(|(_, i)| i.as_str())
+    }
+
+    /// `kubectl rollout status`'s test: the controller saw the latest spec, every replica is updated,
+    /// no replica of an older ReplicaSet is counted, and the updated ones are available. The Progressing
+    /// condition alone is stale right after a patch, so it is not used.
+    pub fn rollout_complete(&self) -> bool {
+        self.observed_generation >= self.generation
+            && !self.progress_deadline_exceeded
+            && self.updated_replicas == self.replicas
+            && self.status_replicas == self.updated_replicas
+            && self.available_replicas >= self.updated_replicas
+    }
+
+    /// Fully rolled *and* every pod that exists (terminating ones included) satisfies `is_new`.
+    /// Terminating pods are not counted in `status.replicas`, so the pods are checked one by one.
+    pub fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
+        self.rollout_complete() && self.pods.iter().all(is_new)
+    }
+}
+
+/// The API's ConfigMap values the rollout reads and writes (raw strings, as found).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConfigObs {
+    pub include_b64: Option<String>,
+    pub max_bytes: Option<String>,
+    pub ttl_seconds: Option<String>,
+}
+
+/// Worker heartbeats, or why they could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Heartbeats {
+    /// Heartbeats found, by pod name: the `formats` each lists.
+    Read(BTreeMap<String, Vec<String>>),
+    /// Redis could not be read.
+    Unavailable(String),
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats::Read(BTreeMap::new())
+    }
+}
+
+/// The Redis drain scan result, or why there is none.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum DrainObs {
+    /// The observer did not scan this time (not needed in this phase).
+    #[default]
+    NotScanned,
+    /// Redis could not be reached; the planner holds any step that needs these figures.
+    Unreachable(String),
+    Figures(DrainFigures),
+}
+
+/// What one incremental scan of `{prefix}:payload:*` and `{prefix}:active` found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DrainFigures {
+    /// When the scan began: only a scan begun after dual-write-off was in effect proves the drain.
+    pub scanned_at: Timestamp,
+    /// Payloads carrying `file_bytes_b64`.
+    pub legacy_payloads: u64,
+    /// Of those, payloads without an expiry.
+    pub legacy_without_expiry: u64,
+    /// Largest remaining TTL of a legacy payload, in milliseconds.
+    pub max_legacy_pttl_ms: Option<u64>,
+    /// Active jobs (`{prefix}:active`) whose payload lacks `file_bytes_b64`.
+    pub active_without_b64: u64,
+}
+
+/// Is a ConfigMap value for `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64` "on"? (trimmed, case-insensitive
+/// 1/true/yes/on, as the API reads it; absent is off).
+pub fn include_b64_is_on(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> DeploymentObs {
+        DeploymentObs {
+            name: "w".into(),
+            generation: 2,
+            observed_generation: 2,
+            replicas: 2,
+            status_replicas: 2,
+            updated_replicas: 2,
+            available_replicas: 2,
+            containers: vec![("worker".into(), "new".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rollout_status_test() {
+        assert!(deployment().rollout_complete());
+        let stale = DeploymentObs {
+            observed_generation: 1,
+            ..deployment()
+        };
+        assert!(
+            !stale.rollout_complete(),
+            "the controller has not seen the new spec"
+        );
+        let old_left = DeploymentObs {
+            status_replicas: 3,
+            ..deployment()
+        };
+        assert!(
+            !old_left.rollout_complete(),
+            "a pod of an old ReplicaSet is counted"
+        );
+        let unavailable = DeploymentObs {
+            available_replicas: 1,
+            ..deployment()
+        };
+        assert!(!unavailable.rollout_complete());
+        let stuck = DeploymentObs {
+            progress_deadline_exceeded: true,
+            ..deployment()
+        };
+        assert!(!stuck.rollout_complete());
+    }
+
+    #[test]
+    fn terminating_old_pod_blocks_fully_rolled() {
+        let mut d = deployment();
+        d.pods = vec![
+            PodObs {
+                name: "a".into(),
+                containers: vec![("worker".into(), "new".into())],
+                ready: true,
+                ..Default::default()
+            },
+            PodObs {
+                name: "b".into(),
+                containers: vec![("worker".into(), "old".into())],
+                terminating: true,
+                ..Default::default()
+            },
+        ];
+        assert!(d.rollout_complete());
+        assert!(!d.fully_rolled(|p| p.image("worker") == Some("new")));
+    }
+
+    #[test]
+    fn container_resolution() {
+        let d = deployment();
+        assert_eq!(d.resolve_container(None), Ok("worker".into()));
+        assert!(matches!(
+            d.resolve_container(Some("x")),
+            Err(ContainerError::NotFound { .. })
+        ));
+        let two = DeploymentObs {
+            containers: vec![("a".into(), "i".into()), ("b".into(), "j".into())],
+            ..d
+        };
+        assert!(matches!(
+            two.resolve_container(None),
+            Err(ContainerError::Ambiguous { count: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn include_flag_parsing() {
+        assert!(include_b64_is_on(Some(" TRUE ")));
+        assert!(include_b64_is_on(Some("1")));
+        assert!(!include_b64_is_on(Some("0")));
+        assert!(!include_b64_is_on(None));
+    }
+}
