@@ -34,15 +34,6 @@ enum Command {
     Worker,
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // kube (aws-lc-rs) and object_store both bring rustls; pick the provider once.
@@ -57,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_upload_bytes,
         } => {
-            init_tracing();
+            dedup2d::telemetry::init_tracing();
             dedup2d::api::run(dedup2d::api::ApiSettings {
                 listen,
                 max_upload_bytes,
