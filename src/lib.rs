@@ -6,3 +6,5 @@ pub mod cli;
 pub mod contract;
 pub mod operator;
 pub mod storage;
+pub mod telemetry;
+pub mod worker;

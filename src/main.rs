@@ -30,18 +30,11 @@ enum Command {
         #[arg(long, env = "DEDUP2D_API_MAX_UPLOAD_BYTES", default_value_t = dedup2d::api::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
     },
+    /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
+    Worker,
     /// Show and steer Dedup2DRollouts: status [--watch], pause, resume, promote, abort [--full].
     /// Also a kubectl plugin when installed as `kubectl-dedup2d`.
     Rollout(dedup2d::cli::RolloutArgs),
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[tokio::main]
@@ -59,14 +52,40 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_upload_bytes,
         } => {
-            init_tracing();
+            dedup2d::telemetry::init_tracing();
             dedup2d::api::run(dedup2d::api::ApiSettings {
                 listen,
                 max_upload_bytes,
             })
             .await?;
         }
+        Command::Worker => worker().await?,
         Command::Rollout(args) => dedup2d::cli::run(args).await?,
     }
     Ok(())
+}
+
+/// `dedup2d worker`: configuration errors end the process before anything starts;
+/// SIGTERM/SIGINT start a graceful shutdown.
+async fn worker() -> anyhow::Result<()> {
+    dedup2d::telemetry::init_tracing();
+    let settings = dedup2d::worker::WorkerSettings::from_env()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        signal_stop.cancel();
+    });
+    dedup2d::worker::run(settings, stop).await
 }
