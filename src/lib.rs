@@ -4,3 +4,4 @@
 pub mod api;
 pub mod contract;
 pub mod operator;
+pub mod storage;

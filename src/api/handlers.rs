@@ -52,7 +52,7 @@ fn multipart_error(e: MultipartError) -> ApiError {
 struct Upload {
     file_name: String,
     content_type: String,
-    bytes: Vec<u8>,
+    bytes: bytes::Bytes,
     geom: Option<Value>,
 }
 
@@ -79,7 +79,7 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
                         ),
                     ));
                 }
-                file = Some((name, ct, bytes.to_vec()));
+                file = Some((name, ct, bytes));
             }
             Some("geom_json") => {
                 let bytes = field.bytes().await.map_err(multipart_error)?;
@@ -148,7 +148,7 @@ pub async fn search(
             &job_id,
             &upload.file_name,
             &upload.content_type,
-            &upload.bytes,
+            upload.bytes.clone(),
         )
         .await
         .map_err(|e| {

@@ -50,6 +50,11 @@ impl Default for ApiMetrics {
 }
 
 impl ApiMetrics {
+    /// The registry, for other components (storage) to register their metrics in.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     pub fn count_format(&self, label: &str) {
         self.payload_format
             .get_or_create(&vec![("format".into(), label.into())])

@@ -7,7 +7,6 @@ pub mod error;
 mod handlers;
 pub mod metrics;
 pub mod params;
-pub mod uploads;
 
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use crate::contract::callback::CallbackPolicy;
 use crate::contract::config::{Config, PayloadSettings};
 use crate::contract::queue::ArqQueue;
 use crate::contract::store::JobStore;
+use crate::storage::FileStorage;
 
 pub use auth::ApiKeys;
 
@@ -30,7 +30,7 @@ pub struct ApiState {
     pub store: JobStore,
     pub main_queue: ArqQueue,
     pub render_queue: Option<ArqQueue>,
-    pub storage: Arc<dyn uploads::Uploads>,
+    pub storage: Arc<dyn FileStorage>,
     pub payload: PayloadSettings,
     pub keys: ApiKeys,
     pub callbacks: CallbackPolicy,
@@ -52,10 +52,11 @@ impl ApiState {
 pub fn state(
     config: &Config,
     conn: redis::aio::ConnectionManager,
-    storage: Arc<dyn uploads::Uploads>,
+    storage: Arc<dyn FileStorage>,
     keys: ApiKeys,
     callbacks: CallbackPolicy,
     max_upload_bytes: u64,
+    metrics: metrics::ApiMetrics,
 ) -> ApiState {
     ApiState {
         store: JobStore::new(
@@ -75,7 +76,7 @@ pub fn state(
         callbacks,
         max_upload_bytes,
         cleanup_on_finish: config.storage.cleanup_on_finish(),
-        metrics: metrics::ApiMetrics::default(),
+        metrics,
     }
 }
 
@@ -95,4 +96,105 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(handlers::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Start-up settings of `dedup2d api` that are not part of the shared contract.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: std::net::SocketAddr,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::contract::config::ConfigError),
+    #[error("API keys: {0}")]
+    Keys(#[from] auth::AuthConfigError),
+    #[error("file storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("redis URL {url:?}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the API until SIGTERM/SIGINT. Settings are read once, at start-up, like the Python
+/// API: a ConfigMap change takes effect when the pods restart (the operator does that).
+pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
+    let config = Config::from_env()?;
+    let keys = ApiKeys::from_env()?;
+    let mut metrics = metrics::ApiMetrics::default();
+    let storage_metrics = Arc::new(crate::storage::metrics::StorageMetrics::register(
+        metrics.registry_mut(),
+    ));
+    let storage = crate::storage::from_config(&config.storage, storage_metrics)?;
+    let redis_err = |source| ApiStartError::Redis {
+        url: config.redis_url.clone(),
+        source,
+    };
+    let client = redis::Client::open(config.redis_url.as_str()).map_err(redis_err)?;
+    // The connection manager reconnects on its own; Redis being down at start-up is a 503 on
+    // /readyz, not a crash loop.
+    let conn = redis::aio::ConnectionManager::new_lazy_with_config(
+        client,
+        redis::aio::ConnectionManagerConfig::new(),
+    )
+    .map_err(redis_err)?;
+    tracing::info!(
+        include_bytes_b64 = config.payload.include_b64,
+        bytes_b64_max_bytes = config.payload.b64_max_bytes,
+        payload_mode = if config.payload.include_b64 { "file_ref_and_b64 (dual-write)" } else { "file_ref_only" },
+        storage = storage.backend(),
+        queue = %config.queue_name,
+        render_queue = ?config.render_queue_name,
+        "dedup2d api starting"
+    );
+    let state = Arc::new(state(
+        &config,
+        conn,
+        storage,
+        keys,
+        CallbackPolicy::from_env(),
+        settings.max_upload_bytes,
+        metrics,
+    ));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ApiStartError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    tracing::info!(addr = %settings.listen, "listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| ApiStartError::Listen {
+            addr: settings.listen,
+            source,
+        })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
 }

@@ -70,15 +70,19 @@ impl Drop for TestNamespace {
         if std::env::var_os("DEDUP2D_KEEP_NAMESPACES").is_some() {
             return;
         }
-        let client = self.client.clone();
         let name = self.name.clone();
-        // Drop can run inside a runtime; delete from a separate thread with its own runtime.
+        // Drop runs inside the test's runtime, which is blocked here: delete from a separate
+        // thread with its own runtime and its own client (the test's client is bound to the
+        // blocked runtime).
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
                 let _ = Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await;

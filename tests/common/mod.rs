@@ -180,4 +180,6 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
     .await
     .unwrap()
 }
+pub mod api;
 pub mod cluster;
+pub mod s3;
