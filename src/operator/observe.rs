@@ -678,11 +678,13 @@ mod tests {
             }),
             key_prefix: Some("kp".into()),
         };
-        let mut secret = Secret::default();
-        secret.data = Some(BTreeMap::from([(
-            "url".to_string(),
-            ByteString(b"redis://s:1/0\n".to_vec()),
-        )]));
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                "url".to_string(),
+                ByteString(b"redis://s:1/0\n".to_vec()),
+            )])),
+            ..Default::default()
+        };
         let c = cm(json!({"DEDUP2D_REDIS_URL": "redis://cm", "DEDUP2D_REDIS_KEY_PREFIX": "p"}));
         assert_eq!(
             redis_target(&spec(Some(r.clone())), Some(&c), Some(Some(&secret))),
