@@ -242,12 +242,17 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
         };
     }
     // act
-    if decision.action != Action::None {
-        info!(action = ?decision.action, "applying");
-        act::apply(&ctx.client, ns, &decision.action).await?;
-    }
-    // events
+    let acted = match &decision.action {
+        Action::None => Ok(()),
+        action => {
+            info!(?action, "applying");
+            act::apply(&ctx.client, ns, action).await
+        }
+    };
+    // events: the status they describe is persisted, so they go out even when the write failed
+    // (the write is retried; the transitions would not be reported again).
     publish_events(ctx, &rollout, &decision).await;
+    acted?;
     // requeue
     let message = decision.status.message.as_deref().unwrap_or("");
     debug!(phase = ?decision.status.phase, message, requeue = ?decision.requeue_after, "planned");
