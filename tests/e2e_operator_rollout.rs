@@ -65,6 +65,31 @@ fn last_worker_ready(h: &History, target: &str) -> Timestamp {
         .expect("no Ready worker pod on the target image was seen")
 }
 
+/// When the watch first saw every worker Deployment fully rolled to `target` (the Deployment
+/// controller's status catching up with the pods; what the operator waits for).
+fn workers_rolled(h: &History, target: &str) -> Timestamp {
+    let mut done = std::collections::BTreeMap::new();
+    for e in h.arrived() {
+        if let Rec::Deployment {
+            name,
+            image,
+            rolled,
+            ..
+        } = &e.rec
+        {
+            if WORKERS.contains(&name.as_str()) && image == target && *rolled {
+                done.entry(name.clone()).or_insert(e.seen);
+            }
+        }
+    }
+    assert_eq!(
+        done.len(),
+        WORKERS.len(),
+        "every worker Deployment rolled out"
+    );
+    done.into_values().max().unwrap()
+}
+
 /// Dual-write on, two workers, an API image, a 5 s soak and an Observe drain with real legacy
 /// payloads: every phase in order, each step checked, then Completed.
 #[tokio::test]
@@ -271,9 +296,13 @@ async fn happy_path_with_dual_write_and_observe_drain() {
         .unwrap()
         .seen;
     let off_write = arrived.iter().find(|e| e.rv == offs[0]).unwrap().seen;
+    let rolled = workers_rolled(&history, NEW_IMAGE);
     println!(
-        "  last worker pod Ready -> next write (API image): {:.3}s; -> ConfigMap dual-write off: {:.3}s (includes API rollout and the 5s soak)",
+        "  last worker pod Ready -> next write (API image): {:.3}s (Deployment status complete after {:.3}s, \
+         the operator's write {:.3}s later); -> ConfigMap dual-write off: {:.3}s (includes API rollout and the 5s soak)",
         secs(last_ready, api_write),
+        secs(last_ready, rolled),
+        secs(rolled, api_write),
         secs(last_ready, off_write)
     );
 }
@@ -396,8 +425,12 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
         .find(|e| e.rv == offs[0])
         .unwrap()
         .seen;
+    let rolled = workers_rolled(&history, NEW_IMAGE);
     println!(
-        "dual-write disabled: last worker pod Ready -> ConfigMap change (dual-write off): {:.3}s",
-        secs(last_ready, off_seen)
+        "dual-write disabled: last worker pod Ready -> ConfigMap change (dual-write off): {:.3}s \
+         (pod Ready -> Deployment status complete: {:.3}s; -> ConfigMap change: {:.3}s)",
+        secs(last_ready, off_seen),
+        secs(last_ready, rolled),
+        secs(rolled, off_seen)
     );
 }

@@ -315,6 +315,8 @@ pub enum Rec {
         name: String,
         image: String,
         restart_annotation: Option<String>,
+        /// kubectl's rollout-status test holds for this version.
+        rolled: bool,
     },
     Rollout {
         phase: Option<Phase>,
@@ -424,6 +426,7 @@ impl History {
                         d,
                         dedup2d::operator::crd::PAYLOAD_CONFIG_ANNOTATION,
                     ),
+                    rolled: rolled_out(d),
                 },
             ),
             spawn_watch(
