@@ -155,3 +155,42 @@ async fn redis_unreachable_holds_the_drain() {
     wait_phase(&ns, "r", Phase::Completed, Duration::from_secs(60)).await;
     assert!(!op.log_text().contains("panicked"));
 }
+
+/// Another writer changes a worker image the operator set: the rollout holds with
+/// `ExternalModification`, naming the field and the other manager (read from managedFields).
+#[tokio::test]
+async fn another_writer_changing_an_image_holds_the_rollout() {
+    let ns = TestNamespace::new("op-extmod").await;
+    install_crd(&ns.client).await;
+    let redis = RedisServer::start();
+    fleet(&ns, &redis.url(), "0", &[("worker-a", 2)]).await;
+    let _op = Operator::start(&ns.name);
+    let mut s = spec(&["worker-a"]);
+    s["dualWrite"]["soak"] = json!("10m");
+    apply_rollout(&ns, "r", s).await;
+    wait_phase(&ns, "r", Phase::Soaking, WAIT).await;
+    // `kubectl set image`-style update under another field manager.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "someone/else:1"}]}}}});
+    ns.api::<Deployment>()
+        .patch(
+            "worker-a",
+            &PatchParams {
+                field_manager: Some("kubectl-set".into()),
+                ..Default::default()
+            },
+            &Patch::Strategic(patch),
+        )
+        .await
+        .unwrap();
+    let message = stalled(&ns, "r", "ExternalModification").await;
+    assert!(
+        message.contains("Deployment/worker-a/containers/worker/image")
+            && message.contains("by kubectl-set")
+            && message.contains("someone/else:1"),
+        "{message}"
+    );
+    // Held: the operator does not fight back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = ns.api::<Deployment>().get("worker-a").await.unwrap();
+    assert_eq!(template_image(&d), "someone/else:1");
+}
