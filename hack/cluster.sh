@@ -122,6 +122,18 @@ cmd_build() {
     return 0
   fi
   command -v go >/dev/null || die "go not found"
+  # One build at a time per version key: an `up` racing a background `build` waits for it.
+  mkdir -p "$KDIR"
+  exec 9>"$KDIR/.build.lock"
+  if ! flock -n 9; then
+    log "another build of $VERSION_KEY is running; waiting for it"
+    flock 9
+  fi
+  if have_all_binaries; then
+    log "binaries cached in $BIN"
+    exec 9>&-
+    return 0
+  fi
   log "building into $BIN (GOMODCACHE=$GOMODCACHE GOCACHE=$GOCACHE, $GO_VERSION)"
   rm -f "$BIN/.complete"
   mkdir -p "$BIN"
@@ -142,23 +154,27 @@ cmd_build() {
   printf 'K8S_VERSION=%s\nETCD_VERSION=%s\nKWOK_VERSION=%s\nHELM_VERSION=%s\nGO=%s\n' \
     "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION" "$GO_VERSION" > "$BIN/.complete"
   log "build done in $(( $(date +%s) - t0 ))s: $BIN"
+  exec 9>&-
 }
 
 # ---- cluster ----------------------------------------------------------------------------------
 # kwokctl keeps everything for a cluster under $KWOK_WORKDIR/clusters/<name> (config, pki, etcd data,
 # logs, pid files). We point KWOK_WORKDIR into our state dir so nothing lands in ~/.kwok, and we never
-# let it touch ~/.kube/config (--kubeconfig "").
+# let it touch ~/.kube/config (create: --kubeconfig ""; delete: --kubeconfig <our own file>).
 KWOK_HOME="$STATE/kwok"
 CLUSTER_DIR="$KWOK_HOME/clusters/$CLUSTER_NAME"
 KUBECONFIG_OUT="$STATE/$CLUSTER_NAME.kubeconfig"
 KWOKCTL_CONFIG="$STATE/$CLUSTER_NAME.kwokctl.yaml"
 UP_TIMEOUT="${DEDUP2D_UP_TIMEOUT:-180}"
+# kubectl's discovery cache: keep it in our state dir instead of ~/.kube/cache.
+export KUBECACHEDIR="$STATE/$CLUSTER_NAME.kube-cache"
 
 kwokctl_() {
   # Only our own settings: a stray KWOK_* variable (KWOK_RUNTIME, KWOK_KUBE_VERSION, ...) in the
   # caller's environment would override the config file.
-  env $(compgen -e | grep '^KWOK_' | sed 's/^/-u /') KWOK_WORKDIR="$KWOK_HOME" \
-    "$BIN/kwokctl" --name "$CLUSTER_NAME" "$@"
+  local unset_args=() v
+  for v in $(compgen -e | grep '^KWOK_' || true); do unset_args+=(-u "$v"); done
+  env "${unset_args[@]}" KWOK_WORKDIR="$KWOK_HOME" "$BIN/kwokctl" --name "$CLUSTER_NAME" "$@"
 }
 
 kc() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" --request-timeout=10s "$@"; }
@@ -182,8 +198,8 @@ options:
   kubeAdmission: true
   quietPull: true
   cacheDir: ${KWOK_HOME}/cache
+  # Exactly these; prometheus/jaeger/metrics-server/dashboard stay off (they would need downloads).
   components: [etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok-controller]
-  disable: [prometheus, jaeger, metrics-server, dashboard, kubectl-proxy]
   enableMetricsServer: false
   disableKubeControllerManager: false
   disableKubeScheduler: false
@@ -226,7 +242,9 @@ healthy() {
   return 0
 }
 
-pid_alive() { local p; [[ -f "$1" ]] && p="$(cat "$1" 2>/dev/null)" && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+# Alive and not a zombie (an orphan's exit status may not be reaped at once here).
+proc_running() { local st; st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" && [[ -n "$st" && "$st" != Z ]]; }
+pid_alive() { local p; [[ -f "$1" ]] && p="$(cat "$1" 2>/dev/null)" && [[ -n "$p" ]] && proc_running "$p"; }
 
 node_count() { kc get nodes -o name 2>/dev/null | wc -l; }
 
@@ -308,19 +326,21 @@ our_pids() {
 
 cmd_down() {
   if [[ -x "$BIN/kwokctl" && -d "$CLUSTER_DIR" ]]; then
-    kwokctl_ delete cluster --kubeconfig "" >&2 || log "kwokctl delete cluster failed; killing processes by hand"
+    # --kubeconfig: the file it strips its context from; ours (deleted below), never ~/.kube/config.
+    kwokctl_ delete cluster --kubeconfig "$KUBECONFIG_OUT" >&2 || log "kwokctl delete cluster failed; killing processes by hand"
   fi
-  local pids p f i
+  local pids p f
   pids="$( { for f in "$CLUSTER_DIR"/pids/*.pid; do [[ -f "$f" ]] && cat "$f"; echo; done; our_pids; } 2>/dev/null | grep -E '^[0-9]+$' | sort -u || true)"
   for p in $pids; do kill "$p" 2>/dev/null || true; done
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     local alive=""
-    for p in $pids; do kill -0 "$p" 2>/dev/null && alive+=" $p"; done
+    for p in $pids; do proc_running "$p" && alive+=" $p"; done
     [[ -z "$alive" ]] && break
     sleep 0.2
   done
   for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$CLUSTER_DIR" "$KUBECONFIG_OUT" "$KUBECONFIG_OUT.tmp" "$KWOKCTL_CONFIG"
+  rm -rf "$CLUSTER_DIR" "$KUBECONFIG_OUT" "$KUBECONFIG_OUT.tmp" "$KWOKCTL_CONFIG" "$KUBECACHEDIR"
+  [[ -d "$KWOK_HOME/clusters" ]] && [[ -z "$(ls -A "$KWOK_HOME/clusters")" ]] && rm -rf "$STATE/helm"
   rmdir "$KWOK_HOME/clusters" "$KWOK_HOME/cache" "$KWOK_HOME" "$STATE" 2>/dev/null || true
   log "cluster '$CLUSTER_NAME' is down"
 }
@@ -329,6 +349,9 @@ cmd_env() {
   echo "export KUBECONFIG=\"$KUBECONFIG_OUT\""
   echo "export PATH=\"$BIN:\$PATH\""
   echo "export DEDUP2D_K8S_BIN=\"$BIN\""
+  echo "export KUBECACHEDIR=\"$KUBECACHEDIR\""
+  # helm keeps its repo cache/config here instead of ~/.cache/helm, ~/.config/helm
+  echo "export HELM_CACHE_HOME=\"$STATE/helm/cache\" HELM_CONFIG_HOME=\"$STATE/helm/config\" HELM_DATA_HOME=\"$STATE/helm/data\""
 }
 
 cmd_status() {

@@ -79,7 +79,7 @@ for i in 1 2 3; do
 done
 say "3 legacy payloads in Redis (expiring in 40s)"
 
-RUST_LOG=info "$BIN" operator --namespace "$NS" --log-format text >"$WORK/operator.log" 2>&1 &
+RUST_LOG=info DEDUP2D_LOG_FORMAT=text "$BIN" operator --namespace "$NS" >"$WORK/operator.log" 2>&1 &
 OPERATOR_PID=$!
 say "operator running (pid $OPERATOR_PID, log $WORK/operator.log)"
 

@@ -5,3 +5,5 @@ pub mod api;
 pub mod contract;
 pub mod operator;
 pub mod storage;
+pub mod telemetry;
+pub mod worker;

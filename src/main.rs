@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -30,52 +30,15 @@ enum Command {
         #[arg(long, env = "DEDUP2D_API_MAX_UPLOAD_BYTES", default_value_t = dedup2d::api::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
     },
-    /// Run the controller that reconciles Dedup2DRollout resources (uses KUBECONFIG or the in-cluster config).
+    /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
+    Worker,
+    /// Run the controller that reconciles Dedup2DRollout resources (KUBECONFIG or in-cluster config;
+    /// logs as DEDUP2D_LOG_FORMAT / RUST_LOG say).
     Operator {
         /// Only reconcile rollouts (and watch targets) in this namespace; default: all namespaces.
         #[arg(long, env = "DEDUP2D_OPERATOR_NAMESPACE")]
         namespace: Option<String>,
-        /// Log format; `auto` is JSON unless stderr is a terminal. Filter with RUST_LOG.
-        #[arg(long, value_enum, default_value_t = LogFormat::Auto, env = "DEDUP2D_LOG_FORMAT")]
-        log_format: LogFormat,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Auto,
-    Json,
-    Text,
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Logs to stderr: JSON in clusters, human-readable on a terminal.
-// TODO(telemetry): fold into src/telemetry.rs once it lands on main.
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal;
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    if !json {
-        return init_tracing();
-    }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 #[tokio::main]
@@ -92,21 +55,44 @@ async fn main() -> anyhow::Result<()> {
             listen,
             max_upload_bytes,
         } => {
-            init_tracing();
+            dedup2d::telemetry::init_tracing();
             dedup2d::api::run(dedup2d::api::ApiSettings {
                 listen,
                 max_upload_bytes,
             })
             .await?;
         }
-        Command::Operator {
-            namespace,
-            log_format,
-        } => {
-            init_logging(log_format);
+        Command::Worker => worker().await?,
+        Command::Operator { namespace } => {
+            dedup2d::telemetry::init_tracing();
             let client = kube::Client::try_default().await?;
             dedup2d::operator::controller::run(client, namespace).await?;
         }
     }
     Ok(())
+}
+
+/// `dedup2d worker`: configuration errors end the process before anything starts;
+/// SIGTERM/SIGINT start a graceful shutdown.
+async fn worker() -> anyhow::Result<()> {
+    dedup2d::telemetry::init_tracing();
+    let settings = dedup2d::worker::WorkerSettings::from_env()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        signal_stop.cancel();
+    });
+    dedup2d::worker::run(settings, stop).await
 }

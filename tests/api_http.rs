@@ -505,3 +505,66 @@ fn the_api_refuses_to_start_without_keys_or_with_bad_numbers() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn our_worker_runs_api_jobs_from_file_ref_and_the_result_comes_back() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let storage_dir = dir.path().display().to_string();
+    let api = ApiProcess::start(&redis.url(), dir.path(), &[]);
+    let mut worker = common::worker::WorkerProc::spawn(
+        &redis.url(),
+        logs.path(),
+        "api-e2e",
+        &common::worker::env(&[
+            ("DEDUP2D_FILE_STORAGE", "local"),
+            ("DEDUP2D_FILE_STORAGE_DIR", &storage_dir),
+        ]),
+    );
+    worker
+        .wait_healthy(std::time::Duration::from_secs(20))
+        .await;
+    let drawing = b"0\nSECTION\n2\nENTITIES\n0\nLINE\n0\nENDSEC\n0\nEOF\n".to_vec();
+    let other = b"another drawing".to_vec();
+    let mut ids = Vec::new();
+    for bytes in [&drawing, &other, &drawing] {
+        let (status, body, _) =
+            submit(&api, KEY_A, "async=true", form("p.dxf", bytes.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["job_id"].as_str().unwrap().to_string();
+        assert!(
+            payload(&redis, &id).await.get("file_bytes_b64").is_none(),
+            "file_ref only"
+        );
+        ids.push(id);
+        // Let each job finish before the next, so the duplicate answer is deterministic.
+        common::cluster::eventually("job completed", std::time::Duration::from_secs(30), || {
+            let api = &api;
+            let id = ids.last().unwrap().clone();
+            async move {
+                let (_, job) = get(api, KEY_A, &format!("/api/v1/dedup/2d/jobs/{id}")).await;
+                (job["status"] == json!("completed")).then_some(())
+            }
+        })
+        .await;
+    }
+    let mut results = Vec::new();
+    for (id, bytes) in ids.iter().zip([&drawing, &other, &drawing]) {
+        let (_, job) = get(&api, KEY_A, &format!("/api/v1/dedup/2d/jobs/{id}")).await;
+        assert_eq!(job["status"], json!("completed"), "{job}");
+        assert_eq!(
+            job["result"]["file_hash"],
+            json!(hex::encode(sha2::Sha256::digest(bytes))),
+            "the worker loaded exactly the uploaded bytes through file_ref"
+        );
+        results.push(job["result"].clone());
+    }
+    assert_eq!(results[0]["total_matches"], json!(0));
+    assert_eq!(results[1]["total_matches"], json!(0));
+    assert_eq!(results[2]["total_matches"], json!(1), "{}", results[2]);
+    assert_eq!(
+        common::worker::metric(&worker.metrics().await, "dedup2d_legacy_b64_fallback_total"),
+        0.0
+    );
+}

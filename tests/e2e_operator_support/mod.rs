@@ -85,7 +85,8 @@ impl Operator {
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dedup2d"))
-            .args(["operator", "--namespace", ns, "--log-format", "text"])
+            .args(["operator", "--namespace", ns])
+            .env("DEDUP2D_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",
                 std::env::var("DEDUP2D_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,0 +1,273 @@
+//! The ARQ consumer loop: claims jobs from the configured queue(s) up to
+//! `DEDUP2D_WORKER_MAX_JOBS` at a time, runs each as a task, and finishes it in ARQ's format so
+//! Python tooling reads our results. On shutdown it stops claiming, lets running jobs finish
+//! within the grace period, and hands whatever is still running back to the queue untouched
+//! (its dedup2d status is not changed), so another worker runs it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_pickle::{HashableValue, Value as PickleValue};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::job::{self, JobContext, JobEnd};
+use crate::contract::arq::{Outcome, ResultRecord, FUNCTION_NAME};
+use crate::contract::queue::{now_ms, ArqQueue, ClaimedJob, ClaimedRecord, QueueSettings};
+use crate::contract::store::JobStatus;
+
+/// How many due ids one claim attempt looks at per page.
+const CLAIM_PAGE: usize = 50;
+
+pub struct Consumer {
+    pub ctx: Arc<JobContext>,
+    pub queues: Vec<ArqQueue>,
+    pub queue_settings: QueueSettings,
+    pub max_jobs: usize,
+    pub poll_interval: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Jobs this process is running: task id → (queue, ARQ job id).
+type InFlight = Arc<Mutex<HashMap<tokio::task::Id, (ArqQueue, String)>>>;
+
+impl Consumer {
+    /// Runs until `stop` fires, then drains as described in the module comment.
+    pub async fn run(self, stop: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.max_jobs.max(1)));
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let in_flight: InFlight = Arc::default();
+        let mut last_error_log: Option<Instant> = None;
+        tracing::info!(
+            queues = ?self.queues.iter().map(ArqQueue::name).collect::<Vec<_>>(),
+            max_jobs = self.max_jobs,
+            "worker consuming"
+        );
+        loop {
+            while let Some(res) = tasks.try_join_next_with_id() {
+                self.reaped(&in_flight, res);
+            }
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                () = stop.cancelled() => break,
+            };
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.claim_any().await {
+                Ok(Some((queue, claimed))) => {
+                    let ctx = self.ctx.clone();
+                    let settings = self.queue_settings.clone();
+                    let q = queue.clone();
+                    let arq_id = claimed.job_id.clone();
+                    let handle = tasks.spawn(async move {
+                        ctx.metrics.in_flight.inc();
+                        handle(&ctx, &q, claimed, &settings).await;
+                        ctx.metrics.in_flight.dec();
+                        drop(permit);
+                    });
+                    in_flight
+                        .lock()
+                        .expect("in-flight lock")
+                        .insert(handle.id(), (queue, arq_id));
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        () = tokio::time::sleep(self.poll_interval) => {}
+                        () = stop.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::error!(error = %e, "cannot claim jobs; retrying");
+                        last_error_log = Some(Instant::now());
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(self.poll_interval.max(Duration::from_secs(1))) => {}
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.drain(tasks, in_flight).await;
+    }
+
+    fn reaped(
+        &self,
+        in_flight: &InFlight,
+        res: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        let id = match &res {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let entry = in_flight.lock().expect("in-flight lock").remove(&id);
+        if let Err(e) = res {
+            if e.is_panic() {
+                tracing::error!(job = ?entry.map(|(_, j)| j), "job task panicked; it stays claimable");
+            }
+        }
+    }
+
+    async fn claim_any(
+        &self,
+    ) -> Result<Option<(ArqQueue, ClaimedJob)>, crate::contract::queue::QueueError> {
+        for q in &self.queues {
+            if let Some(job) = q
+                .claim_next(now_ms(), &self.queue_settings, CLAIM_PAGE)
+                .await?
+            {
+                return Ok(Some((q.clone(), job)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>, in_flight: InFlight) {
+        let running = tasks.len();
+        if running == 0 {
+            tracing::info!("stopped claiming; no job running");
+            return;
+        }
+        tracing::info!(
+            running,
+            grace_s = self.shutdown_grace.as_secs_f64(),
+            "stopped claiming; letting running jobs finish"
+        );
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        loop {
+            match tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await {
+                Ok(Some(res)) => self.reaped(&in_flight, res),
+                Ok(None) => {
+                    tracing::info!("all running jobs finished");
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
+        tasks.abort_all();
+        while let Some(res) = tasks.join_next_with_id().await {
+            self.reaped_after_abort(&in_flight, res).await;
+        }
+    }
+
+    /// A job cut off by the end of the grace period: give it back to the queue (its in-progress
+    /// key goes, it stays queued) so another worker runs it now rather than after the key expires.
+    async fn reaped_after_abort(
+        &self,
+        in_flight: &InFlight,
+        res: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        let id = match &res {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let entry = in_flight.lock().expect("in-flight lock").remove(&id);
+        if res.is_ok() {
+            return;
+        }
+        if let Some((queue, job_id)) = entry {
+            match queue.release(&job_id, 0).await {
+                Ok(()) => tracing::warn!(job_id, "grace period over: job handed back to the queue"),
+                Err(e) => tracing::warn!(job_id, error = %e,
+                    "grace period over: could not hand the job back; it is re-run when its in-progress key expires"),
+            }
+        }
+    }
+}
+
+fn status_dict(status: &str) -> PickleValue {
+    let mut d = BTreeMap::new();
+    d.insert(
+        HashableValue::String("status".into()),
+        PickleValue::String(status.into()),
+    );
+    PickleValue::Dict(d)
+}
+
+/// Runs one claimed ARQ job and finishes it in the queue.
+async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, settings: &QueueSettings) {
+    let start_ms = now_ms();
+    let started = Instant::now();
+    let arq_id = claimed.job_id.clone();
+    let record = match &claimed.record {
+        ClaimedRecord::Found(r) => r.clone(),
+        ClaimedRecord::Expired => {
+            return arq_fail(queue, &claimed, "job expired", settings).await;
+        }
+        ClaimedRecord::Undecodable(e) => {
+            return arq_fail(
+                queue,
+                &claimed,
+                &format!("cannot decode job record: {e}"),
+                settings,
+            )
+            .await;
+        }
+    };
+    if record.function != FUNCTION_NAME {
+        let msg = format!("function {:?} not found", record.function);
+        return arq_fail(queue, &claimed, &msg, settings).await;
+    }
+    let Some(job_id) = record.first_str_arg().map(str::to_string) else {
+        let msg = format!("{FUNCTION_NAME} expects the job id as its argument");
+        return arq_fail(queue, &claimed, &msg, settings).await;
+    };
+    let span = tracing::info_span!("job", job_id = %job_id, queue = queue.name(), job_try = claimed.job_try);
+
+    let end = if settings.exceeded(claimed.job_try) {
+        // ARQ would fail only its own record and leave the dedup2d job in progress forever.
+        let reason = format!(
+            "gave up after {} tries (the workers running it stopped before it finished)",
+            settings.max_tries
+        );
+        let now = now_ms() as f64 / 1000.0;
+        match ctx
+            .store
+            .mark_result(&job_id, JobStatus::Failed, None, now, None, Some(&reason))
+            .await
+        {
+            Ok(()) => JobEnd::Failed(reason),
+            Err(e) => {
+                tracing::error!(job_id, error = %e, "cannot record a job's final status; it stays claimable");
+                return;
+            }
+        }
+    } else {
+        match tracing::Instrument::instrument(job::run(ctx, &job_id), span.clone()).await {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::error!(job_id, error = %e, "cannot record a job's state; it stays claimable");
+                return;
+            }
+        }
+    };
+    let label = end.label();
+    ctx.metrics
+        .count_job(label, started.elapsed().as_secs_f64());
+    tracing::info!(parent: &span, status = label, elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
+    let result = ResultRecord {
+        job: record,
+        job_try: claimed.job_try,
+        outcome: Outcome::Success(status_dict(label)),
+        start_ms,
+        finish_ms: now_ms(),
+        queue_name: queue.name().to_string(),
+        job_id: arq_id,
+    };
+    if let Err(e) = queue.complete(&result, settings).await {
+        tracing::error!(parent: &span, error = %e,
+            "cannot finish the ARQ job; it re-runs after its in-progress key expires (harmless: the job is finished)");
+    }
+}
+
+async fn arq_fail(queue: &ArqQueue, claimed: &ClaimedJob, message: &str, settings: &QueueSettings) {
+    tracing::warn!(arq_job = %claimed.job_id, message, "failing ARQ job");
+    if let Err(e) = queue.fail(claimed, message, now_ms(), settings).await {
+        tracing::error!(arq_job = %claimed.job_id, error = %e, "cannot fail the ARQ job");
+    }
+}

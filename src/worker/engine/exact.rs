@@ -1,0 +1,143 @@
+//! The built-in engine: exact duplicates by content hash. Each tenant has an index in Redis,
+//! `{prefix}:dedup:{tenant}:sha256` (hash: sha256 hex → JSON list of the uploads with that
+//! content, newest last, capped). A search looks its hash up and registers the upload in one
+//! Lua call, so concurrent workers never lose a registration. A retried job finds its own
+//! earlier registration and does not report itself as a duplicate, so a re-run gives the same
+//! answer.
+
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{EngineError, Match, SearchEngine, SearchRequest, SearchResult, Timing};
+use crate::contract::keys::Keys;
+
+/// Uploads remembered per content hash.
+const MAX_RECORDS_PER_HASH: usize = 100;
+
+const LOOKUP_AND_REGISTER: &str = r#"
+-- KEYS: index. ARGV: sha256, record_json, job_id, cap
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local list = {}
+if raw then list = cjson.decode(raw) end
+for _, r in ipairs(list) do
+  if r['job_id'] == ARGV[3] then return raw end
+end
+table.insert(list, cjson.decode(ARGV[2]))
+while #list > tonumber(ARGV[4]) do table.remove(list, 1) end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(list))
+return raw or ''
+"#;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexRecord {
+    job_id: String,
+    file_name: String,
+    size: u64,
+    /// Epoch milliseconds (an integer: Lua's cjson would round a float).
+    indexed_at_ms: i64,
+}
+
+pub struct ExactEngine {
+    conn: ConnectionManager,
+    keys: Keys,
+}
+
+impl ExactEngine {
+    pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
+        ExactEngine { conn, keys }
+    }
+
+    /// `{prefix}:dedup:{tenant}:sha256`.
+    pub fn index_key(&self, tenant_id: &str) -> String {
+        format!("{}:dedup:{tenant_id}:sha256", self.keys.prefix())
+    }
+}
+
+/// Milliseconds since `since`, rounded to microseconds.
+fn ms(since: Instant) -> f64 {
+    (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+impl SearchEngine for ExactEngine {
+    fn name(&self) -> &'static str {
+        "exact_sha256"
+    }
+
+    fn search<'a>(
+        &'a self,
+        req: SearchRequest<'a>,
+    ) -> BoxFuture<'a, Result<SearchResult, EngineError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let hash = hex::encode(Sha256::digest(req.data));
+            let hash_ms = ms(start);
+
+            let index_start = Instant::now();
+            let record = IndexRecord {
+                job_id: req.job_id.to_string(),
+                file_name: req.file_name.to_string(),
+                size: req.data.len() as u64,
+                indexed_at_ms: crate::contract::queue::now_ms(),
+            };
+            let mut conn = self.conn.clone();
+            let previous: String = Script::new(LOOKUP_AND_REGISTER)
+                .key(self.index_key(req.tenant_id))
+                .arg(&hash)
+                .arg(serde_json::to_string(&record).expect("index record serializes"))
+                .arg(req.job_id)
+                .arg(MAX_RECORDS_PER_HASH)
+                .invoke_async(&mut conn)
+                .await?;
+            let index_ms = ms(index_start);
+
+            let mut warnings = vec!["similar_search_unavailable:exact_engine".to_string()];
+            let records: Vec<IndexRecord> = if previous.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::from_str(&previous).unwrap_or_else(|e| {
+                    warnings.push(format!("index_entry_unreadable:{e}"));
+                    Vec::new()
+                })
+            };
+            let duplicates: Vec<Match> = records
+                .into_iter()
+                .rev()
+                .filter(|r| r.job_id != req.job_id)
+                .take(req.params.max_results)
+                .map(|r| Match {
+                    drawing_id: r.job_id,
+                    file_hash: hash.clone(),
+                    file_name: r.file_name,
+                    size_bytes: r.size,
+                    similarity: 1.0,
+                    verdict: "duplicate",
+                    match_level: 1,
+                    indexed_at: r.indexed_at_ms as f64 / 1000.0,
+                })
+                .collect();
+            if req.query_geom.is_some() {
+                warnings.push("query_geom_ignored:exact_engine".to_string());
+            }
+            Ok(SearchResult {
+                success: true,
+                total_matches: duplicates.len(),
+                final_level: (!duplicates.is_empty()).then_some(1),
+                duplicates,
+                similar: Vec::new(),
+                timing: Timing {
+                    total_ms: ms(start),
+                    hash_ms,
+                    index_ms,
+                },
+                warnings,
+                file_hash: hash,
+                engine: self.name(),
+            })
+        })
+    }
+}

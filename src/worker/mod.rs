@@ -1,0 +1,180 @@
+//! `dedup2d worker`: the job worker the rollout installs. It shares the ARQ queue with the
+//! Python workers, reads `file_ref` first and falls back to `file_bytes_b64`, announces that
+//! capability in a Redis heartbeat, serves `/metrics` and `/healthz`, and shuts down without
+//! losing or falsely finishing a job.
+
+pub mod callback;
+pub mod consumer;
+pub mod engine;
+pub mod heartbeat;
+pub mod http;
+pub mod input;
+pub mod job;
+pub mod metrics;
+pub mod settings;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::contract::queue::{ArqQueue, QueueSettings};
+use crate::contract::store::JobStore;
+
+pub use settings::WorkerSettings;
+
+/// How often the queue-depth gauge and the ARQ health-check line are refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `stop` fires (the binary wires SIGTERM/SIGINT to it).
+pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
+    let config = &settings.config;
+    let client = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL {}", redact(&config.redis_url)))?;
+    let conn = client
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {}", redact(&config.redis_url)))?;
+
+    let metrics = Arc::new(metrics::WorkerMetrics::new());
+    let storage = crate::storage::from_config(&config.storage, metrics.storage.clone())
+        .context("cannot set up file storage")?;
+    let keys = config.keys();
+    let store = JobStore::new(
+        conn.clone(),
+        keys.clone(),
+        config.ttl_seconds,
+        config.max_jobs,
+    );
+    let queue_names = settings.queue_names();
+    let queues: Vec<ArqQueue> = queue_names
+        .iter()
+        .map(|q| ArqQueue::new(conn.clone(), q.clone()))
+        .collect();
+    let mut queue_settings = QueueSettings::for_job_timeout(config.job_timeout_seconds);
+    queue_settings.max_tries = settings.max_tries;
+
+    let ctx = Arc::new(job::JobContext {
+        store,
+        storage,
+        engine: Arc::new(engine::ExactEngine::new(conn.clone(), keys.clone())),
+        callbacks: callback::CallbackSender::new(settings.callbacks.clone())
+            .context("cannot build the webhook HTTP client")?,
+        metrics: metrics.clone(),
+        cleanup_on_finish: config.storage.cleanup_on_finish(),
+        job_timeout: Duration::from_secs(config.job_timeout_seconds),
+        debug_job_delay: settings.debug_job_delay,
+        cancel_poll: Duration::from_secs(1),
+    });
+
+    let consuming = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn({
+        let state = Arc::new(http::HttpState {
+            metrics: metrics.clone(),
+            conn: conn.clone(),
+            consuming: consuming.clone(),
+        });
+        let http_stop = http_stop.clone();
+        async move {
+            let served = axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        }
+    });
+
+    let capability = heartbeat::Capability::this_process(queue_names.clone());
+    let beat = heartbeat::Heartbeat::new(
+        conn.clone(),
+        keys.worker_heartbeat(&settings.hostname),
+        &capability,
+        settings.heartbeat_ttl,
+        settings.heartbeat_interval,
+    );
+    beat.beat()
+        .await
+        .context("cannot write the capability heartbeat")?;
+    let beat_stop = CancellationToken::new();
+    let beat_task = tokio::spawn(beat.run(beat_stop.clone()));
+    tracing::info!(hostname = %settings.hostname, formats = ?heartbeat::FORMATS, "capability heartbeat on");
+
+    let housekeeping = tokio::spawn(housekeeping(
+        queues.clone(),
+        metrics.clone(),
+        settings.hostname.clone(),
+        stop.clone(),
+    ));
+
+    consumer::Consumer {
+        ctx,
+        queues,
+        queue_settings,
+        max_jobs: config.worker_max_jobs as usize,
+        poll_interval: settings.poll_interval,
+        shutdown_grace: settings.shutdown_grace,
+    }
+    .run(stop)
+    .await;
+
+    consuming.store(false, Ordering::Relaxed);
+    beat_stop.cancel();
+    let _ = beat_task.await;
+    housekeeping.abort();
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Queue depth for `/metrics` and ARQ's `{queue}:health-check` line, until `stop`.
+async fn housekeeping(
+    queues: Vec<ArqQueue>,
+    metrics: Arc<metrics::WorkerMetrics>,
+    hostname: String,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut depth = 0u64;
+        for q in &queues {
+            match q.depth().await {
+                Ok(d) => depth += d,
+                Err(e) => tracing::debug!(error = %e, "cannot read queue depth"),
+            }
+        }
+        metrics.queue_depth.set(depth as i64);
+        let ongoing = metrics.in_flight.get();
+        let line = format!(
+            "{} worker={hostname} j_ongoing={ongoing} queued={depth}",
+            crate::contract::store::epoch_seconds_string()
+        );
+        for q in &queues {
+            let _ = q
+                .record_health(&line, (HOUSEKEEPING_INTERVAL * 3).as_millis() as u64)
+                .await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// A Redis URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
