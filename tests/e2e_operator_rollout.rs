@@ -214,7 +214,7 @@ async fn happy_path_with_dual_write_and_observe_drain() {
 
     // History: every phase in order (from the transition Events), dual-write on before any worker
     // changed, off only after no old worker pod existed.
-    let trans = transitions(&ns).await;
+    let trans = transitions_until(&ns, "Completed").await;
     let phases: Vec<&str> = trans.iter().map(|t| t.1.as_str()).collect();
     assert_eq!(
         phases,
@@ -395,7 +395,7 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
         Some(payload_config_hash("0", "10485760"))
     );
 
-    let trans = transitions(&ns).await;
+    let trans = transitions_until(&ns, "Completed").await;
     let phases: Vec<&str> = trans.iter().map(|t| t.1.as_str()).collect();
     assert_eq!(
         phases,

@@ -553,6 +553,20 @@ pub async fn transitions(ns: &TestNamespace) -> Vec<(Timestamp, String)> {
         .collect()
 }
 
+/// [`transitions`] once the last one goes to `last` (Events are published just after the status
+/// write that a test may have seen first).
+pub async fn transitions_until(ns: &TestNamespace, last: &str) -> Vec<(Timestamp, String)> {
+    eventually(
+        &format!("the transition Event to {last}"),
+        Duration::from_secs(15),
+        || async {
+            let t = transitions(ns).await;
+            (t.last().map(|x| x.1.as_str()) == Some(last)).then_some(t)
+        },
+    )
+    .await
+}
+
 /// Seconds between two timestamps.
 pub fn secs(from: Timestamp, to: Timestamp) -> f64 {
     (to.as_millisecond() - from.as_millisecond()) as f64 / 1000.0
