@@ -35,6 +35,13 @@ enum Command {
     /// Show and steer Dedup2DRollouts: status [--watch], pause, resume, promote, abort [--full].
     /// Also a kubectl plugin when installed as `kubectl-dedup2d`.
     Rollout(dedup2d::cli::RolloutArgs),
+    /// Run the controller that reconciles Dedup2DRollout resources (KUBECONFIG or in-cluster config;
+    /// logs as DEDUP2D_LOG_FORMAT / RUST_LOG say).
+    Operator {
+        /// Only reconcile rollouts (and watch targets) in this namespace; default: all namespaces.
+        #[arg(long, env = "DEDUP2D_OPERATOR_NAMESPACE")]
+        namespace: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -61,6 +68,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Worker => worker().await?,
         Command::Rollout(args) => dedup2d::cli::run(args).await?,
+        Command::Operator { namespace } => {
+            dedup2d::telemetry::init_tracing();
+            let client = kube::Client::try_default().await?;
+            dedup2d::operator::controller::run(client, namespace).await?;
+        }
     }
     Ok(())
 }

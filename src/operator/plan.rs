@@ -45,6 +45,9 @@ const AFTER_ACTION: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_secs(15);
 /// How often to re-scan Redis while draining or waiting for active jobs.
 const DRAIN_POLL: Duration = Duration::from_secs(10);
+/// How soon to scan again when the last scan began before a moment that matters (e.g. dual-write-off
+/// in effect, recorded rounded up to a second).
+const NEXT_SCAN: Duration = Duration::from_secs(1);
 /// How often to re-check a stalled rollout.
 const STALLED_POLL: Duration = Duration::from_secs(30);
 
@@ -1099,7 +1102,8 @@ impl<'a> Planner<'a> {
         if f.scanned_at <= off.0 {
             return Step::Wait {
                 message: "waiting for a Redis scan begun after dual-write-off took effect".into(),
-                requeue: DRAIN_POLL,
+                // The in-effect time is rounded up to a second: the next scan proves it soon.
+                requeue: NEXT_SCAN,
             };
         }
         let next = if self.spec.finalize == Finalize::Manual {

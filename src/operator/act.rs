@@ -1,0 +1,295 @@
+//! The actor: persists the planner's status and performs its one write.
+//!
+//! - Status goes through the status subresource as a full replacement carrying the `resourceVersion`
+//!   that was read, so a decision made from a stale rollout is refused (409) and never acted on.
+//! - Every write to a target is a server-side apply by `dedup2d-operator` with `force`: the operator
+//!   takes ownership of exactly the fields it changes (container images, the two ConfigMap keys, the
+//!   API pod-template annotation). Each apply re-states every other field the operator already owns
+//!   on that object at its current value, because an apply that leaves out an owned field removes it.
+//!   The apply also carries the `resourceVersion` it was built from, so it never creates a deleted
+//!   object again and never overwrites a change it did not see.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use kube::{
+    api::{Patch, PatchParams, PostParams},
+    Api, Client, ResourceExt,
+};
+use serde_json::{json, Value};
+
+use super::{
+    crd::{Dedup2DRollout, Dedup2DRolloutStatus, FIELD_MANAGER, PAYLOAD_CONFIG_ANNOTATION},
+    managed,
+    plan::{field_id, Action},
+    snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// The rollout changed since it was read: the decision is void (re-plan, do not act).
+    #[error("Dedup2DRollout {0} changed since it was read; re-planning")]
+    StaleRollout(String),
+    #[error("{what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0} not found; it will be re-observed")]
+    Missing(String),
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ActError {
+    let what = what.into();
+    move |source| ActError::Kube { what, source }
+}
+
+/// Replace the status of `rollout` (as read) with `status`, refused if the rollout changed since.
+pub async fn write_status(
+    api: &Api<Dedup2DRollout>,
+    rollout: &Dedup2DRollout,
+    status: &Dedup2DRolloutStatus,
+) -> Result<Dedup2DRollout, ActError> {
+    let name = rollout.name_any();
+    let mut obj = rollout.clone();
+    obj.status = Some(status.clone());
+    obj.metadata.managed_fields = None;
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.replace_status(&name, &pp, &obj).await {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(ActError::StaleRollout(name)),
+        Err(e) => Err(kube_err(format!(
+            "writing the status of Dedup2DRollout {name}"
+        ))(e)),
+    }
+}
+
+/// Perform one action in namespace `ns`.
+pub async fn apply(client: &Client, ns: &str, action: &Action) -> Result<(), ActError> {
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    match action {
+        Action::None => Ok(()),
+        Action::SetWorkerImage {
+            deployment,
+            container,
+            image,
+        }
+        | Action::SetApiImage {
+            deployment,
+            container,
+            image,
+        } => {
+            let field = field_id::image(deployment, container);
+            apply_deployment(client, ns, deployment, &ssa, (&field, image)).await
+        }
+        Action::SetApiRestartAnnotation { deployment, value } => {
+            let field = field_id::restart_annotation(deployment);
+            apply_deployment(client, ns, deployment, &ssa, (&field, value)).await
+        }
+        Action::SetConfig {
+            config_map,
+            include_b64,
+            max_bytes,
+        } => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            let current = api
+                .get_opt(config_map)
+                .await
+                .map_err(kube_err(format!("reading ConfigMap {config_map}")))?
+                .ok_or_else(|| ActError::Missing(format!("ConfigMap {config_map}")))?;
+            let body = config_map_apply(
+                config_map,
+                current.resource_version().as_deref(),
+                include_b64,
+                max_bytes,
+            );
+            api.patch(config_map, &ssa, &Patch::Apply(&body))
+                .await
+                .map_err(kube_err(format!("applying ConfigMap {config_map}")))?;
+            Ok(())
+        }
+    }
+}
+
+async fn apply_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    ssa: &PatchParams,
+    set: (&str, &str),
+) -> Result<(), ActError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let current = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading Deployment {name}")))?
+        .ok_or_else(|| ActError::Missing(format!("Deployment {name}")))?;
+    let owned = managed::owned_by(current.managed_fields(), FIELD_MANAGER, |f| {
+        managed::deployment_fields(name, f)
+    });
+    let body = deployment_apply(&current, &owned, set);
+    api.patch(name, ssa, &Patch::Apply(&body))
+        .await
+        .map_err(kube_err(format!("applying Deployment {name}")))?;
+    Ok(())
+}
+
+/// The apply configuration for a Deployment: the field `set` (a planner field id and its value) plus
+/// every field in `owned` at its current value.
+pub fn deployment_apply(
+    current: &Deployment,
+    owned: &BTreeSet<String>,
+    set: (&str, &str),
+) -> Value {
+    let name = current.name_any();
+    let template = current.spec.as_ref().map(|s| &s.template);
+    let current_image = |c: &str| {
+        template
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.containers.iter().find(|x| x.name == c))
+            .and_then(|x| x.image.clone())
+    };
+    let current_annotation = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(PAYLOAD_CONFIG_ANNOTATION).cloned());
+
+    let mut containers = vec![];
+    let mut annotation = None;
+    let container_names: Vec<String> = template
+        .and_then(|t| t.spec.as_ref())
+        .map(|s| s.containers.iter().map(|c| c.name.clone()).collect())
+        .unwrap_or_default();
+    for c in &container_names {
+        let id = field_id::image(&name, c);
+        if id == set.0 {
+            containers.push(json!({"name": c, "image": set.1}));
+        } else if owned.contains(&id) {
+            if let Some(image) = current_image(c) {
+                containers.push(json!({"name": c, "image": image}));
+            }
+        }
+    }
+    let ann_id = field_id::restart_annotation(&name);
+    if ann_id == set.0 {
+        annotation = Some(set.1.to_string());
+    } else if owned.contains(&ann_id) {
+        annotation = current_annotation;
+    }
+
+    let mut template_json = json!({});
+    if let Some(a) = annotation {
+        template_json["metadata"] = json!({"annotations": {PAYLOAD_CONFIG_ANNOTATION: a}});
+    }
+    if !containers.is_empty() {
+        template_json["spec"] = json!({"containers": containers});
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "resourceVersion": current.resource_version()},
+        "spec": {"template": template_json}
+    })
+}
+
+/// The apply configuration for the two payload keys of the API's ConfigMap.
+pub fn config_map_apply(
+    name: &str,
+    resource_version: Option<&str>,
+    include_b64: &str,
+    max_bytes: &str,
+) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "resourceVersion": resource_version},
+        "data": {KEY_INCLUDE_B64: include_b64, KEY_MAX_BYTES: max_bytes}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_deployment() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "api", "resourceVersion": "42"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {
+                    "metadata": {"annotations": {PAYLOAD_CONFIG_ANNOTATION: "old-hash", "x": "y"}},
+                    "spec": {"containers": [
+                        {"name": "api", "image": "api:2"},
+                        {"name": "sidecar", "image": "side:1"}
+                    ]}
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn image_apply_names_only_that_container() {
+        let body = deployment_apply(
+            &api_deployment(),
+            &BTreeSet::new(),
+            (&field_id::image("api", "api"), "api:3"),
+        );
+        assert_eq!(
+            body,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "api", "resourceVersion": "42"},
+                "spec": {"template": {"spec": {"containers": [{"name": "api", "image": "api:3"}]}}}
+            })
+        );
+    }
+
+    #[test]
+    fn annotation_apply_restates_the_owned_image() {
+        let owned = BTreeSet::from([field_id::image("api", "api")]);
+        let body = deployment_apply(
+            &api_deployment(),
+            &owned,
+            (&field_id::restart_annotation("api"), "new-hash"),
+        );
+        assert_eq!(
+            body["spec"]["template"],
+            json!({
+                "metadata": {"annotations": {PAYLOAD_CONFIG_ANNOTATION: "new-hash"}},
+                "spec": {"containers": [{"name": "api", "image": "api:2"}]}
+            })
+        );
+    }
+
+    #[test]
+    fn image_apply_restates_the_owned_annotation() {
+        let owned = BTreeSet::from([field_id::restart_annotation("api")]);
+        let body = deployment_apply(
+            &api_deployment(),
+            &owned,
+            (&field_id::image("api", "sidecar"), "side:2"),
+        );
+        assert_eq!(
+            body["spec"]["template"],
+            json!({
+                "metadata": {"annotations": {PAYLOAD_CONFIG_ANNOTATION: "old-hash"}},
+                "spec": {"containers": [{"name": "sidecar", "image": "side:2"}]}
+            })
+        );
+    }
+
+    #[test]
+    fn config_map_apply_sets_both_keys() {
+        assert_eq!(
+            config_map_apply("cfg", Some("7"), "0", "10"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "cfg", "resourceVersion": "7"},
+                   "data": {KEY_INCLUDE_B64: "0", KEY_MAX_BYTES: "10"}})
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! The reconciler: a kube-runtime `Controller` over `Dedup2DRollout`s that also watches the
+//! Deployments, Pods and ConfigMaps they target, so a pod becoming Ready triggers the next step at
+//! once instead of at the next poll.
+//!
+//! One reconcile is a pipeline of named steps: observe → plan → persist status → act → events →
+//! requeue (the contract in `plan.rs`). Every log line of a reconcile carries the rollout as
+//! `rollout=<namespace>/<name>`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Pod},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    api::ListParams,
+    runtime::{
+        controller::Action as Requeue,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
+    Api, Client, Resource, ResourceExt,
+};
+use tracing::{debug, info, warn, Instrument};
+
+use super::{
+    act::{self, ActError},
+    crd::{Dedup2DRollout, FIELD_MANAGER},
+    observe::{self, ObserveError, RedisPool},
+    plan::{self, Action, Decision, EventKind},
+};
+
+/// Longest wait between retries of a failing reconcile.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Re-plan this soon after a status write was refused because the rollout changed.
+const AFTER_STALE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
+    #[error(transparent)]
+    Act(#[from] ActError),
+    #[error("reading Dedup2DRollout {name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// The operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot list Dedup2DRollouts ({0}); is the CRD installed? (`dedup2d crd | kubectl apply -f -`)"
+    )]
+    NoCrd(#[source] kube::Error),
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub redis: RedisPool,
+    /// One recorder for all Events, so repeats are aggregated.
+    pub recorder: Recorder,
+    /// Consecutive failures per rollout, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<Dedup2DRollout>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            redis: RedisPool::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Run the controller until SIGTERM/SIGINT. `namespace`: only rollouts (and targets) there.
+pub async fn run(client: Client, namespace: Option<String>) -> Result<(), RunError> {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = namespace.as_deref();
+    let rollouts: Api<Dedup2DRollout> = api(&client, ns);
+    rollouts
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(RunError::NoCrd)?;
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "dedup2d operator starting"
+    );
+
+    let controller = Controller::new(rollouts, watcher::Config::default());
+    let store = controller.store();
+    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let ctx = Arc::new(Context::new(client.clone()));
+    controller
+        .watches(
+            api::<Deployment>(&client, ns),
+            watcher::Config::default(),
+            move |d| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
+            },
+        )
+        .watches(api::<Pod>(&client, ns), watcher::Config::default(), move |p| {
+            let Some(deployment) = pod_deployment(&p) else {
+                return vec![];
+            };
+            targeting(&s2, p.namespace().as_deref(), |r| {
+                targets_deployment(r, &deployment)
+            })
+        })
+        .watches(
+            api::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            move |c| {
+                let name = c.name_any();
+                targeting(&s3, c.namespace().as_deref(), |r| r.spec.api.config_map == name)
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(rollout = %format!("{}/{}", obj.namespace.unwrap_or_default(), obj.name), "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "rollout gone")
+                }
+                Err(e) => warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+    info!("dedup2d operator stopped");
+    Ok(())
+}
+
+/// Rollouts in namespace `ns` for which `pred` holds.
+fn targeting(
+    store: &Store<Dedup2DRollout>,
+    ns: Option<&str>,
+    pred: impl Fn(&Dedup2DRollout) -> bool,
+) -> Vec<ObjectRef<Dedup2DRollout>> {
+    store
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == ns && pred(r))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+/// Does the rollout name this Deployment as a worker or as the API?
+pub fn targets_deployment(r: &Dedup2DRollout, deployment: &str) -> bool {
+    r.spec.api.deployment == deployment || r.spec.workers.iter().any(|w| w.deployment == deployment)
+}
+
+/// The Deployment a pod belongs to: its ReplicaSet owner's name without the pod-template hash.
+pub fn pod_deployment(pod: &Pod) -> Option<String> {
+    let rs = pod
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "ReplicaSet")?;
+    rs.name.rsplit_once('-').map(|(d, _)| d.to_string())
+}
+
+/// One reconcile of one rollout.
+async fn reconcile(obj: Arc<Dedup2DRollout>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let span = tracing::info_span!("reconcile", rollout = %format!("{ns}/{name}"));
+    let result = reconcile_steps(&ctx, &ns, &name).instrument(span).await;
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap()
+            .remove(&ObjectRef::from_obj(obj.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
+    let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), ns);
+    // Read fresh: the cached copy may lag our own last status write.
+    let Some(rollout) = api
+        .get_opt(name)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            name: name.into(),
+            source,
+        })?
+    else {
+        return Ok(Requeue::await_change());
+    };
+    if rollout.metadata.deletion_timestamp.is_some() {
+        return Ok(Requeue::await_change());
+    }
+
+    // observe
+    let observed = observe::observe(&ctx.client, &ctx.redis, &rollout).await?;
+    // plan
+    let decision = plan::plan(
+        &rollout.spec,
+        rollout.status.as_ref(),
+        &observed,
+        Timestamp::now(),
+    );
+    // persist status
+    if let Err(stale) = persist_status(&api, &rollout, &decision).await {
+        return match stale {
+            ActError::StaleRollout(_) => {
+                debug!("rollout changed since it was read; re-planning");
+                Ok(Requeue::requeue(AFTER_STALE))
+            }
+            other => Err(other.into()),
+        };
+    }
+    // act
+    let acted = match &decision.action {
+        Action::None => Ok(()),
+        action => {
+            info!(?action, "applying");
+            act::apply(&ctx.client, ns, action).await
+        }
+    };
+    // events: the status they describe is persisted, so they go out even when the write failed
+    // (the write is retried; the transitions would not be reported again).
+    publish_events(ctx, &rollout, &decision).await;
+    acted?;
+    // requeue
+    let message = decision.status.message.as_deref().unwrap_or("");
+    debug!(phase = ?decision.status.phase, message, requeue = ?decision.requeue_after, "planned");
+    Ok(match decision.requeue_after {
+        Some(d) => Requeue::requeue(d),
+        None => Requeue::await_change(),
+    })
+}
+
+/// Write the decided status when it changed or an action follows (the read resourceVersion is the
+/// precondition, so a stale decision is refused before anything is acted on).
+async fn persist_status(
+    api: &Api<Dedup2DRollout>,
+    rollout: &Dedup2DRollout,
+    decision: &Decision,
+) -> Result<(), ActError> {
+    let changed = rollout.status.as_ref() != Some(&decision.status);
+    if !changed && decision.action == Action::None {
+        return Ok(());
+    }
+    act::write_status(api, rollout, &decision.status).await?;
+    for (from, to) in decision.transitions() {
+        info!(%from, %to, message = decision.status.message.as_deref().unwrap_or(""), "phase transition");
+    }
+    Ok(())
+}
+
+async fn publish_events(ctx: &Context, rollout: &Dedup2DRollout, decision: &Decision) {
+    let reference = rollout.object_ref(&());
+    for e in &decision.events {
+        let event = Event {
+            type_: match e.kind {
+                EventKind::Normal => EventType::Normal,
+                EventKind::Warning => EventType::Warning,
+            },
+            reason: e.reason.clone(),
+            note: Some(e.message.chars().take(1000).collect()),
+            // The target phase for transitions, so each transition is its own Event.
+            action: match e.transition {
+                Some((_, to)) => to.to_string(),
+                None => e.reason.clone(),
+            },
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            warn!(reason = %e.reason, error = %err, "could not publish Event");
+        }
+    }
+}
+
+/// Back off exponentially per rollout (1 s doubling to 60 s); errors never crash the operator.
+fn error_policy(obj: Arc<Dedup2DRollout>, err: &ReconcileError, ctx: Arc<Context>) -> Requeue {
+    let key = ObjectRef::from_obj(obj.as_ref());
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap();
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(n);
+    warn!(
+        rollout = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
+        error = %err,
+        attempt = n,
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Requeue::requeue(delay)
+}
+
+/// Delay before retry number `attempt` (1-based).
+pub fn backoff(attempt: u32) -> Duration {
+    let secs = 1u64 << attempt.saturating_sub(1).min(6);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pods_map_to_their_deployment() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "dedup2d-worker-5d8f9-abcde",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "dedup2d-worker-5d8f9", "uid": "u"}]}}))
+        .unwrap();
+        assert_eq!(pod_deployment(&pod).as_deref(), Some("dedup2d-worker"));
+        let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        assert_eq!(pod_deployment(&bare), None);
+    }
+
+    #[test]
+    fn rollouts_target_workers_and_the_api() {
+        let r: Dedup2DRollout = serde_json::from_value(json!({
+            "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"workers": [{"deployment": "w", "image": "i"}], "api": {"deployment": "a", "configMap": "c"}}
+        }))
+        .unwrap();
+        assert!(targets_deployment(&r, "w"));
+        assert!(targets_deployment(&r, "a"));
+        assert!(!targets_deployment(&r, "c"));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_minute() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(6), Duration::from_secs(32));
+        assert_eq!(backoff(7), MAX_BACKOFF);
+        assert_eq!(backoff(100), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,786 @@
+//! The observer: builds the planner's [`Observed`] snapshot for one rollout from the API server
+//! (its Deployments, their Pods by selector including terminating ones, the ConfigMap, managedFields,
+//! the other rollouts of the namespace) and from Redis (worker heartbeats, the drain scan).
+//!
+//! Nothing here decides. What only the cluster can tell is represented, not raised: a missing
+//! Deployment or ConfigMap is absent from the snapshot, Redis trouble becomes
+//! `DrainObs::Unreachable` / `Heartbeats::Unavailable`, and the planner turns these into `Stalled`
+//! with a clear reason. Only API-server failures are errors (the reconciler backs off and retries).
+//! The IO is thin; the mapping of objects into snapshot types is in pure functions tested below.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Pod, PodSpec, Secret},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    api::ListParams,
+    core::{ObjectMeta, Selector},
+    Api, Client, ResourceExt,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Mutex;
+
+use super::{
+    crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER},
+    drain::{self, ActiveFigures},
+    managed,
+    snapshot::{
+        ConfigObs, DeploymentObs, DrainFigures, DrainObs, Heartbeats, Observed, PodObs,
+        KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS,
+    },
+};
+use crate::contract::keys::Keys;
+
+/// ConfigMap key with the Redis URL the API and workers use (the drain's default).
+pub const KEY_REDIS_URL: &str = "DEDUP2D_REDIS_URL";
+/// Fallback ConfigMap key for the Redis URL (the contract's `REDIS_URL`).
+pub const KEY_REDIS_URL_FALLBACK: &str = "REDIS_URL";
+/// ConfigMap key with the Redis key prefix.
+pub const KEY_REDIS_KEY_PREFIX: &str = "DEDUP2D_REDIS_KEY_PREFIX";
+/// Keys per SCAN step (and per server-side Lua check).
+const SCAN_BATCH: usize = 500;
+/// Upper bound for one whole Redis observation (connect, heartbeats, drain and active scans).
+const REDIS_BUDGET: Duration = Duration::from_secs(20);
+
+/// An API-server read failed (not a 404: missing objects are part of the snapshot).
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("reading {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ObserveError {
+    let what = what.into();
+    move |source| ObserveError::Kube { what, source }
+}
+
+/// Redis connections shared by all reconciles, one per URL (reconnecting by themselves).
+#[derive(Default)]
+pub struct RedisPool {
+    conns: Mutex<HashMap<String, ConnectionManager>>,
+}
+
+impl RedisPool {
+    async fn get(&self, url: &str) -> Result<ConnectionManager, String> {
+        if let Some(c) = self.conns.lock().await.get(url) {
+            return Ok(c.clone());
+        }
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(2);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?;
+        self.conns
+            .lock()
+            .await
+            .insert(url.to_string(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// A Redis URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparsable URL>".into(),
+    }
+}
+
+/// Where the drain looks: URL and key prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub url: String,
+    pub prefix: String,
+}
+
+/// Observe the world of one rollout.
+pub async fn observe(
+    client: &Client,
+    redis: &RedisPool,
+    rollout: &Dedup2DRollout,
+) -> Result<Observed, ObserveError> {
+    let ns = rollout.namespace().unwrap_or_else(|| "default".into());
+    let spec = &rollout.spec;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+
+    let mut workers = BTreeMap::new();
+    for w in &spec.workers {
+        if let Some(d) = read_deployment(&deployments, &pods, &w.deployment).await? {
+            workers.insert(w.deployment.clone(), d);
+        }
+    }
+    let mut api = read_deployment(&deployments, &pods, &spec.api.deployment).await?;
+    let cm = config_maps
+        .get_opt(&spec.api.config_map)
+        .await
+        .map_err(kube_err(format!("ConfigMap {}", spec.api.config_map)))?;
+    if let (Some(api), Some(cm)) = (api.as_mut(), cm.as_ref()) {
+        // The planner looks up managers of every field it writes on the API's entry.
+        let name = spec.api.config_map.clone();
+        api.managers
+            .extend(managed::managers(cm.managed_fields(), FIELD_MANAGER, |f| {
+                managed::config_map_fields(&name, &[KEY_INCLUDE_B64, KEY_MAX_BYTES], f)
+            }));
+    }
+
+    let rollouts: Api<Dedup2DRollout> = Api::namespaced(client.clone(), &ns);
+    let others = rollouts
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("the namespace's Dedup2DRollouts"))?;
+    let conflicts = conflicts(rollout, &others.items);
+
+    let secret = match spec
+        .drain
+        .redis
+        .as_ref()
+        .and_then(|r| r.url_secret_ref.as_ref())
+    {
+        Some(r) => Some(
+            Api::<Secret>::namespaced(client.clone(), &ns)
+                .get_opt(&r.name)
+                .await
+                .map_err(kube_err(format!("Secret {}", r.name)))?,
+        ),
+        None => None,
+    };
+    let (heartbeats, drain) =
+        match redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())) {
+            Err(why) => (
+                Heartbeats::Unavailable(why.clone()),
+                DrainObs::Unreachable(why),
+            ),
+            Ok(target) => match tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
+                .await
+            {
+                Ok(Ok((beats, figures))) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
+                Ok(Err(why)) => (
+                    Heartbeats::Unavailable(why.clone()),
+                    DrainObs::Unreachable(why),
+                ),
+                Err(_) => {
+                    let why = format!(
+                        "Redis at {} did not answer within {}s",
+                        redact(&target.url),
+                        REDIS_BUDGET.as_secs()
+                    );
+                    (
+                        Heartbeats::Unavailable(why.clone()),
+                        DrainObs::Unreachable(why),
+                    )
+                }
+            },
+        };
+
+    Ok(Observed {
+        generation: rollout.metadata.generation.unwrap_or(0),
+        request: rollout
+            .annotations()
+            .get(super::crd::REQUEST_ANNOTATION)
+            .cloned(),
+        workers,
+        api,
+        config: cm.as_ref().map(config_obs),
+        heartbeats,
+        drain,
+        conflicts,
+    })
+}
+
+async fn read_deployment(
+    deployments: &Api<Deployment>,
+    pods: &Api<Pod>,
+    name: &str,
+) -> Result<Option<DeploymentObs>, ObserveError> {
+    let Some(d) = deployments
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("Deployment {name}")))?
+    else {
+        return Ok(None);
+    };
+    let selector = d
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .and_then(|s| Selector::try_from(s).ok());
+    let pod_list = match selector {
+        // An empty or unparsable selector would list the whole namespace: observe no pods instead.
+        Some(sel) if !sel.selects_all() => {
+            pods.list(&ListParams::default().labels_from(&sel))
+                .await
+                .map_err(kube_err(format!("the pods of Deployment {name}")))?
+                .items
+        }
+        _ => vec![],
+    };
+    Ok(Some(deployment_obs(&d, &pod_list)))
+}
+
+/// Scan heartbeats, legacy payloads and active jobs. `Err` is a message for the Stalled condition.
+async fn observe_redis(
+    redis: &RedisPool,
+    target: &RedisTarget,
+) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), String> {
+    let mut conn = redis.get(&target.url).await?;
+    let keys = Keys::new(&target.prefix);
+    let scanned_at = Timestamp::now();
+    let beats = read_heartbeats(&mut conn, &keys)
+        .await
+        .map_err(|e| format!("reading worker heartbeats: {e}"))?;
+    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(
+        scanned = legacy.scanned,
+        legacy = legacy.legacy,
+        batches = legacy.batches,
+        bytes_inspected = legacy.bytes_inspected,
+        elapsed_ms = legacy.elapsed.as_millis() as u64,
+        active = active.active,
+        "redis drain scan"
+    );
+    Ok((beats, drain_figures(scanned_at, &legacy, &active)))
+}
+
+/// SCAN `{prefix}:worker:*` and read each heartbeat's `formats`, keyed by hostname (= pod name).
+async fn read_heartbeats(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> redis::RedisResult<BTreeMap<String, Vec<String>>> {
+    let pattern = keys.worker_heartbeat_pattern();
+    let key_prefix = keys.worker_heartbeat("");
+    let mut out = BTreeMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .query_async(conn)
+            .await?;
+        if !found.is_empty() {
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&found).query_async(conn).await?;
+            for (key, value) in found.iter().zip(values) {
+                let (Some(host), Some(value)) = (key.strip_prefix(&key_prefix), value) else {
+                    continue;
+                };
+                out.insert(host.to_string(), heartbeat_formats(&value));
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+// ----- pure mapping ---------------------------------------------------------------------------
+
+/// The `formats` a heartbeat JSON lists (none when it is not the expected shape).
+pub fn heartbeat_formats(json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| {
+            v.get("formats")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The drain module's figures in the snapshot's shape.
+pub fn drain_figures(
+    scanned_at: Timestamp,
+    legacy: &drain::DrainFigures,
+    active: &ActiveFigures,
+) -> DrainFigures {
+    DrainFigures {
+        scanned_at,
+        legacy_payloads: legacy.legacy,
+        legacy_without_expiry: legacy.legacy_without_expiry,
+        max_legacy_pttl_ms: legacy.max_legacy_pttl_ms,
+        active_without_b64: active.file_ref_only,
+    }
+}
+
+/// Where the drain looks: `spec.drain.redis` (Secret URL, key prefix), else what the API reads from
+/// its ConfigMap. `Err` says why there is no usable URL.
+pub fn redis_target(
+    spec: &Dedup2DRolloutSpec,
+    cm: Option<&ConfigMap>,
+    secret: Option<Option<&Secret>>,
+) -> Result<RedisTarget, String> {
+    let data = cm.and_then(|c| c.data.as_ref());
+    let cm_value = |k: &str| {
+        data.and_then(|d| d.get(k))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let redis = spec.drain.redis.as_ref();
+    let url = match (redis.and_then(|r| r.url_secret_ref.as_ref()), secret) {
+        (Some(r), Some(secret)) => {
+            let Some(secret) = secret else {
+                return Err(format!("Secret {} (spec.drain.redis.urlSecretRef) not found", r.name));
+            };
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&r.key))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(&r.key))
+                        .map(|s| s.clone().into_bytes())
+                })
+                .ok_or_else(|| format!("Secret {} has no key {}", r.name, r.key))?;
+            String::from_utf8(bytes)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| format!("Secret {} key {} is not UTF-8", r.name, r.key))?
+        }
+        _ => cm_value(KEY_REDIS_URL)
+            .or_else(|| cm_value(KEY_REDIS_URL_FALLBACK))
+            .ok_or_else(|| {
+                format!(
+                    "no Redis URL: set spec.drain.redis.urlSecretRef or {KEY_REDIS_URL} in ConfigMap {}",
+                    spec.api.config_map
+                )
+            })?,
+    };
+    let prefix = redis
+        .and_then(|r| r.key_prefix.clone())
+        .or_else(|| cm_value(KEY_REDIS_KEY_PREFIX))
+        .unwrap_or_else(|| "dedup2d".into());
+    Ok(RedisTarget { url, prefix })
+}
+
+/// A Deployment and its pods as the planner sees them.
+pub fn deployment_obs(d: &Deployment, pods: &[Pod]) -> DeploymentObs {
+    let name = d.name_any();
+    let spec = d.spec.as_ref();
+    let status = d.status.as_ref();
+    let template = spec.map(|s| &s.template);
+    let pod_spec = template.and_then(|t| t.spec.as_ref());
+    let progress_deadline_exceeded = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            })
+        });
+    let deployment_name = name.clone();
+    DeploymentObs {
+        generation: d.metadata.generation.unwrap_or(0),
+        observed_generation: status.and_then(|s| s.observed_generation).unwrap_or(0),
+        replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+        status_replicas: status.and_then(|s| s.replicas).unwrap_or(0),
+        updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+        available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
+        progress_deadline_exceeded,
+        containers: pod_spec.map(containers).unwrap_or_default(),
+        template_annotations: template
+            .and_then(|t| t.metadata.as_ref())
+            .map(annotations)
+            .unwrap_or_default(),
+        reads_config_maps: pod_spec.map(reads_config_maps).unwrap_or_default(),
+        pods: pods.iter().map(pod_obs).collect(),
+        managers: managed::managers(d.managed_fields(), FIELD_MANAGER, |f| {
+            managed::deployment_fields(&deployment_name, f)
+        }),
+        name,
+    }
+}
+
+/// One pod: its containers, annotations, readiness, and whether it is terminating.
+pub fn pod_obs(p: &Pod) -> PodObs {
+    PodObs {
+        name: p.name_any(),
+        containers: p.spec.as_ref().map(containers).unwrap_or_default(),
+        annotations: annotations(&p.metadata),
+        ready: p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn containers(spec: &PodSpec) -> Vec<(String, String)> {
+    spec.containers
+        .iter()
+        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+        .collect()
+}
+
+fn annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.annotations.clone().unwrap_or_default()
+}
+
+/// ConfigMaps the pod's containers read into their environment (`envFrom.configMapRef`,
+/// `env[].valueFrom.configMapKeyRef`), sorted and unique.
+pub fn reads_config_maps(spec: &PodSpec) -> Vec<String> {
+    let mut out: Vec<String> = spec
+        .containers
+        .iter()
+        .flat_map(|c| {
+            let from = c
+                .env_from
+                .iter()
+                .flatten()
+                .filter_map(|e| e.config_map_ref.as_ref().map(|r| r.name.clone()));
+            let keys = c
+                .env
+                .iter()
+                .flatten()
+                .filter_map(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
+                .map(|r| r.name.clone());
+            from.chain(keys).collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The ConfigMap values the planner reads.
+pub fn config_obs(cm: &ConfigMap) -> ConfigObs {
+    let get = |k: &str| cm.data.as_ref().and_then(|d| d.get(k)).cloned();
+    ConfigObs {
+        include_b64: get(KEY_INCLUDE_B64),
+        max_bytes: get(KEY_MAX_BYTES),
+        ttl_seconds: get(KEY_TTL_SECONDS),
+    }
+}
+
+/// Older, unfinished rollouts in the namespace that target one of this rollout's Deployments. A
+/// rollout in a terminal phase (Completed, RolledBack, Failed) or being deleted does not conflict, so
+/// the next upgrade of the same fleet can start once the previous one finished.
+pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
+    let targets = |r: &Dedup2DRollout| -> Vec<String> {
+        r.spec
+            .workers
+            .iter()
+            .map(|w| w.deployment.clone())
+            .chain([r.spec.api.deployment.clone()])
+            .collect()
+    };
+    let mine = targets(this);
+    let age = |r: &Dedup2DRollout| {
+        (
+            r.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            r.name_any(),
+        )
+    };
+    let my_age = age(this);
+    let mut out: Vec<String> = all
+        .iter()
+        .filter(|o| o.uid() != this.uid() && o.name_any() != this.name_any())
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter(|o| {
+            !o.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal())
+        })
+        .filter(|o| age(o) < my_age)
+        .filter_map(|o| {
+            let shared: Vec<String> = targets(o)
+                .into_iter()
+                .filter(|t| mine.contains(t))
+                .collect();
+            (!shared.is_empty())
+                .then(|| format!("{} (Deployment {})", o.name_any(), shared.join(", ")))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::{Phase, RedisRef, SecretKeyRef};
+    use crate::operator::plan::field_id;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn deployment() -> Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api", "generation": 3, "managedFields": [
+                {"manager": "kubectl-set", "operation": "Update", "time": "2026-01-01T00:00:00Z",
+                 "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"api\"}": {"f:image": {}}}}}}}}
+            ]},
+            "spec": {
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {
+                    "metadata": {"labels": {"app": "api"}, "annotations": {"dedup2d.io/payload-config": "h1"}},
+                    "spec": {"containers": [
+                        {"name": "api", "image": "api:1",
+                         "envFrom": [{"configMapRef": {"name": "cfg"}}],
+                         "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "other", "key": "x"}}}]},
+                        {"name": "sidecar", "image": "side:1", "envFrom": [{"secretRef": {"name": "s"}}, {"configMapRef": {"name": "cfg"}}]}
+                    ]}
+                }
+            },
+            "status": {"observedGeneration": 2, "replicas": 3, "updatedReplicas": 1, "availableReplicas": 2,
+                       "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}
+        }))
+        .unwrap()
+    }
+
+    fn pod(name: &str, image: &str, ready: bool, terminating: bool) -> Pod {
+        let mut v = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "api", "image": image}]},
+            "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]}
+        });
+        if terminating {
+            v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn deployment_maps_to_the_rollout_status_figures() {
+        let d = deployment_obs(
+            &deployment(),
+            &[
+                pod("p1", "api:1", true, false),
+                pod("p0", "api:0", false, true),
+            ],
+        );
+        assert_eq!(d.name, "api");
+        assert_eq!(
+            (d.generation, d.observed_generation, d.replicas),
+            (3, 2, 1),
+            "spec.replicas defaults to 1"
+        );
+        assert_eq!(
+            (d.status_replicas, d.updated_replicas, d.available_replicas),
+            (3, 1, 2)
+        );
+        assert!(d.progress_deadline_exceeded);
+        assert_eq!(
+            d.containers,
+            vec![
+                ("api".to_string(), "api:1".to_string()),
+                ("sidecar".into(), "side:1".into())
+            ]
+        );
+        assert_eq!(d.template_annotations["dedup2d.io/payload-config"], "h1");
+        assert_eq!(d.reads_config_maps, vec!["cfg".to_string(), "other".into()]);
+        assert_eq!(d.pods.len(), 2);
+        assert!(d.pods[1].terminating && !d.pods[1].ready);
+        assert!(d.pods[0].ready && !d.pods[0].terminating);
+        assert_eq!(d.pods[0].image("api"), Some("api:1"));
+        assert_eq!(d.pods[0].annotations["a"], "b");
+        assert_eq!(
+            d.managers
+                .get(&field_id::image("api", "api"))
+                .map(String::as_str),
+            Some("kubectl-set")
+        );
+    }
+
+    #[test]
+    fn pod_without_status_is_not_ready() {
+        let p: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c"}]}}),
+        )
+        .unwrap();
+        let o = pod_obs(&p);
+        assert!(!o.ready && !o.terminating);
+        assert_eq!(o.containers, vec![("c".to_string(), String::new())]);
+    }
+
+    fn spec(redis: Option<RedisRef>) -> Dedup2DRolloutSpec {
+        let mut s: Dedup2DRolloutSpec = serde_json::from_value(json!({
+            "workers": [{"deployment": "w", "image": "i"}],
+            "api": {"deployment": "api", "configMap": "cfg"}
+        }))
+        .unwrap();
+        s.drain.redis = redis;
+        s
+    }
+
+    fn cm(data: serde_json::Value) -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": data})).unwrap()
+    }
+
+    #[test]
+    fn redis_target_defaults_to_the_config_map() {
+        let c =
+            cm(json!({"DEDUP2D_REDIS_URL": " redis://r:6379/1 ", "DEDUP2D_REDIS_KEY_PREFIX": "p"}));
+        assert_eq!(
+            redis_target(&spec(None), Some(&c), None),
+            Ok(RedisTarget {
+                url: "redis://r:6379/1".into(),
+                prefix: "p".into()
+            })
+        );
+        let c = cm(json!({"REDIS_URL": "redis://fallback"}));
+        assert_eq!(
+            redis_target(&spec(None), Some(&c), None).unwrap(),
+            RedisTarget {
+                url: "redis://fallback".into(),
+                prefix: "dedup2d".into()
+            }
+        );
+        let err = redis_target(&spec(None), Some(&cm(json!({}))), None).unwrap_err();
+        assert!(err.contains("no Redis URL") && err.contains("cfg"), "{err}");
+        assert!(redis_target(&spec(None), None, None).is_err());
+    }
+
+    #[test]
+    fn redis_target_from_the_secret() {
+        let r = RedisRef {
+            url_secret_ref: Some(SecretKeyRef {
+                name: "sec".into(),
+                key: "url".into(),
+            }),
+            key_prefix: Some("kp".into()),
+        };
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                "url".to_string(),
+                ByteString(b"redis://s:1/0\n".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let c = cm(json!({"DEDUP2D_REDIS_URL": "redis://cm", "DEDUP2D_REDIS_KEY_PREFIX": "p"}));
+        assert_eq!(
+            redis_target(&spec(Some(r.clone())), Some(&c), Some(Some(&secret))),
+            Ok(RedisTarget {
+                url: "redis://s:1/0".into(),
+                prefix: "kp".into()
+            })
+        );
+        let missing = redis_target(&spec(Some(r.clone())), Some(&c), Some(None)).unwrap_err();
+        assert!(
+            missing.contains("Secret sec") && missing.contains("not found"),
+            "{missing}"
+        );
+        let no_key =
+            redis_target(&spec(Some(r)), Some(&c), Some(Some(&Secret::default()))).unwrap_err();
+        assert!(no_key.contains("no key url"), "{no_key}");
+    }
+
+    #[test]
+    fn heartbeat_formats_parse() {
+        assert_eq!(
+            heartbeat_formats(r#"{"formats": ["file_ref", "file_bytes_b64"], "pid": 1}"#),
+            vec!["file_ref".to_string(), "file_bytes_b64".into()]
+        );
+        assert!(heartbeat_formats("not json").is_empty());
+        assert!(heartbeat_formats(r#"{"formats": "file_ref"}"#).is_empty());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+    }
+
+    fn rollout(
+        name: &str,
+        created: &str,
+        workers: &[&str],
+        api: &str,
+        phase: Option<Phase>,
+    ) -> Dedup2DRollout {
+        let mut r: Dedup2DRollout = serde_json::from_value(json!({
+            "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+            "metadata": {"name": name, "namespace": "ns", "uid": name, "creationTimestamp": created},
+            "spec": {
+                "workers": workers.iter().map(|w| json!({"deployment": w, "image": "i"})).collect::<Vec<_>>(),
+                "api": {"deployment": api, "configMap": "cfg"}
+            }
+        }))
+        .unwrap();
+        if let Some(p) = phase {
+            r.status = Some(crate::operator::crd::Dedup2DRolloutStatus {
+                phase: Some(p),
+                ..Default::default()
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn only_older_unfinished_rollouts_on_shared_deployments_conflict() {
+        let me = rollout("me", "2026-01-02T00:00:00Z", &["w1", "w2"], "api", None);
+        let all = vec![
+            me.clone(),
+            rollout(
+                "old",
+                "2026-01-01T00:00:00Z",
+                &["w2"],
+                "api2",
+                Some(Phase::Soaking),
+            ),
+            rollout("old-api", "2026-01-01T00:00:00Z", &["x"], "api", None),
+            rollout(
+                "done",
+                "2026-01-01T00:00:00Z",
+                &["w1"],
+                "api",
+                Some(Phase::Completed),
+            ),
+            rollout("newer", "2026-01-03T00:00:00Z", &["w1"], "api", None),
+            rollout("unrelated", "2026-01-01T00:00:00Z", &["z"], "zapi", None),
+        ];
+        assert_eq!(
+            conflicts(&me, &all),
+            vec![
+                "old (Deployment w2)".to_string(),
+                "old-api (Deployment api)".into()
+            ]
+        );
+        // The older one does not see the newer one as a conflict.
+        assert!(conflicts(&all[1], &all).is_empty());
+        // Same second: the name decides, so exactly one of the two stalls.
+        let a = rollout("a", "2026-01-01T00:00:00Z", &["w"], "api", None);
+        let b = rollout("b", "2026-01-01T00:00:00Z", &["w"], "api", None);
+        let both = vec![a.clone(), b.clone()];
+        assert!(conflicts(&a, &both).is_empty());
+        assert_eq!(conflicts(&b, &both).len(), 1);
+    }
+}
