@@ -41,6 +41,25 @@ enum Command {
         /// Only reconcile rollouts (and watch targets) in this namespace; default: all namespaces.
         #[arg(long, env = "DEDUP2D_OPERATOR_NAMESPACE")]
         namespace: Option<String>,
+        /// Namespace of the leader-election Lease; default: --namespace, else POD_NAMESPACE, else `default`.
+        #[arg(long, env = "DEDUP2D_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Name of the leader-election Lease (replicas sharing it: only one acts).
+        #[arg(long, env = "DEDUP2D_LEASE_NAME", default_value = "dedup2d-operator")]
+        lease_name: String,
+        /// Lease duration in seconds: a standby takes over at most this long after the leader vanished.
+        #[arg(long, env = "DEDUP2D_LEASE_DURATION", default_value_t = dedup2d::operator::leader::DEFAULT_LEASE_DURATION.as_secs())]
+        lease_duration: u64,
+        /// Seconds before expiry at which the leader renews (0 < grace < duration).
+        #[arg(long, env = "DEDUP2D_LEASE_GRACE", default_value_t = dedup2d::operator::leader::DEFAULT_RENEW_GRACE.as_secs())]
+        lease_grace: u64,
+        /// Address for /metrics, /healthz and /readyz.
+        #[arg(
+            long,
+            env = "DEDUP2D_OPERATOR_METRICS_ADDR",
+            default_value = "0.0.0.0:9100"
+        )]
+        metrics_addr: SocketAddr,
     },
 }
 
@@ -68,10 +87,28 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Worker => worker().await?,
         Command::Rollout(args) => dedup2d::cli::run(args).await?,
-        Command::Operator { namespace } => {
+        Command::Operator {
+            namespace,
+            lease_namespace,
+            lease_name,
+            lease_duration,
+            lease_grace,
+            metrics_addr,
+        } => {
+            use dedup2d::operator::serve;
             dedup2d::telemetry::init_tracing();
             let client = kube::Client::try_default().await?;
-            dedup2d::operator::controller::run(client, namespace).await?;
+            let settings = serve::OperatorSettings {
+                lease_namespace: lease_namespace
+                    .unwrap_or_else(|| serve::default_lease_namespace(namespace.as_deref())),
+                namespace,
+                lease_name,
+                identity: serve::default_identity(),
+                lease_duration: std::time::Duration::from_secs(lease_duration),
+                lease_grace: std::time::Duration::from_secs(lease_grace),
+                metrics_addr,
+            };
+            serve::run(client, settings).await?;
         }
     }
     Ok(())

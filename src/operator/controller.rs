@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -34,7 +34,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{
     act::{self, ActError},
-    crd::{Dedup2DRollout, FIELD_MANAGER},
+    crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
+    metrics::OperatorMetrics,
     observe::{self, ObserveError, RedisPool},
     plan::{self, Action, Decision, EventKind},
 };
@@ -58,6 +59,18 @@ pub enum ReconcileError {
     },
 }
 
+impl ReconcileError {
+    /// A small fixed label for `dedup2d_reconcile_errors_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Observe(_) => "Observe",
+            ReconcileError::Act(ActError::StaleRollout(_)) => "Conflict",
+            ReconcileError::Act(_) => "Act",
+            ReconcileError::Read { .. } => "Read",
+        }
+    }
+}
+
 /// The operator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -75,10 +88,11 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per rollout, for the backoff.
     failures: Mutex<HashMap<ObjectRef<Dedup2DRollout>, u32>>,
+    pub metrics: Arc<OperatorMetrics>,
 }
 
 impl Context {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, metrics: Arc<OperatorMetrics>) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -88,12 +102,18 @@ impl Context {
             client,
             redis: RedisPool::default(),
             failures: Mutex::default(),
+            metrics,
         }
     }
 }
 
 /// Run the controller until SIGTERM/SIGINT. `namespace`: only rollouts (and targets) there.
-pub async fn run(client: Client, namespace: Option<String>) -> Result<(), RunError> {
+/// Reconciles are recorded in `metrics`.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    metrics: Arc<OperatorMetrics>,
+) -> Result<(), RunError> {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -118,7 +138,7 @@ pub async fn run(client: Client, namespace: Option<String>) -> Result<(), RunErr
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
     let (s1, s2, s3) = (store.clone(), store.clone(), store);
-    let ctx = Arc::new(Context::new(client.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
     controller
         .watches(
             api::<Deployment>(&client, ns),
@@ -195,7 +215,12 @@ async fn reconcile(obj: Arc<Dedup2DRollout>, ctx: Arc<Context>) -> Result<Requeu
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let span = tracing::info_span!("reconcile", rollout = %format!("{ns}/{name}"));
+    let started = Instant::now();
     let result = reconcile_steps(&ctx, &ns, &name).instrument(span).await;
+    ctx.metrics.observe_reconcile(started.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.record_reconcile_error(e.reason());
+    }
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -216,9 +241,11 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
             source,
         })?
     else {
+        ctx.metrics.forget_rollout(ns, name);
         return Ok(Requeue::await_change());
     };
     if rollout.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget_rollout(ns, name);
         return Ok(Requeue::await_change());
     }
 
@@ -241,6 +268,7 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
             other => Err(other.into()),
         };
     }
+    record_metrics(&ctx.metrics, &rollout, &decision);
     // act
     let acted = match &decision.action {
         Action::None => Ok(()),
@@ -260,6 +288,28 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
         Some(d) => Requeue::requeue(d),
         None => Requeue::await_change(),
     })
+}
+
+/// The persisted decision in the metrics: phase, legacy payloads, drain time left, transitions and,
+/// on reaching a final phase, the rollout's duration (from the rollout's creation).
+fn record_metrics(metrics: &OperatorMetrics, rollout: &Dedup2DRollout, decision: &Decision) {
+    let ns = rollout.namespace().unwrap_or_default();
+    metrics.observe_rollout(&ns, &rollout.name_any(), &decision.status);
+    for (from, to) in decision.transitions() {
+        metrics.record_transition(from, to);
+        if matches!(to, Phase::Completed | Phase::RolledBack | Phase::Failed) {
+            let took = rollout
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| {
+                    let ms = Timestamp::now().as_millisecond() - t.0.as_millisecond();
+                    Duration::from_millis(ms.max(0) as u64)
+                })
+                .unwrap_or_default();
+            metrics.record_rollout_finished(to, took);
+        }
+    }
 }
 
 /// Write the decided status when it changed or an action follows (the read resourceVersion is the

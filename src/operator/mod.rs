@@ -12,4 +12,5 @@ pub mod managed;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod serve;
 pub mod snapshot;

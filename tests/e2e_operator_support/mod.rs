@@ -79,13 +79,26 @@ pub struct Operator {
     _dir: tempfile::TempDir,
 }
 
+/// Short leader-election timing, so a new process takes over a SIGKILLed one's Lease within seconds.
+pub const LEASE_ARGS: [&str; 4] = ["--lease-duration", "6", "--lease-grace", "2"];
+
 impl Operator {
+    /// The operator on a free port for /metrics, with the short [`LEASE_ARGS`], on the Lease
+    /// `dedup2d-operator` in `ns`.
     pub fn start(ns: &str) -> Self {
+        Self::start_with(ns, &[])
+    }
+
+    /// [`Operator::start`] with more arguments.
+    pub fn start_with(ns: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dedup2d"))
             .args(["operator", "--namespace", ns])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(LEASE_ARGS)
+            .args(extra)
             .env("DEDUP2D_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",
@@ -101,6 +114,11 @@ impl Operator {
             log,
             _dir: dir,
         }
+    }
+
+    /// The process id (the Lease holder identity ends with `-<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, no clean shutdown.

@@ -1,0 +1,188 @@
+//! The `dedup2d operator` process: the health and metrics server, leader election on a Lease, and the
+//! controller, which runs only while this replica leads. Losing the Lease drops the controller at its
+//! current `.await` (it stops acting at once); the replica then stands by and contends again.
+//!
+//! `/healthz` is 200 while the process runs; `/readyz` is 200 once the election runs (leading or
+//! standing by) and 503 when it has stopped.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use kube::Client;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+
+use super::{
+    controller::{self, RunError},
+    leader::{LeaderElector, LeaderError},
+    metrics::{serve_health_and_metrics_on, MetricsServerError, OperatorMetrics},
+};
+
+/// How one operator replica runs.
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    /// Only rollouts (and targets) in this namespace; `None`: all namespaces.
+    pub namespace: Option<String>,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// Unique per replica (pod name + pid).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub lease_grace: Duration,
+    pub metrics_addr: SocketAddr,
+}
+
+/// Identity of this replica: `POD_NAME` (else `HOSTNAME`, else `dedup2d-operator`) and the pid, so a
+/// restarted process in the same pod is a new contender.
+pub fn default_identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "dedup2d-operator".into());
+    format!("{base}-{}", std::process::id())
+}
+
+/// The Lease namespace when none is given: the watched namespace, else `POD_NAMESPACE`, else `default`.
+pub fn default_lease_namespace(namespace: Option<&str>) -> String {
+    namespace
+        .map(str::to_string)
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsServerError),
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Runs the operator replica until SIGTERM/SIGINT (then releases the Lease) or a fatal error.
+pub async fn run(client: Client, settings: OperatorSettings) -> Result<(), ServeError> {
+    let metrics = Arc::new(OperatorMetrics::default());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let addr = settings.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsServerError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    let server = tokio::spawn(serve_health_and_metrics_on(
+        listener,
+        metrics.clone(),
+        ready_rx,
+    ));
+
+    let identity = settings.identity.clone();
+    let span = tracing::info_span!("operator", identity = %identity);
+    let result = lead_and_run(client, &settings, metrics, ready_tx)
+        .instrument(span)
+        .await;
+    server.abort();
+    result
+}
+
+async fn lead_and_run(
+    client: Client,
+    settings: &OperatorSettings,
+    metrics: Arc<OperatorMetrics>,
+    ready_tx: watch::Sender<bool>,
+) -> Result<(), ServeError> {
+    let leadership = LeaderElector::new(
+        client.clone(),
+        &settings.lease_namespace,
+        &settings.lease_name,
+        &settings.identity,
+    )
+    .with_timing(settings.lease_duration, settings.lease_grace)?
+    .start()
+    .await?;
+    info!(
+        identity = %settings.identity,
+        lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name),
+        "contending for leadership"
+    );
+    let _ = ready_tx.send(true);
+
+    // Mirror the leading flag into the metric, the log and readiness.
+    let mut leading = leadership.subscribe();
+    let flag_metrics = metrics.clone();
+    let identity = settings.identity.clone();
+    let mirror = tokio::spawn(
+        async move {
+            loop {
+                let now = *leading.borrow_and_update();
+                flag_metrics.set_leader(now);
+                if now {
+                    info!(%identity, "leading");
+                } else {
+                    info!(%identity, "standing by");
+                }
+                if leading.changed().await.is_err() {
+                    let _ = ready_tx.send(false);
+                    flag_metrics.set_leader(false);
+                    return;
+                }
+            }
+        }
+        .in_current_span(),
+    );
+
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let result = loop {
+        let controller =
+            controller::run(client.clone(), settings.namespace.clone(), metrics.clone());
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            r = leadership.run_while_leader(controller) => match r {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(e)) => break Err(e.into()),
+                Err(LeaderError::Lost { .. }) => {
+                    warn!(identity = %settings.identity, "lost leadership: stopped acting; standing by");
+                    continue;
+                }
+                Err(e) => break Err(e.into()),
+            },
+        }
+    };
+    info!(identity = %settings.identity, "releasing leadership");
+    if let Err(e) = leadership.release().await {
+        warn!(error = %e, "could not release the Lease");
+    }
+    mirror.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_namespace_prefers_the_watched_namespace() {
+        assert_eq!(default_lease_namespace(Some("team-a")), "team-a");
+    }
+
+    #[test]
+    fn identity_ends_with_the_pid() {
+        assert!(default_identity().ends_with(&format!("-{}", std::process::id())));
+    }
+}
