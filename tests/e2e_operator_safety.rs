@@ -637,3 +637,60 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
         secs(finished, done)
     );
 }
+
+/// 1b. The same stuck worker rollout with `onFailure: Pause`: held in UpgradingWorkers with
+/// `Stalled=True` reason `ProgressDeadlineExceeded`, nothing reverted; once the cause is gone a
+/// `retry` request resumes and the rollout completes.
+#[tokio::test]
+async fn stuck_worker_rollout_with_on_failure_pause_holds_until_retry() {
+    let ns = TestNamespace::new("op-stuckp").await;
+    install_crd(&ns.client).await;
+    let redis = RedisServer::start();
+    fleet(&ns, &redis.url(), "0", &[("worker-a", 2)]).await;
+    api_recreate(&ns).await;
+    wait_rolled_to(&ns, "api", API_OLD).await;
+    pod_quota(&ns, 4).await;
+    let _op = Operator::start(&ns.name);
+    apply_rollout(
+        &ns,
+        "sp",
+        json!({
+            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
+            "api": {"deployment": "api", "configMap": CM},
+            "dualWrite": {"enabled": true, "soak": "0"},
+            "progressDeadlineSeconds": 10,
+            "onFailure": "Pause"
+        }),
+    )
+    .await;
+    wait_phase(&ns, "sp", Phase::UpgradingWorkers, WAIT).await;
+    let message = eventually("Stalled=True ProgressDeadlineExceeded", WAIT, || async {
+        let st = status(&ns, "sp").await;
+        let c = st.conditions.iter().find(|c| c.type_ == "Stalled")?;
+        (c.status == "True" && c.reason == "ProgressDeadlineExceeded").then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("UpgradingWorkers made no progress"),
+        "{message}"
+    );
+    let st = status(&ns, "sp").await;
+    assert_eq!(st.phase, Some(Phase::UpgradingWorkers));
+    assert_eq!(st.hold.unwrap().reason, "ProgressDeadlineExceeded");
+    assert!(st.rollback.is_none(), "Pause does not roll back");
+    // The cause goes away (the Deployment controller finishes by itself): still held.
+    drop_quota(&ns).await;
+    wait_rolled_to(&ns, "worker-a", NEW_IMAGE).await;
+    holds(&ns, "sp", Phase::UpgradingWorkers, 4).await;
+    assert_eq!(include(&ns).await, "1");
+    request(&ns, "sp", Some("retry")).await;
+    let r = wait_phase(&ns, "sp", Phase::Completed, WAIT).await;
+    assert!(r
+        .status
+        .unwrap()
+        .last_request
+        .unwrap()
+        .outcome
+        .starts_with("resumed after ProgressDeadlineExceeded"));
+    print_events("stuck with onFailure Pause", &events(&ns).await);
+}
