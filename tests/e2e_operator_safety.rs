@@ -223,6 +223,7 @@ async fn stuck_worker_rollout_rolls_back_automatically() {
     api_recreate(&ns).await;
     wait_rolled_to(&ns, "api", API_OLD).await;
     pod_quota(&ns, 4).await;
+    let history = History::start(&ns).await;
     let _op = Operator::start(&ns.name);
     let started = Timestamp::now();
     apply_rollout(
@@ -287,6 +288,25 @@ async fn stuck_worker_rollout_rolls_back_automatically() {
         "a Warning with reason ProgressDeadlineExceeded"
     );
     assert!(evs.iter().any(|e| e.1 == "Warning" && e.3 == "RolledBack"));
+    // The trigger held: no pod of the new worker template ever existed.
+    assert!(
+        !history.arrived().iter().any(|e| matches!(&e.rec,
+            Rec::Pod { app, image, .. } if app == "worker-a" && image == NEW_IMAGE)),
+        "the quota kept the new ReplicaSet without pods"
+    );
+    // Detection latency: the planner re-checks a waiting phase every 15 s (POLL), so the
+    // deadline is noticed up to one poll late.
+    let failed_at = evs
+        .iter()
+        .find(|e| e.2 == "ProgressDeadlineExceeded")
+        .unwrap()
+        .0;
+    let detect = secs(entered, failed_at);
+    assert!(
+        (15.0..=15.0 + 15.0 + 5.0).contains(&detect),
+        "deadline noticed {detect:.1}s after UpgradingWorkers began"
+    );
+    println!("stuck rollout: deadline (15s) noticed {detect:.1}s after UpgradingWorkers began");
     println!(
         "stuck rollout: applied -> UpgradingWorkers {:.1}s, -> RolledBack {:.1}s later (deadline 15s)",
         secs(started, entered),
@@ -508,6 +528,7 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
     // One legacy payload holds the drain, so the rollout sits in Draining (dual-write off).
     write_payloads(&mut conn, &["l1"], &[], 3600).await;
     fleet(&ns, &redis.url(), "0", &[("worker-a", 2)]).await;
+    let history = History::start(&ns).await;
     let _op = Operator::start(&ns.name);
     apply_rollout(
         &ns,
@@ -572,9 +593,104 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
     wait_rolled_to(&ns, "worker-a", OLD_IMAGE).await;
     wait_rolled_to(&ns, "api", API_OLD).await;
     assert_eq!(include(&ns).await, "1");
+    // From the store's history: dual-write back on before any image was reverted, and no image
+    // reverted before the jobs finished.
+    let h = history.by_revision();
+    let includes = sequence(&h, |r| match r {
+        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
+        _ => None,
+    });
+    assert_eq!(includes, ["0", "1", "0", "1"]);
+    let on_again = h
+        .iter()
+        .rfind(|e| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == "1"))
+        .unwrap()
+        .rv;
+    let reverted = |name: &'static str, old: &'static str, new: &'static str| {
+        let first_new = h
+            .iter()
+            .find(|e| matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == new))
+            .unwrap()
+            .rv;
+        h.iter()
+            .find(|e| e.rv > first_new && matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == old))
+            .unwrap()
+            .clone()
+    };
+    let arrived = history.arrived();
+    for (name, old, new) in [
+        ("worker-a", OLD_IMAGE, NEW_IMAGE),
+        ("api", API_OLD, API_NEW),
+    ] {
+        let e = reverted(name, old, new);
+        assert!(
+            on_again < e.rv,
+            "{name}: dual-write on ({on_again}) before the revert ({})",
+            e.rv
+        );
+        let seen = arrived.iter().find(|a| a.rv == e.rv).unwrap().seen;
+        assert!(seen >= finished, "{name} reverted before the jobs finished");
+    }
     print_events("full abort", &events(&ns).await);
     println!(
         "full abort: jobs finished -> RolledBack {:.2}s",
         secs(finished, done)
     );
+}
+
+/// 1b. The same stuck worker rollout with `onFailure: Pause`: held in UpgradingWorkers with
+/// `Stalled=True` reason `ProgressDeadlineExceeded`, nothing reverted; once the cause is gone a
+/// `retry` request resumes and the rollout completes.
+#[tokio::test]
+async fn stuck_worker_rollout_with_on_failure_pause_holds_until_retry() {
+    let ns = TestNamespace::new("op-stuckp").await;
+    install_crd(&ns.client).await;
+    let redis = RedisServer::start();
+    fleet(&ns, &redis.url(), "0", &[("worker-a", 2)]).await;
+    api_recreate(&ns).await;
+    wait_rolled_to(&ns, "api", API_OLD).await;
+    pod_quota(&ns, 4).await;
+    let _op = Operator::start(&ns.name);
+    apply_rollout(
+        &ns,
+        "sp",
+        json!({
+            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
+            "api": {"deployment": "api", "configMap": CM},
+            "dualWrite": {"enabled": true, "soak": "0"},
+            "progressDeadlineSeconds": 10,
+            "onFailure": "Pause"
+        }),
+    )
+    .await;
+    wait_phase(&ns, "sp", Phase::UpgradingWorkers, WAIT).await;
+    let message = eventually("Stalled=True ProgressDeadlineExceeded", WAIT, || async {
+        let st = status(&ns, "sp").await;
+        let c = st.conditions.iter().find(|c| c.type_ == "Stalled")?;
+        (c.status == "True" && c.reason == "ProgressDeadlineExceeded").then(|| c.message.clone())
+    })
+    .await;
+    assert!(
+        message.contains("UpgradingWorkers made no progress"),
+        "{message}"
+    );
+    let st = status(&ns, "sp").await;
+    assert_eq!(st.phase, Some(Phase::UpgradingWorkers));
+    assert_eq!(st.hold.unwrap().reason, "ProgressDeadlineExceeded");
+    assert!(st.rollback.is_none(), "Pause does not roll back");
+    // The cause goes away (the Deployment controller finishes by itself): still held.
+    drop_quota(&ns).await;
+    wait_rolled_to(&ns, "worker-a", NEW_IMAGE).await;
+    holds(&ns, "sp", Phase::UpgradingWorkers, 4).await;
+    assert_eq!(include(&ns).await, "1");
+    request(&ns, "sp", Some("retry")).await;
+    let r = wait_phase(&ns, "sp", Phase::Completed, WAIT).await;
+    assert!(r
+        .status
+        .unwrap()
+        .last_request
+        .unwrap()
+        .outcome
+        .starts_with("resumed after ProgressDeadlineExceeded"));
+    print_events("stuck with onFailure Pause", &events(&ns).await);
 }
