@@ -832,9 +832,17 @@ impl<'a> Planner<'a> {
     /// Turn a wait into a failure when the phase is past its progress deadline.
     fn with_deadline(&self, step: Step) -> Step {
         match step {
-            Step::Wait { .. } => match self.deadline_exceeded() {
+            Step::Wait { message, requeue } => match self.deadline_exceeded() {
                 Some(message) => Step::Fail { message },
-                None => step,
+                // Come back right after the deadline, not a whole poll later.
+                None => {
+                    let limit = i64::from(self.spec.progress_deadline_seconds);
+                    let left = (limit - self.active_elapsed()).max(0) as u64 + 1;
+                    Step::Wait {
+                        message,
+                        requeue: requeue.min(Duration::from_secs(left)),
+                    }
+                }
             },
             other => other,
         }
