@@ -321,7 +321,7 @@ async fn capacity_is_never_exceeded_under_concurrent_submits() {
             let (mut ok, mut full) = (0, 0);
             for _ in 0..30 {
                 match store.submit(&new_job(&format!("t{client}"), None)).await {
-                    Ok(()) => ok += 1,
+                    Ok(_) => ok += 1,
                     Err(StoreError::QueueFull { max_jobs: 37, .. }) => full += 1,
                     Err(e) => panic!("unexpected {e}"),
                 }

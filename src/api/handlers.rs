@@ -182,25 +182,26 @@ pub async fn search(
         payload,
         queue_name: queue.name().to_string(),
     };
-    if let Err(e) = state.store.submit(&job).await {
-        // Nothing of a refused or failed submit may remain: the store cleaned its keys,
-        // the upload goes too.
-        if let Err(del) = state.storage.delete(&file_ref).await {
-            tracing::warn!(job_id, error = %del, "cleanup of an upload after a failed submit failed");
+    let active = match state.store.submit(&job).await {
+        Ok(active) => active,
+        Err(e) => {
+            // Nothing of a refused or failed submit may remain: the store cleaned its keys,
+            // the upload goes too.
+            if let Err(del) = state.storage.delete(&file_ref).await {
+                tracing::warn!(job_id, error = %del, "cleanup of an upload after a failed submit failed");
+            }
+            let err = ApiError::from(e);
+            state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
+                "queue_full"
+            } else {
+                "error"
+            });
+            return Err(err);
         }
-        let err = ApiError::from(e);
-        state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
-            "queue_full"
-        } else {
-            "error"
-        });
-        return Err(err);
-    }
+    };
     state.metrics.count_format(format.label());
     state.metrics.count_submit("accepted");
-    if let Ok(n) = state.store.active_count().await {
-        state.metrics.queue_depth.set(n as i64);
-    }
+    state.metrics.queue_depth.set(active as i64);
     tracing::info!(
         job_id,
         tenant_id,
@@ -313,7 +314,7 @@ pub async fn metrics(State(state): Shared) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::telemetry::METRICS_CONTENT_TYPE,
         )],
         state.metrics.render(),
     )

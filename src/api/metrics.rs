@@ -1,6 +1,5 @@
 //! API metrics in Prometheus text format.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -68,8 +67,6 @@ impl ApiMetrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("encoding metrics into a String cannot fail");
-        out
+        crate::telemetry::render(&self.registry)
     }
 }

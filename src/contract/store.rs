@@ -253,7 +253,8 @@ impl JobStore {
     }
 
     /// Stores the job and enqueues it in ARQ format, atomically with the capacity check.
-    pub async fn submit(&self, job: &NewJob) -> Result<(), StoreError> {
+    /// Returns the number of unfinished jobs including this one.
+    pub async fn submit(&self, job: &NewJob) -> Result<u64, StoreError> {
         let tenant = job.tenant_id.trim();
         if tenant.is_empty() {
             return Err(StoreError::EmptyTenant);
@@ -288,7 +289,7 @@ impl JobStore {
             .invoke_async(&mut conn)
             .await;
         match reply {
-            Ok((1, _)) => Ok(()),
+            Ok((1, active)) => Ok(active),
             Ok((-1, active)) => Err(StoreError::QueueFull {
                 active,
                 max_jobs: self.max_jobs,

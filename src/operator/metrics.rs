@@ -21,7 +21,6 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -279,9 +278,7 @@ impl OperatorMetrics {
 
     /// The registry in the Prometheus/OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("encoding metrics into a String cannot fail");
-        out
+        crate::telemetry::render(&self.registry)
     }
 }
 
@@ -329,10 +326,7 @@ fn router(metrics: Arc<OperatorMetrics>, ready: watch::Receiver<bool>) -> Router
                 let metrics = metrics.clone();
                 async move {
                     (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
+                        [(header::CONTENT_TYPE, crate::telemetry::METRICS_CONTENT_TYPE)],
                         metrics.render(),
                     )
                 }
