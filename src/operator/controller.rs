@@ -2,8 +2,8 @@
 //! Deployments, Pods and ConfigMaps they target, so a pod becoming Ready triggers the next step at
 //! once instead of at the next poll.
 //!
-//! One reconcile is a pipeline of named steps: observe → plan → persist status → act → events →
-//! requeue (the contract in `plan.rs`). Every log line of a reconcile carries the rollout as
+//! One reconcile is a pipeline of named steps: lost events → observe → plan → persist status → act
+//! → events → requeue (the contract in `plan.rs`). Every log line of a reconcile carries the rollout as
 //! `rollout=<namespace>/<name>`.
 
 use std::{
@@ -24,7 +24,7 @@ use kube::{
     api::ListParams,
     runtime::{
         controller::Action as Requeue,
-        events::{Event, EventType, Recorder, Reporter},
+        events::Reporter,
         reflector::{ObjectRef, Store},
         watcher, Controller,
     },
@@ -35,9 +35,10 @@ use tracing::{debug, info, warn, Instrument};
 use super::{
     act::{self, ActError},
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
+    events::Announcer,
     metrics::OperatorMetrics,
     observe::{self, ObserveError, RedisPool},
-    plan::{self, Action, Decision, EventKind},
+    plan::{self, Action, Decision},
 };
 
 /// Longest wait between retries of a failing reconcile.
@@ -84,8 +85,8 @@ pub enum RunError {
 pub struct Context {
     pub client: Client,
     pub redis: RedisPool,
-    /// One recorder for all Events, so repeats are aggregated.
-    pub recorder: Recorder,
+    /// Rollout Events (transitions at least once).
+    pub events: Announcer,
     /// Consecutive failures per rollout, for the backoff.
     failures: Mutex<HashMap<ObjectRef<Dedup2DRollout>, u32>>,
     pub metrics: Arc<OperatorMetrics>,
@@ -98,7 +99,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Announcer::new(client.clone(), reporter),
             client,
             redis: RedisPool::default(),
             failures: Mutex::default(),
@@ -242,6 +243,7 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
         })?
     else {
         ctx.metrics.forget_rollout(ns, name);
+        ctx.events.forget(ns, name);
         return Ok(Requeue::await_change());
     };
     if rollout.metadata.deletion_timestamp.is_some() {
@@ -249,6 +251,8 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
         return Ok(Requeue::await_change());
     }
 
+    // events a crash may have lost
+    ctx.events.republish_missing(&rollout).await;
     // observe
     let observed = observe::observe(&ctx.client, &ctx.redis, &rollout).await?;
     // plan
@@ -279,7 +283,7 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
     };
     // events: the status they describe is persisted, so they go out even when the write failed
     // (the write is retried; the transitions would not be reported again).
-    publish_events(ctx, &rollout, &decision).await;
+    ctx.events.publish_decision(&rollout, &decision).await;
     acted?;
     // requeue
     let message = decision.status.message.as_deref().unwrap_or("");
@@ -328,29 +332,6 @@ async fn persist_status(
         info!(%from, %to, message = decision.status.message.as_deref().unwrap_or(""), "phase transition");
     }
     Ok(())
-}
-
-async fn publish_events(ctx: &Context, rollout: &Dedup2DRollout, decision: &Decision) {
-    let reference = rollout.object_ref(&());
-    for e in &decision.events {
-        let event = Event {
-            type_: match e.kind {
-                EventKind::Normal => EventType::Normal,
-                EventKind::Warning => EventType::Warning,
-            },
-            reason: e.reason.clone(),
-            note: Some(e.message.chars().take(1000).collect()),
-            // The target phase for transitions, so each transition is its own Event.
-            action: match e.transition {
-                Some((_, to)) => to.to_string(),
-                None => e.reason.clone(),
-            },
-            secondary: None,
-        };
-        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
-            warn!(reason = %e.reason, error = %err, "could not publish Event");
-        }
-    }
 }
 
 /// Back off exponentially per rollout (1 s doubling to 60 s); errors never crash the operator.

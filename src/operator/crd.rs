@@ -386,6 +386,26 @@ pub struct Dedup2DRolloutStatus {
     /// When the rollout reached `Completed` or `RolledBack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// The latest phase transitions, oldest first (at most [`MAX_TRANSITIONS`]). Each one is also
+    /// a Kubernetes Event; a restarted operator re-publishes the newest ones if their Event is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub transitions: Vec<TransitionRecord>,
+}
+
+/// How many transitions `status.transitions` keeps.
+pub const MAX_TRANSITIONS: usize = 10;
+
+/// One phase transition, as its Event tells it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TransitionRecord {
+    pub from: Phase,
+    pub to: Phase,
+    /// The Event reason, e.g. `WorkersUpgraded`, `Promoted`, `ProgressDeadlineExceeded`.
+    pub reason: String,
+    pub message: String,
+    pub at: Time,
 }
 
 fn is_zero(v: &i64) -> bool {

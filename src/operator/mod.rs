@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crd;
 pub mod drain;
 pub mod duration;
+pub mod events;
 pub mod leader;
 pub mod managed;
 pub mod metrics;

@@ -30,7 +30,8 @@ use super::{
     crd::{
         Dedup2DRolloutSpec as Spec, Dedup2DRolloutStatus as Status, DrainStrategy, Evidence,
         FieldRecord, Finalize, HandledRequest, Hold, OnFailure, Phase, RollbackLevel,
-        RollbackRecord, WorkerStatus, WorkerTarget, PAYLOAD_CONFIG_ANNOTATION,
+        RollbackRecord, TransitionRecord, WorkerStatus, WorkerTarget, MAX_TRANSITIONS,
+        PAYLOAD_CONFIG_ANNOTATION,
     },
     duration::parse_duration,
     snapshot::{
@@ -93,6 +94,21 @@ pub struct PlanEvent {
     pub message: String,
     /// `(from, to)` when this event is a phase transition.
     pub transition: Option<(Phase, Phase)>,
+}
+
+/// The Event that tells a transition: a Warning when it leads into a rollback or failure.
+pub fn transition_event(t: &TransitionRecord) -> PlanEvent {
+    let kind = if matches!(t.to, Phase::RollingBack | Phase::RolledBack | Phase::Failed) {
+        EventKind::Warning
+    } else {
+        EventKind::Normal
+    };
+    PlanEvent {
+        kind,
+        reason: t.reason.clone(),
+        message: format!("{} -> {}: {}", t.from, t.to, t.message),
+        transition: Some((t.from, t.to)),
+    }
 }
 
 /// What the planner decided.
@@ -332,18 +348,17 @@ impl<'a> Planner<'a> {
     }
 
     fn transition(&mut self, to: Phase, reason: &str, message: &str) {
-        let from = self.phase;
-        let kind = if matches!(to, Phase::RollingBack | Phase::RolledBack | Phase::Failed) {
-            EventKind::Warning
-        } else {
-            EventKind::Normal
-        };
-        self.events.push(PlanEvent {
-            kind,
+        let record = TransitionRecord {
+            from: self.phase,
+            to,
             reason: reason.into(),
-            message: format!("{from} -> {to}: {message}"),
-            transition: Some((from, to)),
-        });
+            message: message.into(),
+            at: Time(self.stamp),
+        };
+        self.events.push(transition_event(&record));
+        self.st.transitions.push(record);
+        let excess = self.st.transitions.len().saturating_sub(MAX_TRANSITIONS);
+        self.st.transitions.drain(..excess);
         self.phase = to;
         self.st.phase_started_at = Some(Time(self.stamp));
         self.st.phase_paused_seconds = 0;

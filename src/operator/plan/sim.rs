@@ -486,6 +486,19 @@ impl World {
             }
         }
         self.check_world_safety(d, obs);
+        // Every transition Event is also recorded in status (newest last, bounded), so a crash
+        // between the status write and the Event cannot lose it for good.
+        let told: Vec<(Phase, Phase)> = d.transitions().collect();
+        let kept = &d.status.transitions;
+        assert!(kept.len() <= crate::operator::crd::MAX_TRANSITIONS);
+        let recorded: Vec<(Phase, Phase)> = kept[kept.len().saturating_sub(told.len())..]
+            .iter()
+            .map(|t| (t.from, t.to))
+            .collect();
+        assert_eq!(
+            recorded, told,
+            "transitions missing from status.transitions"
+        );
         // Invariant 4: images are reverted only when no active job lacks file_bytes_b64.
         let rolling_back =
             d.status.phase == Some(Phase::RollingBack) || prev.phase == Some(Phase::RollingBack);

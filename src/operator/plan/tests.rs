@@ -602,6 +602,11 @@ fn happy_path_passes_every_phase_in_order() {
     assert_eq!(st.dual_write.as_deref(), Some("Off"));
     assert_eq!(cond(&w, cond::READY).status, "True");
     assert_eq!(cond(&w, cond::DRAINED).status, "True");
+    let recorded: Vec<Phase> = st.transitions.iter().map(|t| t.to).collect();
+    assert_eq!(
+        recorded, w.phases,
+        "status.transitions tells the same story"
+    );
 }
 
 #[test]
