@@ -14,157 +14,18 @@ use common::{
     RedisServer,
 };
 use dedup2d::operator::{
-    crd::{Dedup2DRollout, Dedup2DRolloutStatus, Phase, RollbackLevel},
+    crd::{Dedup2DRollout, Phase, RollbackLevel},
     plan::payload_config_hash,
 };
 use e2e_operator_support::*;
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, ResourceQuota},
-    },
+    api::{apps::v1::Deployment, core::v1::ResourceQuota},
     jiff::Timestamp,
 };
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 const DEFAULT_MAX: &str = "10485760";
-
-async fn include(ns: &TestNamespace) -> String {
-    let cm = ns.api::<ConfigMap>().get(CM).await.unwrap();
-    cm.data.unwrap_or_default()[INCLUDE].clone()
-}
-
-async fn status(ns: &TestNamespace, name: &str) -> Dedup2DRolloutStatus {
-    ns.api::<Dedup2DRollout>()
-        .get(name)
-        .await
-        .unwrap()
-        .status
-        .unwrap_or_default()
-}
-
-async fn deploy(ns: &TestNamespace, name: &str) -> Deployment {
-    ns.api::<Deployment>().get(name).await.unwrap()
-}
-
-async fn pod_images(ns: &TestNamespace, app: &str) -> Vec<String> {
-    ns.api::<Pod>()
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| {
-            p.spec.as_ref().unwrap().containers[0]
-                .image
-                .clone()
-                .unwrap()
-        })
-        .collect()
-}
-
-/// Waits until the Deployment fully rolled to `image` (template and every pod).
-async fn wait_rolled_to(ns: &TestNamespace, name: &str, image: &str) {
-    eventually(&format!("{name} rolled to {image}"), WAIT, || async {
-        let d = ns.api::<Deployment>().get(name).await.ok()?;
-        let pods = pod_images(ns, name).await;
-        (template_image(&d) == image && rolled_out(&d) && pods.iter().all(|i| i == image))
-            .then_some(())
-    })
-    .await
-}
-
-/// The operator's Events as `(time, type, reason, action, note)`, oldest first.
-async fn events(ns: &TestNamespace) -> Vec<(Timestamp, String, String, String, String)> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let mut out: Vec<_> = api
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.reporting_controller.as_deref() == Some("dedup2d-operator"))
-        .map(|e| {
-            (
-                e.event_time.map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH),
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.action.unwrap_or_default(),
-                e.note.unwrap_or_default(),
-            )
-        })
-        .collect();
-    out.sort_by_key(|e| e.0);
-    out
-}
-
-fn print_events(what: &str, evs: &[(Timestamp, String, String, String, String)]) {
-    println!("{what}: operator Events");
-    for (t, ty, reason, action, note) in evs {
-        println!("  {t} {ty:<7} {reason:<26} {action:<16} {note}");
-    }
-}
-
-/// How many times the operator emitted an Event with `reason` (a repeated Event is one object with
-/// a series count), polled until it is `want`.
-async fn wait_event_count(ns: &TestNamespace, reason: &str, want: i32) {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    eventually(
-        &format!("{want} Events with reason {reason}"),
-        Duration::from_secs(15),
-        || async {
-            let n: i32 = api
-                .list(&Default::default())
-                .await
-                .ok()?
-                .items
-                .iter()
-                .filter(|e| {
-                    e.reporting_controller.as_deref() == Some("dedup2d-operator")
-                        && e.reason.as_deref() == Some(reason)
-                })
-                .map(|e| e.series.as_ref().map(|s| s.count).unwrap_or(1))
-                .sum();
-            (n == want).then_some(())
-        },
-    )
-    .await
-}
-
-/// Set `spec.paused` (merge patch by a person, not the GitOps manager).
-async fn set_paused(ns: &TestNamespace, name: &str, paused: bool) {
-    ns.api::<Dedup2DRollout>()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"paused": paused}})),
-        )
-        .await
-        .unwrap();
-}
-
-/// Write the one-shot request annotation.
-async fn request(ns: &TestNamespace, name: &str, value: Option<&str>) {
-    ns.api::<Dedup2DRollout>()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"dedup2d.io/request": value}}})),
-        )
-        .await
-        .unwrap();
-}
-
-/// The phase stays `phase` for `secs` seconds (checked every 500 ms).
-async fn holds(ns: &TestNamespace, name: &str, phase: Phase, secs: u64) {
-    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < until {
-        let st = status(ns, name).await;
-        assert_eq!(st.phase, Some(phase), "phase held: {:?}", st.message);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 /// The API Deployment with the `Recreate` strategy, so a restart never needs a pod more than the
 /// fleet has (the quota below then only blocks the worker surge).
@@ -606,23 +467,12 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
         .rfind(|e| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == "1"))
         .unwrap()
         .rv;
-    let reverted = |name: &'static str, old: &'static str, new: &'static str| {
-        let first_new = h
-            .iter()
-            .find(|e| matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == new))
-            .unwrap()
-            .rv;
-        h.iter()
-            .find(|e| e.rv > first_new && matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == old))
-            .unwrap()
-            .clone()
-    };
     let arrived = history.arrived();
     for (name, old, new) in [
         ("worker-a", OLD_IMAGE, NEW_IMAGE),
         ("api", API_OLD, API_NEW),
     ] {
-        let e = reverted(name, old, new);
+        let e = reverted(&h, name, old, new).expect("the image was reverted");
         assert!(
             on_again < e.rv,
             "{name}: dual-write on ({on_again}) before the revert ({})",

@@ -1,6 +1,7 @@
 //! The reconciler: a kube-runtime `Controller` over `Dedup2DRollout`s that also watches the
 //! Deployments, Pods and ConfigMaps they target, so a pod becoming Ready triggers the next step at
-//! once instead of at the next poll.
+//! once instead of at the next poll, and the other rollouts on the same Deployments, so a rollout
+//! stalled by an older one (`ConflictingRollout`) goes on as soon as that one finishes or is deleted.
 //!
 //! One reconcile is a pipeline of named steps: lost events → observe → plan → persist status → act
 //! → events → requeue (the contract in `plan.rs`). Every log line of a reconcile carries the rollout as
@@ -138,7 +139,7 @@ pub async fn run(
 
     let controller = Controller::new(rollouts, watcher::Config::default());
     let store = controller.store();
-    let (s1, s2, s3) = (store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     controller
         .watches(
@@ -163,6 +164,16 @@ pub async fn run(
             move |c| {
                 let name = c.name_any();
                 targeting(&s3, c.namespace().as_deref(), |r| r.spec.api.config_map == name)
+            },
+        )
+        .watches(
+            api::<Dedup2DRollout>(&client, ns),
+            watcher::Config::default(),
+            move |changed| {
+                // A new phase or the deletion of one rollout can end another's conflict.
+                targeting(&s4, changed.namespace().as_deref(), |r| {
+                    r.name_any() != changed.name_any() && share_a_deployment(r, &changed)
+                })
             },
         )
         .shutdown_on_signal()
@@ -198,6 +209,15 @@ fn targeting(
 /// Does the rollout name this Deployment as a worker or as the API?
 pub fn targets_deployment(r: &Dedup2DRollout, deployment: &str) -> bool {
     r.spec.api.deployment == deployment || r.spec.workers.iter().any(|w| w.deployment == deployment)
+}
+
+/// Do the two rollouts name a common Deployment (as a worker or as the API)?
+pub fn share_a_deployment(a: &Dedup2DRollout, b: &Dedup2DRollout) -> bool {
+    targets_deployment(a, &b.spec.api.deployment)
+        || b.spec
+            .workers
+            .iter()
+            .any(|w| targets_deployment(a, &w.deployment))
 }
 
 /// The Deployment a pod belongs to: its ReplicaSet owner's name without the pod-template hash.
@@ -386,6 +406,38 @@ mod tests {
         assert!(targets_deployment(&r, "w"));
         assert!(targets_deployment(&r, "a"));
         assert!(!targets_deployment(&r, "c"));
+    }
+
+    #[test]
+    fn rollouts_on_a_common_deployment_are_related() {
+        let r = |name: &str, workers: &[&str], api: &str| -> Dedup2DRollout {
+            let workers: Vec<_> = workers
+                .iter()
+                .map(|w| json!({"deployment": w, "image": "i"}))
+                .collect();
+            serde_json::from_value(json!({
+                "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"workers": workers, "api": {"deployment": api, "configMap": "c"}}
+            }))
+            .unwrap()
+        };
+        let a = r("a", &["w1", "w2"], "api");
+        for (b, related) in [
+            (r("b", &["w2"], "api2"), true),
+            (r("c", &["x"], "api"), true),
+            (r("d", &["api"], "api3"), true),
+            (r("e", &["x"], "w1"), true),
+            (r("f", &["x", "y"], "z"), false),
+        ] {
+            assert_eq!(share_a_deployment(&a, &b), related, "{}", b.name_any());
+            assert_eq!(
+                share_a_deployment(&b, &a),
+                related,
+                "{} (symmetric)",
+                b.name_any()
+            );
+        }
     }
 
     #[test]

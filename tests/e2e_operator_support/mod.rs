@@ -29,13 +29,13 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::watcher,
     Api, Client, CustomResourceExt, ResourceExt,
 };
 use serde_json::{json, Value};
 
-use dedup2d::operator::crd::{Dedup2DRollout, Phase};
+use dedup2d::operator::crd::{Dedup2DRollout, Dedup2DRolloutStatus, Phase};
 
 use crate::common::cluster::{eventually, TestNamespace};
 
@@ -313,6 +313,157 @@ pub async fn write_payloads(
     }
 }
 
+// ----- reading and poking the namespace ------------------------------------------------------
+
+pub async fn include(ns: &TestNamespace) -> String {
+    let cm = ns.api::<ConfigMap>().get(CM).await.unwrap();
+    cm.data.unwrap_or_default()[INCLUDE].clone()
+}
+
+pub async fn status(ns: &TestNamespace, name: &str) -> Dedup2DRolloutStatus {
+    ns.api::<Dedup2DRollout>()
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+pub async fn deploy(ns: &TestNamespace, name: &str) -> Deployment {
+    ns.api::<Deployment>().get(name).await.unwrap()
+}
+
+pub async fn pod_images(ns: &TestNamespace, app: &str) -> Vec<String> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| {
+            p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits until the Deployment fully rolled to `image` (template and every pod).
+pub async fn wait_rolled_to(ns: &TestNamespace, name: &str, image: &str) {
+    eventually(&format!("{name} rolled to {image}"), WAIT, || async {
+        let d = ns.api::<Deployment>().get(name).await.ok()?;
+        let pods = pod_images(ns, name).await;
+        (template_image(&d) == image && rolled_out(&d) && pods.iter().all(|i| i == image))
+            .then_some(())
+    })
+    .await
+}
+
+/// An operator Event as `(time, type, reason, action, note)`.
+pub type OpEvent = (Timestamp, String, String, String, String);
+
+/// The operator's Events as `(time, type, reason, action, note)`, oldest first.
+pub async fn events(ns: &TestNamespace) -> Vec<OpEvent> {
+    events_of(ns, None).await
+}
+
+/// [`events`], only those regarding the rollout `rollout` when given.
+pub async fn events_of(ns: &TestNamespace, rollout: Option<&str>) -> Vec<OpEvent> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let mut out: Vec<_> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reporting_controller.as_deref() == Some("dedup2d-operator"))
+        .filter(|e| {
+            rollout.is_none_or(|name| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+        })
+        .map(|e| {
+            (
+                e.event_time.map(|t| t.0).unwrap_or(Timestamp::UNIX_EPOCH),
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.action.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort_by_key(|e| e.0);
+    out
+}
+
+pub fn print_events(what: &str, evs: &[OpEvent]) {
+    println!("{what}: operator Events");
+    for (t, ty, reason, action, note) in evs {
+        println!("  {t} {ty:<7} {reason:<26} {action:<16} {note}");
+    }
+}
+
+/// How many times the operator emitted an Event with `reason` (a repeated Event is one object with
+/// a series count), polled until it is `want`.
+pub async fn wait_event_count(ns: &TestNamespace, reason: &str, want: i32) {
+    let api: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    eventually(
+        &format!("{want} Events with reason {reason}"),
+        Duration::from_secs(15),
+        || async {
+            let n: i32 = api
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|e| {
+                    e.reporting_controller.as_deref() == Some("dedup2d-operator")
+                        && e.reason.as_deref() == Some(reason)
+                })
+                .map(|e| e.series.as_ref().map(|s| s.count).unwrap_or(1))
+                .sum();
+            (n == want).then_some(())
+        },
+    )
+    .await
+}
+
+/// Set `spec.paused` (merge patch by a person, not the GitOps manager).
+pub async fn set_paused(ns: &TestNamespace, name: &str, paused: bool) {
+    ns.api::<Dedup2DRollout>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": paused}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Write the one-shot request annotation.
+pub async fn request(ns: &TestNamespace, name: &str, value: Option<&str>) {
+    ns.api::<Dedup2DRollout>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"dedup2d.io/request": value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// The phase stays `phase` for `secs` seconds (checked every 500 ms).
+pub async fn holds(ns: &TestNamespace, name: &str, phase: Phase, secs: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < until {
+        let st = status(ns, name).await;
+        assert_eq!(st.phase, Some(phase), "phase held: {:?}", st.message);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 // ----- history ----------------------------------------------------------------------------------
 
 /// One observed object version.
@@ -523,6 +674,45 @@ pub fn check_dual_write_off_after_workers(
         }
     }
     offs
+}
+
+/// The pods of the namespace that exist at revision `rv` (terminating ones included), replayed from
+/// the history in revision order: pod name -> `(app, image)`.
+pub fn pods_at(entries: &[Entry], rv: u64) -> BTreeMap<String, (String, String)> {
+    let mut live = BTreeMap::new();
+    for e in entries.iter().take_while(|e| e.rv <= rv) {
+        if let Rec::Pod {
+            name,
+            app,
+            image,
+            deleted,
+            ..
+        } = &e.rec
+        {
+            if *deleted {
+                live.remove(name);
+            } else {
+                live.insert(name.clone(), (app.clone(), image.clone()));
+            }
+        }
+    }
+    live
+}
+
+/// The first version of Deployment `name` whose template is back on `old` after it had been on
+/// `new` (a reverted image), from the history in revision order.
+pub fn reverted(entries: &[Entry], name: &str, old: &str, new: &str) -> Option<Entry> {
+    let first_new = entries
+        .iter()
+        .find(|e| matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == new))?
+        .rv;
+    entries
+        .iter()
+        .find(|e| {
+            e.rv > first_new
+                && matches!(&e.rec, Rec::Deployment { name: n, image, .. } if n == name && image == old)
+        })
+        .cloned()
 }
 
 /// The sequence of distinct values `f` picks out of the history (consecutive repeats collapsed).
