@@ -2,16 +2,35 @@
 //! the forward path it is seen in (at least five of them), a new process takes over the Lease and
 //! resumes, and the rollout completes with the invariants holding, checked from the recorded history:
 //! dual-write off only after no old worker pod is left, the ConfigMap went 0 -> 1 -> 0 exactly, and
-//! every transition was reported exactly once.
+//! every transition was reported exactly once. One more kill lands exactly between "ConfigMap
+//! written" and "API restart annotation written", held there by RBAC.
 
 mod common;
 mod e2e_operator_support;
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use common::{cluster::TestNamespace, RedisServer};
-use dedup2d::operator::crd::{Dedup2DRollout, Phase};
+use common::{
+    cluster::{eventually, TestNamespace},
+    RedisServer,
+};
+use dedup2d::operator::{
+    crd::{Dedup2DRollout, Phase, PAYLOAD_CONFIG_ANNOTATION},
+    plan::payload_config_hash,
+};
 use e2e_operator_support::*;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    api::{Patch, PatchParams, PostParams},
+    config::Kubeconfig,
+};
 use serde_json::json;
 
 const FORWARD: [Phase; 7] = [
@@ -144,4 +163,212 @@ async fn sigkill_in_every_phase_resumes_and_completes() {
         }
     }
     drop(op);
+}
+
+/// A ServiceAccount allowed what the operator needs in `ns` except writing the API Deployment and
+/// creating Events, and a kubeconfig (in `dir`) that authenticates as it with a bound token.
+async fn kubeconfig_without_api_writes(ns: &TestNamespace, dir: &Path) -> PathBuf {
+    let sa = "operator-no-api-writes";
+    let ssa = PatchParams::apply("e2e-restart").force();
+    ns.api::<ServiceAccount>()
+        .patch(
+            sa,
+            &ssa,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let read = ["get", "list", "watch"];
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": sa},
+        "rules": [
+            {"apiGroups": ["dedup2d.io"], "resources": ["dedup2drollouts"], "verbs": read},
+            {"apiGroups": ["dedup2d.io"], "resources": ["dedup2drollouts/status"], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": read},
+            // Workers may be written, the API Deployment may not.
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"], "resourceNames": ["worker-a"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+             "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        ]
+    });
+    ns.api::<Role>()
+        .patch(sa, &ssa, &Patch::Apply(role))
+        .await
+        .unwrap();
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": sa},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": sa},
+        "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns.name}]
+    });
+    ns.api::<RoleBinding>()
+        .patch(sa, &ssa, &Patch::Apply(binding))
+        .await
+        .unwrap();
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = ns
+        .api::<ServiceAccount>()
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("a token")
+        .token;
+
+    // The admin kubeconfig's cluster, with the ServiceAccount as the user.
+    let admin = Kubeconfig::read().expect("KUBECONFIG");
+    let context = admin
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == admin.current_context.as_ref())
+        .and_then(|c| c.context.as_ref())
+        .expect("a current context");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .expect("the current context's cluster");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
+        "current-context": sa,
+    });
+    let path = dir.join("restricted.kubeconfig");
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// The kill the issue asks for between "ConfigMap written" and "API restart annotation written".
+/// The first operator runs without the right to write the API Deployment or create Events, so it
+/// turns dual-write on in the ConfigMap and then cannot write the restart annotation (nor publish
+/// the `DualWriteOn` Event): it is held exactly in that window, verified, and SIGKILLed there. A
+/// new process with full rights resumes: it writes the annotation, re-publishes the lost Event and
+/// completes with the invariants holding.
+#[tokio::test]
+async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
+    let ns = TestNamespace::new("op-window").await;
+    install_crd(&ns.client).await;
+    let redis = RedisServer::start();
+    fleet(&ns, &redis.url(), "0", &[("worker-a", 3)]).await;
+    let history = History::start(&ns).await;
+    let dir = tempfile::tempdir().unwrap();
+    let restricted = kubeconfig_without_api_writes(&ns, dir.path()).await;
+
+    let mut op = Operator::start_env(
+        &ns.name,
+        &[],
+        &[("KUBECONFIG", restricted.to_str().unwrap())],
+    );
+    apply_rollout(
+        &ns,
+        "window",
+        json!({
+            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
+            "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
+            "dualWrite": {"enabled": true, "soak": "2s"},
+            "drain": {"strategy": "Observe"},
+        }),
+    )
+    .await;
+
+    // In the window: the ConfigMap says dual-write on, the API Deployment write was refused.
+    eventually(
+        "the ConfigMap written and the API restart annotation refused",
+        WAIT,
+        || async {
+            let refused = op.log_text().contains("applying Deployment api");
+            (include(&ns).await == "1" && refused).then_some(())
+        },
+    )
+    .await;
+    // It stays there (each retry is refused), then SIGKILL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api = deploy(&ns, "api").await;
+    assert_eq!(
+        template_annotation(&api, PAYLOAD_CONFIG_ANNOTATION),
+        None,
+        "the restart annotation must not be written yet"
+    );
+    assert_eq!(status(&ns, "window").await.phase, Some(Phase::DualWriteOn));
+    assert!(
+        transitions(&ns).await.is_empty(),
+        "the restricted operator cannot have published Events"
+    );
+    let log = op.log_text();
+    assert!(log.contains("forbidden"), "refusals in the log:\n{log}");
+    op.kill();
+    println!("SIGKILL between the ConfigMap write and the API restart annotation");
+
+    let op = Operator::start(&ns.name);
+    let r = wait_phase(&ns, "window", Phase::Completed, WAIT).await;
+    assert_eq!(r.status.unwrap().worker_summary.as_deref(), Some("1/1"));
+
+    // Invariants from the recorded history.
+    let h = history.by_revision();
+    let offs = check_dual_write_off_after_workers(&h, &["worker-a"], NEW_IMAGE);
+    assert_eq!(offs.len(), 1, "dual-write turned off once");
+    let includes = sequence(&h, |r| match r {
+        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
+        _ => None,
+    });
+    assert_eq!(includes, ["0", "1", "0"], "ConfigMap history 0 -> 1 -> 0");
+    let annotations = sequence(&h, |r| match r {
+        Rec::Deployment {
+            name,
+            restart_annotation,
+            ..
+        } if name == "api" => Some(restart_annotation.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        annotations,
+        [
+            None,
+            Some(payload_config_hash("1", "10485760")),
+            Some(payload_config_hash("0", "10485760"))
+        ],
+        "the API restarted once per ConfigMap value, in order"
+    );
+    // Workers were written only after the API ran with dual-write on.
+    let first_on = h
+        .iter()
+        .find(|e| {
+            matches!(&e.rec, Rec::Deployment { name, restart_annotation: Some(a), rolled: true, .. }
+            if name == "api" && *a == payload_config_hash("1", "10485760"))
+        })
+        .expect("the API rolled with dual-write on")
+        .rv;
+    let first_worker_write = h
+        .iter()
+        .find(|e| matches!(&e.rec, Rec::Deployment { name, image, .. } if name == "worker-a" && image == NEW_IMAGE))
+        .expect("worker-a written")
+        .rv;
+    assert!(
+        first_on < first_worker_write,
+        "workers upgraded before dual-write was in effect"
+    );
+
+    // The Event the first process could not publish was published by the second, once.
+    let phases: Vec<String> = transitions_until(&ns, "Completed")
+        .await
+        .into_iter()
+        .map(|t| t.1)
+        .collect();
+    let expected: Vec<String> = FORWARD.iter().map(|p| p.to_string()).collect();
+    assert_eq!(phases, expected, "every transition Event, once, in order");
+    assert!(
+        op.log_text().contains("re-publishing a transition Event"),
+        "the new process re-published the lost Event"
+    );
 }

@@ -91,6 +91,11 @@ impl Operator {
 
     /// [`Operator::start`] with more arguments.
     pub fn start_with(ns: &str, extra: &[&str]) -> Self {
+        Self::start_env(ns, extra, &[])
+    }
+
+    /// [`Operator::start_with`] with environment overrides (e.g. another `KUBECONFIG`).
+    pub fn start_env(ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -105,6 +110,7 @@ impl Operator {
                 std::env::var("DEDUP2D_E2E_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
