@@ -199,11 +199,7 @@ impl Announcer {
                 },
                 reason: e.reason.clone(),
                 note: Some(e.message.chars().take(1000).collect()),
-                // The target phase for transitions, so each transition is its own Event.
-                action: match e.transition {
-                    Some((_, to)) => to.to_string(),
-                    None => e.reason.clone(),
-                },
+                action: e.action.clone(),
                 secondary: None,
             };
             if let Err(err) = self.recorder.publish(&event, &reference).await {

@@ -91,6 +91,9 @@ pub enum EventKind {
 pub struct PlanEvent {
     pub kind: EventKind,
     pub reason: String,
+    /// With the reason, what tells Events apart (repeats of one pair are counted on one Event):
+    /// the target phase for a transition, the annotation value for a request, else the reason.
+    pub action: String,
     pub message: String,
     /// `(from, to)` when this event is a phase transition.
     pub transition: Option<(Phase, Phase)>,
@@ -106,6 +109,7 @@ pub fn transition_event(t: &TransitionRecord) -> PlanEvent {
     PlanEvent {
         kind,
         reason: t.reason.clone(),
+        action: t.to.to_string(),
         message: format!("{} -> {}: {}", t.from, t.to, t.message),
         transition: Some((t.from, t.to)),
     }
@@ -342,6 +346,7 @@ impl<'a> Planner<'a> {
         self.events.push(PlanEvent {
             kind,
             reason: reason.into(),
+            action: reason.into(),
             message: message.into(),
             transition: None,
         });
@@ -589,7 +594,17 @@ impl<'a> Planner<'a> {
         } else {
             EventKind::Normal
         };
-        self.event(kind, "Request", &format!("request {value:?}: {outcome}"));
+        // Each request its own Event (a count on the first one would hide this outcome).
+        self.events.push(PlanEvent {
+            kind,
+            reason: "Request".into(),
+            action: match value.trim() {
+                "" => "Request".into(),
+                v => v.chars().take(128).collect(), // the Events API limit
+            },
+            message: format!("request {value:?}: {outcome}"),
+            transition: None,
+        });
         self.st.last_request = Some(HandledRequest {
             request: value,
             handled_at: Time(self.stamp),

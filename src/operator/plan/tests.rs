@@ -376,6 +376,9 @@ fn requests_are_handled_once() {
     w.request = Some("abort".into());
     let d = w.reconcile();
     assert!(d.transitions().any(|t| t.1 == Phase::RollingBack));
+    // Each request is its own Event (the action tells them apart), so no outcome is hidden.
+    let req = d.events.iter().find(|e| e.reason == "Request").unwrap();
+    assert_eq!(req.action, "abort");
     assert_eq!(w.settle(100), Phase::RolledBack);
     // Re-applying the same annotation does nothing.
     let d = w.reconcile();
