@@ -1,5 +1,6 @@
 //! Leader election on the local control plane: two electors on one Lease, exactly one leads; when it
-//! goes the other takes over within the Lease duration; losing the Lease stops the leader at once.
+//! goes the other takes over within the Lease duration; losing the Lease stops the leader at once,
+//! and a replica that lost it stands by and leads again once the other holder's Lease expired.
 
 mod common;
 
@@ -196,4 +197,50 @@ async fn losing_the_lease_stops_the_work_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ticks.load(Ordering::SeqCst), n, "the work still runs");
     assert_eq!(holder(&ns).await.as_deref(), Some("intruder"));
+}
+
+#[tokio::test]
+async fn a_leader_that_lost_the_lease_stands_by_and_leads_again_when_it_expires() {
+    let ns = TestNamespace::new("leader").await;
+    let a = elector(&ns, "replica-a").await;
+    a.run_while_leader(async {}).await.expect("replica-a leads");
+
+    // An intruder takes the Lease for a short term and then goes away without renewing.
+    let term = 3;
+    let now = serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    ns.api::<Lease>()
+        .patch(
+            LEASE,
+            &PatchParams::apply("intruder").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": LEASE},
+                "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": term,
+                         "acquireTime": now, "renewTime": now}
+            })),
+        )
+        .await
+        .unwrap();
+    let taken = Instant::now();
+    eventually(
+        "replica-a stops leading",
+        Duration::from_secs(2),
+        || async { (!a.is_leader()).then_some(()) },
+    )
+    .await;
+
+    // Standing by: the work only starts once replica-a holds the Lease again, after the term.
+    let started = tokio::time::timeout(
+        Duration::from_secs(term as u64) + DURATION * 2,
+        a.run_while_leader(async { Instant::now() }),
+    )
+    .await
+    .expect("replica-a leads again once the intruder's Lease expired")
+    .expect("leading");
+    let waited = started.duration_since(taken);
+    assert!(
+        waited >= Duration::from_secs(term as u64) - Duration::from_millis(500),
+        "replica-a acted after {waited:?}, while the intruder's Lease was still valid"
+    );
+    assert_eq!(holder(&ns).await.as_deref(), Some("replica-a"));
 }
