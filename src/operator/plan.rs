@@ -51,6 +51,9 @@ const DRAIN_POLL: Duration = Duration::from_secs(10);
 const NEXT_SCAN: Duration = Duration::from_secs(1);
 /// How often to re-check a stalled rollout.
 const STALLED_POLL: Duration = Duration::from_secs(30);
+/// How often to re-observe a finished or paused rollout, so `RollbackSafe` (the active file_ref-only jobs a
+/// full rollback would wait for) stays current without a Redis scan every few seconds.
+pub const IDLE_POLL: Duration = Duration::from_secs(120);
 
 /// One write the adapter performs (server-side apply). Each corresponds to [`FieldRecord`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,11 +271,11 @@ impl<'a> Planner<'a> {
 
         if self.phase.is_terminal() {
             self.message = self.terminal_message();
-            return (Action::None, None);
+            return (Action::None, Some(IDLE_POLL));
         }
         if self.spec.paused {
             self.message = format!("paused in {} (spec.paused)", self.phase);
-            return (Action::None, None);
+            return (Action::None, Some(IDLE_POLL));
         }
         if let Some(hold) = &self.st.hold {
             self.message = format!("held: {} (send a retry or abort request)", hold.message);
@@ -327,7 +330,7 @@ impl<'a> Planner<'a> {
                 }
                 Step::Idle => {
                     self.message = self.terminal_message();
-                    return (Action::None, None);
+                    return (Action::None, Some(IDLE_POLL));
                 }
             }
         }

@@ -419,6 +419,33 @@ fn quick_abort_keeps_workers_full_abort_waits_for_file_ref_only_jobs() {
 }
 
 #[test]
+fn a_finished_rollout_keeps_rollback_safe_current() {
+    let mut w = World::new(spec(1), 1);
+    assert_eq!(w.settle(400), Phase::Completed);
+    w.active_file_ref_only = 2;
+    let d = w.reconcile();
+    assert_eq!(d.action, Action::None);
+    assert_eq!(
+        d.requeue_after,
+        Some(IDLE_POLL),
+        "a finished rollout is re-observed"
+    );
+    let safe = cond(&w, cond::ROLLBACK_SAFE);
+    assert_eq!(
+        (safe.status.as_str(), safe.reason.as_str()),
+        ("False", "FileRefOnlyJobsActive")
+    );
+    assert!(
+        safe.message.starts_with("2 active jobs"),
+        "{}",
+        safe.message
+    );
+    w.active_file_ref_only = 0;
+    w.reconcile();
+    assert_eq!(cond(&w, cond::ROLLBACK_SAFE).reason, "DualWriteNotOn");
+}
+
+#[test]
 fn stuck_worker_rollout_rolls_back_or_pauses() {
     let mut w = World::new(spec(1), 1);
     until_phase(&mut w, Phase::UpgradingWorkers, 50);
