@@ -25,8 +25,9 @@ use e2e_operator_support::*;
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
-    rbac::v1::{Role, RoleBinding},
+    rbac::v1::{PolicyRule, Role, RoleBinding},
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     api::{Patch, PatchParams, PostParams},
     config::Kubeconfig,
@@ -165,10 +166,40 @@ async fn sigkill_in_every_phase_resumes_and_completes() {
     drop(op);
 }
 
-/// A ServiceAccount allowed what the operator needs in `ns` except writing the API Deployment and
-/// creating Events, and a kubeconfig (in `dir`) that authenticates as it with a bound token.
-async fn kubeconfig_without_api_writes(ns: &TestNamespace, dir: &Path) -> PathBuf {
-    let sa = "operator-no-api-writes";
+/// The operator's Role as documented in `examples/operator-role.yaml`.
+fn example_role() -> Role {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/operator-role.yaml");
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// `role` without the right to create Events or to write any Deployment but `writable`.
+fn without_api_writes(mut role: Role, writable: &str) -> Role {
+    let rules = role.rules.as_mut().unwrap();
+    rules.retain(|r| !r.resources.iter().flatten().any(|x| x == "events"));
+    for r in rules.iter_mut() {
+        if r.resources.iter().flatten().any(|x| x == "deployments") {
+            r.verbs.retain(|v| v != "patch");
+        }
+    }
+    rules.push(PolicyRule {
+        api_groups: Some(vec!["apps".into()]),
+        resources: Some(vec!["deployments".into()]),
+        resource_names: Some(vec![writable.into()]),
+        verbs: vec!["patch".into()],
+        ..Default::default()
+    });
+    role
+}
+
+/// A ServiceAccount `sa` bound to `role` in `ns`, and a kubeconfig (in `dir`) that authenticates as
+/// it with a bound token.
+async fn service_account_kubeconfig(
+    ns: &TestNamespace,
+    dir: &Path,
+    sa: &str,
+    mut role: Role,
+) -> PathBuf {
     let ssa = PatchParams::apply("e2e-restart").force();
     ns.api::<ServiceAccount>()
         .patch(
@@ -180,23 +211,12 @@ async fn kubeconfig_without_api_writes(ns: &TestNamespace, dir: &Path) -> PathBu
         )
         .await
         .unwrap();
-    let read = ["get", "list", "watch"];
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": sa},
-        "rules": [
-            {"apiGroups": ["dedup2d.io"], "resources": ["dedup2drollouts"], "verbs": read},
-            {"apiGroups": ["dedup2d.io"], "resources": ["dedup2drollouts/status"], "verbs": ["get", "update", "patch"]},
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": read},
-            // Workers may be written, the API Deployment may not.
-            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"], "resourceNames": ["worker-a"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": read},
-            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "patch"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-             "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-        ]
-    });
+    role.metadata = ObjectMeta {
+        name: Some(sa.into()),
+        ..Default::default()
+    };
     ns.api::<Role>()
-        .patch(sa, &ssa, &Patch::Apply(role))
+        .patch(sa, &ssa, &Patch::Apply(&role))
         .await
         .unwrap();
     let binding = json!({
@@ -244,17 +264,18 @@ async fn kubeconfig_without_api_writes(ns: &TestNamespace, dir: &Path) -> PathBu
         "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
         "current-context": sa,
     });
-    let path = dir.join("restricted.kubeconfig");
+    let path = dir.join(format!("{sa}.kubeconfig"));
     std::fs::write(&path, config.to_string()).unwrap();
     path
 }
 
 /// The kill the issue asks for between "ConfigMap written" and "API restart annotation written".
-/// The first operator runs without the right to write the API Deployment or create Events, so it
+/// The first operator runs with `examples/operator-role.yaml` minus the right to write the API
+/// Deployment or create Events, so it
 /// turns dual-write on in the ConfigMap and then cannot write the restart annotation (nor publish
 /// the `DualWriteOn` Event): it is held exactly in that window, verified, and SIGKILLed there. A
-/// new process with full rights resumes: it writes the annotation, re-publishes the lost Event and
-/// completes with the invariants holding.
+/// new process with exactly the example Role resumes: it writes the annotation, re-publishes the
+/// lost Event and completes with the invariants holding.
 #[tokio::test]
 async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
     let ns = TestNamespace::new("op-window").await;
@@ -263,7 +284,14 @@ async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
     fleet(&ns, &redis.url(), "0", &[("worker-a", 3)]).await;
     let history = History::start(&ns).await;
     let dir = tempfile::tempdir().unwrap();
-    let restricted = kubeconfig_without_api_writes(&ns, dir.path()).await;
+    let restricted = service_account_kubeconfig(
+        &ns,
+        dir.path(),
+        "no-api-writes",
+        without_api_writes(example_role(), "worker-a"),
+    )
+    .await;
+    let least = service_account_kubeconfig(&ns, dir.path(), "operator", example_role()).await;
 
     let mut op = Operator::start_env(
         &ns.name,
@@ -310,7 +338,8 @@ async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
     op.kill();
     println!("SIGKILL between the ConfigMap write and the API restart annotation");
 
-    let op = Operator::start(&ns.name);
+    // The new process runs with exactly the documented Role.
+    let op = Operator::start_env(&ns.name, &[], &[("KUBECONFIG", least.to_str().unwrap())]);
     let r = wait_phase(&ns, "window", Phase::Completed, WAIT).await;
     assert_eq!(r.status.unwrap().worker_summary.as_deref(), Some("1/1"));
 
