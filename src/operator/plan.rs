@@ -1374,10 +1374,20 @@ impl<'a> Planner<'a> {
             .config
             .as_ref()
             .is_some_and(|c| include_b64_is_on(c.include_b64.as_deref()));
+        let never_restarted = self.obs.api.as_ref().is_some_and(|a| {
+            !a.template_annotations
+                .contains_key(PAYLOAD_CONFIG_ANNOTATION)
+        });
         let (dw, dw_status, dw_reason) = if self.config_in_effect(&on_i, &on_m) {
             ("On", CondStatus::True, "InEffect")
         } else if self.config_in_effect(&off_i, &off_m) {
             ("Off", CondStatus::False, "InEffect")
+        } else if never_restarted {
+            // Before the operator's first API restart the ConfigMap is all there is to go by.
+            match include_on {
+                true => ("On", CondStatus::True, "ConfigMapOnly"),
+                false => ("Off", CondStatus::False, "ConfigMapOnly"),
+            }
         } else if include_on {
             ("TurningOn", CondStatus::Unknown, "ApiRolling")
         } else {
@@ -1406,7 +1416,12 @@ impl<'a> Planner<'a> {
             cond::DUAL_WRITE,
             dw_status,
             dw_reason,
-            format!("dual-write {dw}"),
+            match dw_reason {
+                "ConfigMapOnly" => format!(
+                    "dual-write {dw} per the ConfigMap (the operator has not restarted the API yet)"
+                ),
+                _ => format!("dual-write {dw}"),
+            },
             gen,
             now,
         );
@@ -1436,13 +1451,13 @@ impl<'a> Planner<'a> {
                 "FileRefOnlyJobsActive",
                 format!("{} active jobs have file_ref-only payloads; old workers could not run them", f.active_without_b64),
             ),
-            (DrainObs::Figures(_), "On") => {
+            (DrainObs::Figures(_), "On") if dw_reason == "InEffect" => {
                 (CondStatus::True, "Safe", "dual-write on and no active job lacks file_bytes_b64".into())
             }
             (DrainObs::Figures(_), _) => (
                 CondStatus::False,
                 "DualWriteNotOn",
-                "dual-write is not on: a full rollback first turns it on and waits for file_ref-only jobs to finish".into(),
+                "dual-write is not on in effect: a full rollback first turns it on and waits for file_ref-only jobs to finish".into(),
             ),
             (DrainObs::Unreachable(why), _) => (CondStatus::Unknown, "RedisUnreachable", why.clone()),
             (DrainObs::NotScanned, _) => (CondStatus::Unknown, "NotScanned", "no Redis scan yet".into()),

@@ -419,6 +419,28 @@ fn quick_abort_keeps_workers_full_abort_waits_for_file_ref_only_jobs() {
 }
 
 #[test]
+fn dual_write_before_the_first_api_restart_is_read_from_the_config_map() {
+    let mut w = World::new(spec(1), 1);
+    w.include = Some("0".into());
+    w.originals = world_values(&w.spec, &w.observe());
+    let d = w.reconcile();
+    assert_eq!(
+        d.status.dual_write.as_deref(),
+        Some("Off"),
+        "not TurningOff"
+    );
+    let dw = cond(&w, cond::DUAL_WRITE);
+    assert_eq!(
+        (dw.status.as_str(), dw.reason.as_str()),
+        ("False", "ConfigMapOnly")
+    );
+    assert_ne!(cond(&w, cond::ROLLBACK_SAFE).reason, "Safe");
+    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+    assert_eq!(cond(&w, cond::DUAL_WRITE).reason, "InEffect");
+    assert_eq!(w.status.as_ref().unwrap().dual_write.as_deref(), Some("On"));
+}
+
+#[test]
 fn a_finished_rollout_keeps_rollback_safe_current() {
     let mut w = World::new(spec(1), 1);
     assert_eq!(w.settle(400), Phase::Completed);
