@@ -386,7 +386,7 @@ pub struct Dedup2DRolloutStatus {
     /// When the rollout reached `Completed` or `RolledBack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
-    /// The latest phase transitions, oldest first (at most [`MAX_TRANSITIONS`]). Each one is also
+    /// The latest phase transitions, oldest first (at most 10). Each one is also
     /// a Kubernetes Event; a restarted operator re-publishes the newest ones if their Event is missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
