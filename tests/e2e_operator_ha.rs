@@ -162,11 +162,11 @@ async fn only_the_leader_acts_and_a_standby_takes_over_after_sigkill() {
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &["worker-a"], NEW_IMAGE);
     assert_eq!(offs.len(), 1, "dual-write turned off once");
-    let includes = sequence(&h, |r| match r {
-        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
-        _ => None,
-    });
-    assert_eq!(includes, ["0", "1", "0"], "ConfigMap history 0 -> 1 -> 0");
+    assert_eq!(
+        includes(&h),
+        ["0", "1", "0"],
+        "ConfigMap history 0 -> 1 -> 0"
+    );
     let trans = transitions_until(&ns, "Completed").await;
     let phases: Vec<&str> = trans.iter().map(|t| t.1.as_str()).collect();
     let mut dedup = phases.clone();

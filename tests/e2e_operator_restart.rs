@@ -126,11 +126,11 @@ async fn sigkill_in_every_phase_resumes_and_completes() {
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &["worker-a", "worker-b"], NEW_IMAGE);
     assert_eq!(offs.len(), 1, "dual-write turned off once");
-    let includes = sequence(&h, |r| match r {
-        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
-        _ => None,
-    });
-    assert_eq!(includes, ["0", "1", "0"], "ConfigMap history 0 -> 1 -> 0");
+    assert_eq!(
+        includes(&h),
+        ["0", "1", "0"],
+        "ConfigMap history 0 -> 1 -> 0"
+    );
 
     // Each transition reported once (a repeat would be a second Event or a series on one).
     let trans = transitions_until(&ns, "Completed").await;
@@ -347,11 +347,11 @@ async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &["worker-a"], NEW_IMAGE);
     assert_eq!(offs.len(), 1, "dual-write turned off once");
-    let includes = sequence(&h, |r| match r {
-        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
-        _ => None,
-    });
-    assert_eq!(includes, ["0", "1", "0"], "ConfigMap history 0 -> 1 -> 0");
+    assert_eq!(
+        includes(&h),
+        ["0", "1", "0"],
+        "ConfigMap history 0 -> 1 -> 0"
+    );
     let annotations = sequence(&h, |r| match r {
         Rec::Deployment {
             name,

@@ -232,11 +232,7 @@ async fn happy_path_with_dual_write_and_observe_drain() {
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &WORKERS, NEW_IMAGE);
     assert_eq!(offs.len(), 1, "dual-write turned off exactly once");
-    let includes = sequence(&h, |r| match r {
-        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
-        _ => None,
-    });
-    assert_eq!(includes, ["0", "1", "0"]);
+    assert_eq!(includes(&h), ["0", "1", "0"]);
     let on_rev = h
         .iter()
         .find(|e| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == "1"))
@@ -412,11 +408,7 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &WORKERS, NEW_IMAGE);
     assert_eq!(offs.len(), 1);
-    let includes = sequence(&h, |r| match r {
-        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
-        _ => None,
-    });
-    assert_eq!(includes, ["1", "0"], "the ConfigMap changed once");
+    assert_eq!(includes(&h), ["1", "0"], "the ConfigMap changed once");
 
     let last_ready = last_worker_ready(&history, NEW_IMAGE);
     let off_seen = history

@@ -4,8 +4,8 @@
 //! stalled by an older one (`ConflictingRollout`) goes on as soon as that one finishes or is deleted.
 //!
 //! One reconcile is a pipeline of named steps: lost events → observe → plan → persist status → act
-//! → events → requeue (the contract in `plan.rs`). Every log line of a reconcile carries the rollout as
-//! `rollout=<namespace>/<name>`.
+//! → events → requeue (the contract in `plan.rs`). Every log line of a reconcile carries the
+//! rollout as `rollout=<namespace>/<name>`.
 
 use std::{
     collections::HashMap,
@@ -268,6 +268,7 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
     };
     if rollout.metadata.deletion_timestamp.is_some() {
         ctx.metrics.forget_rollout(ns, name);
+        ctx.events.forget(ns, name);
         return Ok(Requeue::await_change());
     }
 

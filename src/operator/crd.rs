@@ -389,7 +389,7 @@ pub struct Dedup2DRolloutStatus {
     /// The latest phase transitions, oldest first (at most 10). Each one is also
     /// a Kubernetes Event; a restarted operator re-publishes the newest ones if their Event is missing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10))]
+    #[schemars(length(max = MAX_TRANSITIONS))]
     pub transitions: Vec<TransitionRecord>,
 }
 

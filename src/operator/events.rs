@@ -96,11 +96,11 @@ impl Announcer {
     /// went out, the newest transition counts as published; otherwise the next reconcile re-checks.
     pub async fn publish_decision(&self, rollout: &Dedup2DRollout, decision: &Decision) {
         let all_sent = self.publish(rollout, &decision.events).await;
-        let newest = decision.status.transitions.last().map(|t| t.at.0);
-        if let (true, Some(newest)) = (all_sent, newest) {
-            if decision.transitions().next().is_some() {
-                self.mark(rollout, newest);
-            }
+        let transitioned = decision.transitions().next().is_some();
+        if let (true, true, Some(newest)) =
+            (all_sent, transitioned, decision.status.transitions.last())
+        {
+            self.mark(rollout, newest.at.0);
         }
     }
 

@@ -721,6 +721,44 @@ pub fn reverted(entries: &[Entry], name: &str, old: &str, new: &str) -> Option<E
         .cloned()
 }
 
+/// The ConfigMap's `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64` values in the history, repeats collapsed.
+pub fn includes(entries: &[Entry]) -> Vec<String> {
+    sequence(entries, |r| match r {
+        Rec::ConfigMap { include_b64, .. } => include_b64.clone(),
+        _ => None,
+    })
+}
+
+/// A full rollback's order in the store's history: dual-write went 0 -> 1 -> 0 -> 1, and neither
+/// the worker-a nor the API image was reverted before dual-write was back on, nor before the test
+/// finished the file_ref-only jobs at `jobs_finished`.
+pub fn check_full_rollback_order(history: &History, jobs_finished: Timestamp) {
+    let h = history.by_revision();
+    assert_eq!(includes(&h), ["0", "1", "0", "1"]);
+    let on_again = h
+        .iter()
+        .rfind(|e| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == "1"))
+        .unwrap()
+        .rv;
+    let arrived = history.arrived();
+    for (name, old, new) in [
+        ("worker-a", OLD_IMAGE, NEW_IMAGE),
+        ("api", API_OLD, API_NEW),
+    ] {
+        let e = reverted(&h, name, old, new).expect("the image was reverted");
+        assert!(
+            on_again < e.rv,
+            "{name}: dual-write on ({on_again}) before the revert ({})",
+            e.rv
+        );
+        let seen = arrived.iter().find(|a| a.rv == e.rv).unwrap().seen;
+        assert!(
+            seen >= jobs_finished,
+            "{name} reverted before the jobs finished"
+        );
+    }
+}
+
 /// The sequence of distinct values `f` picks out of the history (consecutive repeats collapsed).
 pub fn sequence<T: PartialEq + Clone>(entries: &[Entry], f: impl Fn(&Rec) -> Option<T>) -> Vec<T> {
     let mut out: Vec<T> = vec![];
