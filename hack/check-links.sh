@@ -3,8 +3,9 @@
 #
 # Fails (exit 1, printing each offending line as path:line: why: text) when a tracked file
 #   - names the reference notes outside the repository (a path into a sibling "shared" directory,
-#     an absolute path on the development machine) or cites the design as an outside document ("DESIGN" followed by a
-#     section sign, or the upper-case DESIGN file name); the design is docs/design.md;
+#     an absolute path on the development machine), or cites the design as an outside document
+#     ("DESIGN" followed by a section sign, or the upper-case DESIGN file name): the design is
+#     docs/design.md;
 #   - or, in a Markdown file, has a relative link (inline or reference style, outside code) whose
 #     target is not a tracked file or directory, leaves the repository, or names a #fragment that
 #     is not a heading (or an explicit id/name anchor) of the target document.
@@ -38,6 +39,7 @@ for p in tracked:
 OUTSIDE = [
     (re.compile(r"\.\./shared\b"), "points at the shared notes outside the repository"),
     (re.compile(r"/wor" r"k/"), "absolute path of the development machine"),
+    (re.compile(r"\bnotes/(?:contract|cluster|ecosystem|packaging)\.md"), "names a reference note outside the repository; the contract is docs/contract.md"),
     (re.compile("DESIGN" + r"\s*\u00a7"), "cites the design as an outside document; cite docs/design.md \u00a7N"),
     (re.compile("DESIGN" + r"\.md"), "names the outside design file; the design is docs/design.md"),
 ]
