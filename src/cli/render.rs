@@ -57,7 +57,7 @@ pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
     if let Some(h) = &status.hold {
         let _ = writeln!(
             out,
-            "  Held:        {}: {} (since {}; send retry or abort)",
+            "  Held:        {}: {} (since {}; `dedup2d rollout retry {name}` or `abort {name}`)",
             h.reason,
             h.message,
             when(&h.since, now)
@@ -187,11 +187,7 @@ pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
             r.outcome
         );
     }
-    if let Some(pending) = rollout
-        .annotations()
-        .get(crate::operator::crd::REQUEST_ANNOTATION)
-        .filter(|v| status.last_request.as_ref().map(|r| &r.request) != Some(*v))
-    {
+    if let Some(pending) = super::wait::pending_request(rollout) {
         let _ = writeln!(out, "  Pending request: {pending} (not handled yet)");
     }
     if let Some(t) = &status.finished_at {
