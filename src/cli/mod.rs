@@ -530,6 +530,9 @@ fn kube_reason(e: &kube::Error) -> String {
             "" => format!("{} (HTTP {})", s.message, s.code),
             reason => format!("{} ({reason})", s.message),
         },
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            format!("cannot reach the Kubernetes API server: {}", one_line(e))
+        }
         other => one_line(other),
     }
 }
