@@ -491,7 +491,7 @@ impl Rollouts {
                 Exit::Timeout,
                 format!(
                     "timed out after {} in phase {}: {message}",
-                    timeout.map(|t| format!("{t:?}")).unwrap_or_default(),
+                    render::human(timeout.unwrap_or_default().as_secs() as i64),
                     progress(&latest)
                         .0
                         .map(|p| p.to_string())

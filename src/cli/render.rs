@@ -230,7 +230,7 @@ fn when(t: &Time, now: Timestamp) -> String {
 }
 
 /// `45s`, `4m12s`, `2h5m`, `3d4h`.
-fn human(secs: i64) -> String {
+pub fn human(secs: i64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
         (secs % 86_400) / 3600,
