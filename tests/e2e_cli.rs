@@ -165,7 +165,7 @@ async fn pause_and_resume_apply_spec_paused_as_dedup2d_cli() {
 }
 
 #[tokio::test]
-async fn promote_and_abort_write_requests_with_fresh_nonces() {
+async fn promote_abort_and_retry_write_requests_with_fresh_nonces() {
     let ns = setup("fleet").await;
     let out = ok(&cli(&["rollout", "promote", "fleet", "-n", &ns.name]).await);
     let first = request(&get(&ns, "fleet").await);
@@ -185,11 +185,16 @@ async fn promote_and_abort_write_requests_with_fresh_nonces() {
     let quick = request(&get(&ns, "fleet").await);
     assert!(quick.starts_with("abort:"), "{quick}");
 
-    let nonces: std::collections::BTreeSet<&str> = [&first, &second, &full, &quick]
+    let out = ok(&cli(&["rollout", "retry", "fleet", "-n", &ns.name]).await);
+    let retry = request(&get(&ns, "fleet").await);
+    assert!(retry.starts_with("retry:"), "{retry}");
+    assert!(out.contains(&retry), "{out}");
+
+    let nonces: std::collections::BTreeSet<&str> = [&first, &second, &full, &quick, &retry]
         .iter()
         .map(|v| v.split_once(':').unwrap().1)
         .collect();
-    assert_eq!(nonces.len(), 4, "distinct nonces: {nonces:?}");
+    assert_eq!(nonces.len(), 5, "distinct nonces: {nonces:?}");
     let r = get(&ns, "fleet").await;
     assert!(r
         .managed_fields()

@@ -478,29 +478,22 @@ impl Rollouts {
             .as_ref()
             .and_then(|s| s.message.as_deref())
             .unwrap_or_default();
-        let (exit, how) = match verdict.exit() {
-            Some(exit) => (
-                exit,
-                match &verdict {
-                    Verdict::NeedsPerson(why) => format!("needs a person: {why}"),
-                    Verdict::Completed => "Completed".into(),
-                    v => format!("{v:?}: {message}"),
-                },
-            ),
-            None => (
-                Exit::Timeout,
-                format!(
-                    "timed out after {} in phase {}: {message}",
-                    render::human(timeout.unwrap_or_default().as_secs() as i64),
-                    progress(&latest)
-                        .0
-                        .map(|p| p.to_string())
-                        .unwrap_or_else(|| "<none>".into())
-                ),
+        let how = match &verdict {
+            Verdict::Completed => "Completed".into(),
+            Verdict::RolledBack => format!("RolledBack: {message}"),
+            Verdict::Failed => format!("Failed: {message}"),
+            Verdict::NeedsPerson(why) => format!("needs a person: {why}"),
+            Verdict::Waiting => format!(
+                "timed out after {} in phase {}: {message}",
+                render::human(timeout.unwrap_or_default().as_secs() as i64),
+                progress(&latest)
+                    .0
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "<none>".into())
             ),
         };
         let _ = writeln!(out, "{}: {how}", self.id());
-        Ok(exit)
+        Ok(verdict.exit().unwrap_or(Exit::Timeout))
     }
 
     /// `Some(result)` once the phase is terminal.
