@@ -464,7 +464,7 @@ async fn status_wait_exits_with_the_code_of_the_outcome() {
         ("Failed", "failed", 11, "Failed: failed"),
         (
             "AwaitingFinalize",
-            "AwaitingFinalize: drained; waiting for a promote request (finalize: Manual)",
+            "drained; waiting for a promote request (finalize: Manual)",
             12,
             "needs a person: drained, AwaitingFinalize (finalize: Manual); \
              `dedup2d rollout promote fleet` completes it",

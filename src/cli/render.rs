@@ -203,6 +203,10 @@ pub fn render_change(rollout: &Dedup2DRollout, previous: Option<Phase>, now: Tim
     let message = status
         .and_then(|s| s.message.as_deref())
         .unwrap_or_default();
+    // The planner's messages often start with the phase, which the line already names.
+    let message = phase
+        .and_then(|p| message.strip_prefix(&format!("{p}: ")))
+        .unwrap_or(message);
     let stamp = now.strftime("%H:%M:%SZ");
     let arrow = match (previous, phase) {
         (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
@@ -429,6 +433,16 @@ mod tests {
         assert_eq!(
             render_change(&rollout(None), None, at(0)),
             "20:26:40Z  <no phase>"
+        );
+        // The phase is not repeated when the message starts with it.
+        let r = rollout(Some(Dedup2DRolloutStatus {
+            phase: Some(Phase::Draining),
+            message: Some("Draining: waiting for a Redis scan".into()),
+            ..Default::default()
+        }));
+        assert_eq!(
+            render_change(&r, Some(Phase::DualWriteOff), at(0)),
+            "20:26:40Z  DualWriteOff -> Draining: waiting for a Redis scan"
         );
     }
 
