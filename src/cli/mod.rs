@@ -292,37 +292,12 @@ impl Rollouts {
     }
 
     fn err(&self, action: &'static str) -> impl FnOnce(kube::Error) -> CliError + '_ {
-        move |source| match &source {
-            // The API server names the object in a 404 for it; a bare 404 means the type is unknown.
-            kube::Error::Api(s) if s.code == 404 => {
-                if s.details.as_ref().is_some_and(|d| d.name == self.name) {
-                    self.not_found()
-                } else {
-                    CliError::CrdMissing
-                }
-            }
-            _ => CliError::Kube {
-                action,
-                namespace: self.namespace.clone(),
-                name: self.name.clone(),
-                reason: kube_reason(&source),
-            },
-        }
+        move |e| api_error(action, &self.namespace, &self.name, e)
     }
 
-    fn not_found(&self) -> CliError {
-        CliError::NotFound {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        }
-    }
-
+    /// The rollout (not `get_opt`: it would read a missing CRD as a missing rollout).
     async fn get(&self) -> Result<Dedup2DRollout, CliError> {
-        self.api
-            .get_opt(&self.name)
-            .await
-            .map_err(self.err("reading"))?
-            .ok_or_else(|| self.not_found())
+        self.api.get(&self.name).await.map_err(self.err("reading"))
     }
 
     /// Server-side apply of `patch` with the CLI's field manager, forced. The rollout must exist
@@ -515,6 +490,29 @@ fn observed(r: &Dedup2DRollout) -> (Option<Phase>, Option<String>) {
     (s.and_then(|s| s.phase), s.and_then(|s| s.message.clone()))
 }
 
+/// The CLI error for a failed call on rollout `namespace/name`. The API server names the object
+/// in a 404 for it; a 404 without that (plain `404 page not found`) means the type is unknown.
+fn api_error(action: &'static str, namespace: &str, name: &str, e: kube::Error) -> CliError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => {
+            if s.details.as_ref().is_some_and(|d| d.name == name) {
+                CliError::NotFound {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                }
+            } else {
+                CliError::CrdMissing
+            }
+        }
+        _ => CliError::Kube {
+            action,
+            namespace: namespace.into(),
+            name: name.into(),
+            reason: kube_reason(&e),
+        },
+    }
+}
+
 /// One line for a failed Kubernetes call: the API server's own message and reason, or the
 /// transport error chain.
 fn kube_reason(e: &kube::Error) -> String {
@@ -700,6 +698,39 @@ mod tests {
             assert_eq!(command.request_verb(), Some(verb));
         }
         assert_eq!(RolloutCommand::Pause { target: t() }.request_verb(), None);
+    }
+
+    #[test]
+    fn a_404_is_the_rollout_or_the_whole_type_missing_and_other_errors_keep_the_reason() {
+        use kube::core::Status;
+        let api = |s: Status| kube::Error::Api(s.boxed());
+        // The API server's answer for a missing object, as it sends it.
+        let object_404: Status = serde_json::from_str(
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                "message":"dedup2drollouts.dedup2d.io \"fleet\" not found","reason":"NotFound",
+                "details":{"name":"fleet","group":"dedup2d.io","kind":"dedup2drollouts"},"code":404}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            api_error("reading", "prod", "fleet", api(object_404)),
+            CliError::NotFound { .. }
+        ));
+        // What kube makes of the API server's plain-text answer for an unknown resource type.
+        let type_404 =
+            Status::failure("404 page not found", "Failed to parse error data").with_code(404);
+        let e = api_error("reading", "prod", "fleet", api(type_404));
+        assert!(matches!(e, CliError::CrdMissing), "{e}");
+        assert!(e.to_string().contains("dedup2d crd | kubectl apply -f -"));
+
+        let forbidden = Status::failure(
+            r#"dedup2drollouts.dedup2d.io "fleet" is forbidden: User "bob" cannot patch resource"#,
+            "Forbidden",
+        )
+        .with_code(403);
+        assert_eq!(
+            api_error("pausing", "prod", "fleet", api(forbidden)).to_string(),
+            r#"pausing rollout "fleet" in namespace "prod": dedup2drollouts.dedup2d.io "fleet" is forbidden: User "bob" cannot patch resource (Forbidden)"#
+        );
     }
 
     #[test]
