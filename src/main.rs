@@ -1,8 +1,11 @@
 //! `dedup2d`: one binary, one subcommand per role. Wiring only; the work lives in the library.
 
+use std::error::Error as _;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use dedup2d::cli::exit::{one_line, Exit};
 
 #[derive(Parser)]
 #[command(
@@ -32,7 +35,8 @@ enum Command {
     },
     /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
     Worker,
-    /// Show and steer Dedup2DRollouts: status [--watch], pause, resume, promote, abort [--full].
+    /// Show and steer Dedup2DRollouts: status [--watch | --wait], pause, resume, promote, retry,
+    /// abort [--full].
     /// Also a kubectl plugin when installed as `kubectl-dedup2d`.
     Rollout(dedup2d::cli::RolloutArgs),
     /// Run the controller that reconciles Dedup2DRollout resources (KUBECONFIG or in-cluster config;
@@ -63,12 +67,41 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Parses the arguments, runs the subcommand, and reports an error as one line `error: ...` on
+/// stderr (never anyhow's debug form, which adds a backtrace when RUST_BACKTRACE is set).
+fn main() -> ExitCode {
+    // As `kubectl-dedup2d`, the arguments are `rollout ...` without the word `rollout`.
+    let argv = dedup2d::cli::plugin_argv(std::env::args_os());
+    let command = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) => match env_var_error(&e) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::Error.into();
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("error: {}", one_line(e.as_ref()));
+            Exit::Error.into()
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<Exit> {
     // kube (aws-lc-rs) and object_store both bring rustls; pick the provider once.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // As `kubectl-dedup2d`, the arguments are `rollout ...` without the word `rollout`.
-    match Cli::parse_from(dedup2d::cli::plugin_argv(std::env::args_os())).command {
+    match command {
         Command::Crd => print!("{}", dedup2d::operator::crd::crd_yaml()),
         Command::Config => {
             let config = dedup2d::contract::config::Config::from_env()?;
@@ -86,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         Command::Worker => worker().await?,
-        Command::Rollout(args) => dedup2d::cli::run(args).await?,
+        Command::Rollout(args) => return Ok(dedup2d::cli::run(args).await?),
         Command::Operator {
             namespace,
             lease_namespace,
@@ -97,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             use dedup2d::operator::serve;
             dedup2d::telemetry::init_tracing();
-            let client = kube::Client::try_default().await?;
+            let client = dedup2d::cli::connect().await?;
             let settings = serve::OperatorSettings {
                 lease_namespace: lease_namespace
                     .unwrap_or_else(|| serve::default_lease_namespace(namespace.as_deref())),
@@ -111,7 +144,43 @@ async fn main() -> anyhow::Result<()> {
             serve::run(client, settings).await?;
         }
     }
-    Ok(())
+    Ok(Exit::Success)
+}
+
+/// When clap rejects a value that came from an environment variable (`env = ...` on the flag),
+/// one line naming the variable: clap itself only names the flag.
+fn env_var_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let flag = text(ContextKind::InvalidArg)?;
+    let value = text(ContextKind::InvalidValue)?;
+    let root = Cli::command();
+    let arg = root
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .find(|a| {
+            a.get_long()
+                .is_some_and(|l| flag.starts_with(&format!("--{l}")))
+        })?;
+    let var = arg.get_env()?.to_string_lossy().into_owned();
+    let long = format!("--{}", arg.get_long()?);
+    // Only when the variable is what clap read (no flag on the command line overriding it).
+    if std::env::var(&var).ok()? != value
+        || std::env::args_os().any(|a| a.to_string_lossy().starts_with(&long))
+    {
+        return None;
+    }
+    let why = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+    Some(format!("{var}={value:?} is not valid for {flag}{why}"))
 }
 
 /// `dedup2d worker`: configuration errors end the process before anything starts;

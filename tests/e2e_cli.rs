@@ -76,6 +76,7 @@ async fn setup(name: &str) -> TestNamespace {
 async fn cli_as(program: &Path, args: &[&str]) -> Output {
     tokio::process::Command::new(program)
         .args(args)
+        .env("RUST_BACKTRACE", "1")
         .output()
         .await
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
@@ -164,7 +165,7 @@ async fn pause_and_resume_apply_spec_paused_as_dedup2d_cli() {
 }
 
 #[tokio::test]
-async fn promote_and_abort_write_requests_with_fresh_nonces() {
+async fn promote_abort_and_retry_write_requests_with_fresh_nonces() {
     let ns = setup("fleet").await;
     let out = ok(&cli(&["rollout", "promote", "fleet", "-n", &ns.name]).await);
     let first = request(&get(&ns, "fleet").await);
@@ -184,11 +185,16 @@ async fn promote_and_abort_write_requests_with_fresh_nonces() {
     let quick = request(&get(&ns, "fleet").await);
     assert!(quick.starts_with("abort:"), "{quick}");
 
-    let nonces: std::collections::BTreeSet<&str> = [&first, &second, &full, &quick]
+    let out = ok(&cli(&["rollout", "retry", "fleet", "-n", &ns.name]).await);
+    let retry = request(&get(&ns, "fleet").await);
+    assert!(retry.starts_with("retry:"), "{retry}");
+    assert!(out.contains(&retry), "{out}");
+
+    let nonces: std::collections::BTreeSet<&str> = [&first, &second, &full, &quick, &retry]
         .iter()
         .map(|v| v.split_once(':').unwrap().1)
         .collect();
-    assert_eq!(nonces.len(), 4, "distinct nonces: {nonces:?}");
+    assert_eq!(nonces.len(), 5, "distinct nonces: {nonces:?}");
     let r = get(&ns, "fleet").await;
     assert!(r
         .managed_fields()
@@ -334,22 +340,40 @@ async fn status_watch_prints_changes_until_a_terminal_phase() {
     set_status(&ns, "fleet", json!({"phase": "RolledBack"})).await;
     let out = cli(&["rollout", "status", "fleet", "--watch", "-n", &ns.name]).await;
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ended in phase RolledBack"), "{err}");
+    assert_eq!(
+        stderr_line(&out),
+        format!(
+            r#"error: rollout "fleet" in namespace "{}" ended in phase RolledBack"#,
+            ns.name
+        )
+    );
 }
 
 #[tokio::test]
-async fn a_missing_rollout_is_a_clear_error() {
+async fn a_missing_rollout_is_one_error_line_without_a_backtrace() {
     let ns = TestNamespace::new("cli").await;
     install_crd(&ns).await;
-    for verb in ["status", "pause", "resume", "promote", "abort"] {
-        let out = cli(&["rollout", verb, "nope", "-n", &ns.name]).await;
-        assert!(!out.status.success(), "{verb} succeeded");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains(&format!("Dedup2DRollout {}/nope not found", ns.name)),
-            "{verb}: {err}"
-        );
+    let want = format!(
+        r#"error: rollout "nope" not found in namespace "{}""#,
+        ns.name
+    );
+    for verb in [
+        &["status"][..],
+        &["status", "--wait"],
+        &["status", "--watch"],
+        &["pause"],
+        &["resume"],
+        &["promote"],
+        &["retry"],
+        &["abort"],
+        &["abort", "--full"],
+    ] {
+        let mut args = vec!["rollout"];
+        args.extend_from_slice(verb);
+        args.extend_from_slice(&["nope", "-n", &ns.name]);
+        let out = cli(&args).await;
+        assert_eq!(out.status.code(), Some(1), "{verb:?}");
+        assert_eq!(stderr_line(&out), want, "{verb:?}");
     }
     // And nothing was created by the attempts.
     assert!(ns
@@ -358,4 +382,307 @@ async fn a_missing_rollout_is_a_clear_error() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// Stderr of a failed run: exactly one line, no backtrace (RUST_BACKTRACE=1 is set by [`cli`]).
+fn stderr_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{err}");
+    lines[0].to_string()
+}
+
+#[tokio::test]
+async fn an_api_error_is_one_line_with_the_reason() {
+    let ns = setup("fleet").await;
+    // The same API server, with a token it does not know.
+    let config = kube::Config::infer().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("bad-token.yaml");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: x\n\
+             clusters: [{{name: c, cluster: {{server: '{}', insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: not-a-valid-token}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u, namespace: {}}}}}]\n",
+            config.cluster_url, ns.name
+        ),
+    )
+    .unwrap();
+    for verb in ["status", "retry"] {
+        let out = tokio::process::Command::new(BIN)
+            .args(["rollout", verb, "fleet"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{verb}");
+        assert_eq!(
+            stderr_line(&out),
+            format!(
+                r#"error: reading rollout "fleet" in namespace "{}": Unauthorized (Unauthorized)"#,
+                ns.name
+            ),
+            "{verb}"
+        );
+    }
+}
+
+/// Runs `status NAME --wait` plus `extra`; the exit code and stdout.
+async fn wait(ns: &TestNamespace, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["rollout", "status", "fleet", "--wait", "-n", &ns.name];
+    args.extend_from_slice(extra);
+    let out = cli(&args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), stdout)
+}
+
+fn last_line(text: &str) -> &str {
+    text.lines().last().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn status_wait_exits_with_the_code_of_the_outcome() {
+    let ns = setup("fleet").await;
+    let id = format!("Dedup2DRollout {}/fleet", ns.name);
+    for (phase, message, code, end) in [
+        ("Completed", "completed", 0, "Completed"),
+        (
+            "RolledBack",
+            "rolled back (abort requested)",
+            10,
+            "RolledBack: rolled back (abort requested)",
+        ),
+        ("Failed", "failed", 11, "Failed: failed"),
+        (
+            "AwaitingFinalize",
+            "drained; waiting for a promote request (finalize: Manual)",
+            12,
+            "needs a person: drained, AwaitingFinalize (finalize: Manual); \
+             `dedup2d rollout promote fleet` completes it",
+        ),
+    ] {
+        set_status(
+            &ns,
+            "fleet",
+            json!({"observedGeneration": 1, "phase": phase, "message": message}),
+        )
+        .await;
+        let (got, out) = wait(&ns, &[]).await;
+        assert_eq!(got, Some(code), "{phase}: {out}");
+        assert!(
+            out.lines()
+                .next()
+                .unwrap()
+                .ends_with(&format!("  {phase}: {message}")),
+            "{phase}: {out}"
+        );
+        assert_eq!(last_line(&out), format!("{id}: {end}"), "{phase}");
+    }
+
+    // A hold that needs a retry, as the operator writes it.
+    set_status(
+        &ns,
+        "fleet",
+        json!({
+            "observedGeneration": 1, "phase": "UpgradingWorkers",
+            "message": "held: image changed (send a retry or abort request)",
+            "hold": {"reason": "ExternalModification", "message": "image changed by kubectl-edit",
+                     "since": "2026-05-01T10:00:00Z"},
+            "conditions": [condition("Stalled", "True", "ExternalModification", "image changed by kubectl-edit")]
+        }),
+    )
+    .await;
+    let (got, out) = wait(&ns, &[]).await;
+    assert_eq!(got, Some(12), "{out}");
+    assert!(
+        last_line(&out).contains("needs a person: held by ExternalModification: image changed by kubectl-edit; `dedup2d rollout retry fleet`"),
+        "{out}"
+    );
+    // A retry sent and not handled yet (no operator runs): the hold is about to be lifted, so
+    // --wait waits, here until its timeout.
+    ok(&cli(&["rollout", "retry", "fleet", "-n", &ns.name]).await);
+    let (got, out) = wait(&ns, &["--timeout", "1s"]).await;
+    assert_eq!(got, Some(13), "{out}");
+    assert_eq!(
+        last_line(&out),
+        format!(
+            "{id}: timed out after 1s in phase UpgradingWorkers: held: image changed (send a retry or abort request)"
+        )
+    );
+
+    // A cluster problem heals by itself: keep waiting. `--timeout 0` checks once.
+    let retry = request(&get(&ns, "fleet").await);
+    set_status(
+        &ns,
+        "fleet",
+        json!({
+            "observedGeneration": 1, "phase": "DualWriteOn",
+            "message": "stalled: API Deployment dedup2d-api not found",
+            "conditions": [condition("Stalled", "True", "TargetMissing", "API Deployment dedup2d-api not found")],
+            "lastRequest": {"request": retry, "handledAt": "2026-05-01T10:00:00Z", "outcome": "resumed after ExternalModification"}
+        }),
+    )
+    .await;
+    let (got, out) = wait(&ns, &["--timeout", "0"]).await;
+    assert_eq!(got, Some(13), "{out}");
+    assert!(
+        out.contains("DualWriteOn: stalled: API Deployment dedup2d-api not found"),
+        "{out}"
+    );
+
+    // Paused: spec.paused, whatever the status says.
+    ok(&cli(&["rollout", "pause", "fleet", "-n", &ns.name]).await);
+    let (got, out) = wait(&ns, &[]).await;
+    assert_eq!(got, Some(12), "{out}");
+    assert_eq!(
+        last_line(&out),
+        format!("{id}: needs a person: paused (spec.paused); `dedup2d rollout resume fleet` lets it go on")
+    );
+}
+
+#[tokio::test]
+async fn status_wait_watches_and_prints_each_phase_change() {
+    let ns = setup("fleet").await;
+    set_status(
+        &ns,
+        "fleet",
+        json!({"observedGeneration": 1, "phase": "Soaking", "message": "soaking"}),
+    )
+    .await;
+    let spawn = || {
+        tokio::process::Command::new(BIN)
+            .args(["rollout", "status", "fleet", "--wait", "-n", &ns.name])
+            .args(["--timeout", "60s"])
+            .env("RUST_BACKTRACE", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let first_line = |child: &mut tokio::process::Child| {
+        let stdout = child.stdout.take().unwrap();
+        async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+                .await
+                .expect("first line printed")
+                .unwrap()
+                .unwrap();
+            (first, lines)
+        }
+    };
+
+    // To Completed: exit 0 with a line per phase.
+    let mut child = spawn();
+    let (first, mut lines) = first_line(&mut child).await;
+    assert!(first.ends_with("  Soaking: soaking"), "{first}");
+    // Give it a moment to start watching after the first line.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (phase, message) in [
+        ("DualWriteOff", "turning dual-write off"),
+        ("Draining", "12 legacy payloads"),
+        ("Completed", "file_ref-only"),
+    ] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        set_status(
+            &ns,
+            "fleet",
+            json!({"observedGeneration": 1, "phase": phase, "message": message}),
+        )
+        .await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("--wait ends at Completed")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    assert_eq!(status.code(), Some(0), "{rest:#?}");
+    for want in [
+        "Soaking -> DualWriteOff: turning dual-write off",
+        "DualWriteOff -> Draining: 12 legacy payloads",
+        "Draining -> Completed: file_ref-only",
+    ] {
+        assert!(rest.iter().any(|l| l.ends_with(want)), "{want}: {rest:#?}");
+    }
+    assert_eq!(
+        rest.last().unwrap(),
+        &format!("Dedup2DRollout {}/fleet: Completed", ns.name)
+    );
+
+    // Paused while waiting: exit 12.
+    set_status(
+        &ns,
+        "fleet",
+        json!({"observedGeneration": 1, "phase": "Draining", "message": "draining"}),
+    )
+    .await;
+    let mut child = spawn();
+    let (first, mut lines) = first_line(&mut child).await;
+    assert!(first.ends_with("  Draining: draining"), "{first}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ok(&cli(&["rollout", "pause", "fleet", "-n", &ns.name]).await);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("--wait ends when paused")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    assert_eq!(status.code(), Some(12), "{rest:#?}");
+    assert!(
+        rest.last()
+            .unwrap()
+            .contains("needs a person: paused (spec.paused)"),
+        "{rest:#?}"
+    );
+}
+
+#[tokio::test]
+async fn kubectl_get_shows_the_message_column() {
+    let ns = setup("fleet").await;
+    set_status(
+        &ns,
+        "fleet",
+        json!({"observedGeneration": 1, "phase": "Soaking",
+               "message": "paused in Soaking (spec.paused)"}),
+    )
+    .await;
+    let kubectl = std::env::var_os("DEDUP2D_K8S_BIN")
+        .map(|d| Path::new(&d).join("kubectl"))
+        .unwrap_or_else(|| "kubectl".into());
+    let out = tokio::process::Command::new(&kubectl)
+        .args(["get", "d2r", "fleet", "-n", &ns.name])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {}: {e} (kubectl comes with the local control plane: `eval \"$(hack/cluster.sh env)\"`)",
+                kubectl.display()
+            )
+        });
+    let text = ok(&out);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header.last(), Some(&"MESSAGE"), "{text}");
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .ends_with("paused in Soaking (spec.paused)"),
+        "{text}"
+    );
 }

@@ -57,7 +57,7 @@ pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
     if let Some(h) = &status.hold {
         let _ = writeln!(
             out,
-            "  Held:        {}: {} (since {}; send retry or abort)",
+            "  Held:        {}: {} (since {}; `dedup2d rollout retry {name}` or `abort {name}`)",
             h.reason,
             h.message,
             when(&h.since, now)
@@ -187,11 +187,7 @@ pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
             r.outcome
         );
     }
-    if let Some(pending) = rollout
-        .annotations()
-        .get(crate::operator::crd::REQUEST_ANNOTATION)
-        .filter(|v| status.last_request.as_ref().map(|r| &r.request) != Some(*v))
-    {
+    if let Some(pending) = super::wait::pending_request(rollout) {
         let _ = writeln!(out, "  Pending request: {pending} (not handled yet)");
     }
     if let Some(t) = &status.finished_at {
@@ -207,6 +203,10 @@ pub fn render_change(rollout: &Dedup2DRollout, previous: Option<Phase>, now: Tim
     let message = status
         .and_then(|s| s.message.as_deref())
         .unwrap_or_default();
+    // The planner's messages often start with the phase, which the line already names.
+    let message = phase
+        .and_then(|p| message.strip_prefix(&format!("{p}: ")))
+        .unwrap_or(message);
     let stamp = now.strftime("%H:%M:%SZ");
     let arrow = match (previous, phase) {
         (Some(a), Some(b)) if a != b => format!("{a} -> {b}"),
@@ -234,7 +234,7 @@ fn when(t: &Time, now: Timestamp) -> String {
 }
 
 /// `45s`, `4m12s`, `2h5m`, `3d4h`.
-fn human(secs: i64) -> String {
+pub fn human(secs: i64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
         (secs % 86_400) / 3600,
@@ -433,6 +433,16 @@ mod tests {
         assert_eq!(
             render_change(&rollout(None), None, at(0)),
             "20:26:40Z  <no phase>"
+        );
+        // The phase is not repeated when the message starts with it.
+        let r = rollout(Some(Dedup2DRolloutStatus {
+            phase: Some(Phase::Draining),
+            message: Some("Draining: waiting for a Redis scan".into()),
+            ..Default::default()
+        }));
+        assert_eq!(
+            render_change(&r, Some(Phase::DualWriteOff), at(0)),
+            "20:26:40Z  DualWriteOff -> Draining: waiting for a Redis scan"
         );
     }
 

@@ -53,6 +53,14 @@ const IMAGE_REF: &str = "self.matches('^[^\\\\s]+$')";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    // Priority 0: plain `kubectl get d2r` shows why a rollout is stalled, held or paused.
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.message",
+        description = "what the rollout is doing or waiting for",
+        priority = "0"
     )
 )]
 #[serde(rename_all = "camelCase")]
