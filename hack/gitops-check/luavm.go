@@ -119,7 +119,7 @@ func (vm VM) osDate(l *lua.LState) int {
 		return 1
 	}
 	layouts := map[byte]string{'a': "Mon", 'A': "Monday", 'b': "Jan", 'B': "January", 'c': "02 Jan 06 15:04 MST",
-		'd': "02", 'F': "2006-01-02", 'H': "15", 'I': "03", 'm': "01", 'M': "04", 'p': "PM", 'S': "05",
+		'd': "02", 'F': "2006-01-02", 'H': "15", 'I': "03", 'm': "01", 'M': "04", 'p': "PM", 'P': "pm", 'S': "05",
 		'x': "15/04/05", 'X': "15:04:05", 'y': "06", 'Y': "2006", 'z': "-0700", 'Z': "MST"}
 	var b strings.Builder
 	for i := 0; i < len(format); i++ {
@@ -130,6 +130,8 @@ func (vm VM) osDate(l *lua.LState) int {
 		i++
 		if layout, ok := layouts[format[i]]; ok {
 			b.WriteString(t.Format(layout))
+		} else if format[i] == 'w' {
+			b.WriteString(fmt.Sprint(int(t.Weekday())))
 		} else if format[i] == '%' {
 			b.WriteByte('%')
 		} else {
