@@ -70,6 +70,7 @@ func run(t *tally, dir string, bless bool) {
 	if err != nil {
 		return
 	}
+	checkKeys(t, docs)
 	checkHealth(t, dir, scripts, docs)
 	checkActions(t, dir, scripts, docs)
 	checkKstatus(t, dir, docs)

@@ -214,3 +214,24 @@ func loadTestdata(dir string) (map[string]Doc, error) {
 	}
 	return docs, nil
 }
+
+// checkKeys: Argo CD turns `<group>_<kind>` in the argocd-cm keys into `<group>/<kind>` (exactly one
+// `_`), which must be the group and kind of the documents the scripts are for.
+func checkKeys(t *tally, docs map[string]Doc) {
+	var err error
+	for _, key := range []string{healthKey, actionsKey} {
+		groupKind := strings.TrimPrefix(strings.TrimPrefix(key, "resource.customizations.health."), "resource.customizations.actions.")
+		parts := strings.Split(groupKind, "_")
+		if len(parts) != 2 {
+			err = fmt.Errorf("%s: Argo CD needs <group>_<kind>", key)
+			break
+		}
+		for _, d := range docs {
+			gvk := (&unstructured.Unstructured{Object: d.Obj}).GroupVersionKind()
+			if gvk.Group != parts[0] || gvk.Kind != parts[1] {
+				err = fmt.Errorf("%s is for %s/%s, %s is a %s/%s", key, parts[0], parts[1], d.Path, gvk.Group, gvk.Kind)
+			}
+		}
+	}
+	t.check("argocd-cm keys name the documents' group and kind", err)
+}
