@@ -345,3 +345,34 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
     .collect();
     assert_eq!(stalls, want_stalls);
 }
+
+/// The documents are what the API server would hold: the CRD's CEL rules accept every one but the
+/// invalid soak that `stalled-invalid-spec` needs.
+#[test]
+fn fixtures_pass_the_crd_cel_rules() {
+    use kube::{core::cel::Validator, CustomResourceExt};
+    let crd = Dedup2DRollout::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap(),
+    )
+    .unwrap();
+    for (name, doc) in cases() {
+        let obj: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let errors: Vec<String> = match Validator::new().validate(&schema, &obj, None) {
+            Ok(()) => vec![],
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        };
+        if name == "stalled-invalid-spec" {
+            assert!(
+                errors.iter().any(|e| e.contains("soak must be a duration")),
+                "{errors:?}"
+            );
+        } else {
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+        }
+    }
+}
