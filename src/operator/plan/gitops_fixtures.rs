@@ -4,7 +4,10 @@
 //! They are committed under `docs/gitops/testdata/`, where `hack/gitops.sh` runs the Argo CD health
 //! check and actions (gopher-lua, Argo CD's library set) and kstatus on them. This test fails when a
 //! committed file differs from what the planner produces now, or when a case has no file or a file no
-//! case; `DEDUP2D_BLESS=1` rewrites them. Times come from the simulation's fixed clock.
+//! case; `DEDUP2D_BLESS=1` rewrites them. Times come from the simulation's fixed clock. Two more
+//! tests tie the documents to the cluster and to Argo CD: they pass the CRD's CEL rules, and the
+//! action discovery expected in `docs/gitops/actions/action_test.yaml` greys out exactly the
+//! requests the planner would ignore in that state.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -43,13 +46,34 @@ fn object(spec: &Spec, generation: i64, request: Option<&str>, status: Option<&S
     json
 }
 
-fn of_world(w: &World) -> String {
-    object(
-        &w.spec,
-        w.generation,
-        w.request.as_deref(),
-        w.status.as_ref(),
-    )
+/// One fixture: the document, and what the planner saw when it wrote its status (to replay requests).
+struct Case {
+    doc: String,
+    replay: Option<Replay>,
+}
+
+struct Replay {
+    spec: Spec,
+    status: Status,
+    observed: Observed,
+    now: Timestamp,
+}
+
+fn of_world(w: &World) -> Case {
+    Case {
+        doc: object(
+            &w.spec,
+            w.generation,
+            w.request.as_deref(),
+            w.status.as_ref(),
+        ),
+        replay: w.status.clone().map(|status| Replay {
+            spec: w.spec.clone(),
+            status,
+            observed: w.observe(),
+            now: ts(w.now),
+        }),
+    }
 }
 
 /// Reconcile until the planner asks for an action matching `pred` (applied), then once more without
@@ -66,11 +90,19 @@ fn wait_after(w: &mut World, pred: impl Fn(&Action) -> bool) {
 }
 
 /// One reconcile on a world changed by `change` (observation only), from the persisted status.
-fn stalled(w: &World, change: impl Fn(&mut Observed)) -> String {
-    let mut obs = w.observe();
-    change(&mut obs);
-    let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
-    object(&w.spec, w.generation, w.request.as_deref(), Some(&d.status))
+fn stalled(w: &World, change: impl Fn(&mut Observed)) -> Case {
+    let mut observed = w.observe();
+    change(&mut observed);
+    let d = plan(&w.spec, w.status.as_ref(), &observed, ts(w.now));
+    Case {
+        doc: object(&w.spec, w.generation, w.request.as_deref(), Some(&d.status)),
+        replay: Some(Replay {
+            spec: w.spec.clone(),
+            status: d.status,
+            observed,
+            now: ts(w.now),
+        }),
+    }
 }
 
 fn completed() -> World {
@@ -80,10 +112,10 @@ fn completed() -> World {
 }
 
 /// Every case, by file stem.
-fn cases() -> BTreeMap<&'static str, String> {
+fn cases() -> BTreeMap<&'static str, Case> {
     let mut out = BTreeMap::new();
     let mut add =
-        |name: &'static str, doc: String| assert!(out.insert(name, doc).is_none(), "{name} twice");
+        |name: &'static str, case: Case| assert!(out.insert(name, case).is_none(), "{name} twice");
 
     let w = World::new(spec(1), 1);
     add("pending-no-status", of_world(&w));
@@ -252,7 +284,7 @@ fn cases() -> BTreeMap<&'static str, String> {
 
 #[test]
 fn committed_gitops_fixtures_match_the_planner() {
-    let cases = cases();
+    let cases: BTreeMap<&str, String> = cases().into_iter().map(|(k, c)| (k, c.doc)).collect();
     let dir = dir();
     let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -299,8 +331,8 @@ fn committed_gitops_fixtures_match_the_planner() {
 fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
     let mut phases = std::collections::BTreeSet::new();
     let mut stalls = std::collections::BTreeSet::new();
-    for doc in cases().values() {
-        let v: serde_json::Value = serde_json::from_str(doc).unwrap();
+    for case in cases().values() {
+        let v: serde_json::Value = serde_json::from_str(&case.doc).unwrap();
         if let Some(p) = v["status"]["phase"].as_str() {
             phases.insert(p.to_string());
         }
@@ -360,8 +392,8 @@ fn fixtures_pass_the_crd_cel_rules() {
             .unwrap(),
     )
     .unwrap();
-    for (name, doc) in cases() {
-        let obj: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    for (name, case) in cases() {
+        let obj: serde_json::Value = serde_json::from_str(&case.doc).unwrap();
         let errors: Vec<String> = match Validator::new().validate(&schema, &obj, None) {
             Ok(()) => vec![],
             Err(e) => e.iter().map(|e| e.to_string()).collect(),
@@ -375,4 +407,74 @@ fn fixtures_pass_the_crd_cel_rules() {
             assert!(errors.is_empty(), "{name}: {errors:?}");
         }
     }
+}
+
+/// `actions/action_test.yaml` as far as this test reads it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionTests {
+    discovery_tests: Vec<DiscoveryTest>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DiscoveryTest {
+    input_path: String,
+    result: Vec<DiscoveredAction>,
+}
+
+#[derive(serde::Deserialize)]
+struct DiscoveredAction {
+    name: String,
+    disabled: bool,
+}
+
+/// The Argo CD discovery (checked against discovery.lua by hack/gitops.sh) greys out a request
+/// exactly when the planner, sent that request in that state, answers "ignored".
+#[test]
+fn discovery_greys_out_exactly_the_requests_the_planner_ignores() {
+    let path = dir().join("../actions/action_test.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let tests: ActionTests = serde_saphyr::from_str(&text).expect("action_test.yaml parses");
+    let cases = cases();
+    let mut checked = 0;
+    for t in &tests.discovery_tests {
+        let stem = t
+            .input_path
+            .trim_start_matches("../testdata/")
+            .trim_end_matches(".json");
+        let case = cases.get(stem).unwrap_or_else(|| panic!("no case {stem}"));
+        let Some(r) = &case.replay else {
+            // Before the operator wrote a status every request is greyed out.
+            assert!(t
+                .result
+                .iter()
+                .filter(|a| Request::parse(&a.name).is_some())
+                .all(|a| a.disabled));
+            continue;
+        };
+        for a in t
+            .result
+            .iter()
+            .filter(|a| Request::parse(&a.name).is_some())
+        {
+            let mut observed = r.observed.clone();
+            observed.request = Some(format!("{}:1700000999", a.name));
+            let d = plan(&r.spec, Some(&r.status), &observed, r.now);
+            let outcome = d
+                .status
+                .last_request
+                .expect("the request is handled")
+                .outcome;
+            assert_eq!(
+                a.disabled,
+                outcome.starts_with("ignored"),
+                "{stem}: {} is {} in discovery, the planner says {outcome:?}",
+                a.name,
+                if a.disabled { "disabled" } else { "enabled" },
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} requests checked");
 }
