@@ -61,6 +61,9 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "gitops: Argo CD health/actions and kstatus (hack/gitops.sh)"
+hack/gitops.sh
+
 step "cargo build (tests)"
 cargo test --locked --all-targets --no-run
 

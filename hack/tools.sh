@@ -42,6 +42,8 @@ go_build_dir() {
 
 case "${1:-}" in
   # Add one line per tool: NAME) go_install NAME VERSION module/path/cmd@VERSION ;;
+  # gitops-check: gopher-lua v1.1.2 + kstatus (cli-utils v0.37.2), pinned in its go.mod.
+  gitops-check) go_build_dir gitops-check hack/gitops-check ;;
   "") die "usage: hack/tools.sh TOOL" ;;
   *) die "unknown tool '$1'" ;;
 esac

@@ -1630,6 +1630,8 @@ fn world_values(spec: &Spec, obs: &Observed) -> BTreeMap<String, Option<String>>
 }
 
 #[cfg(test)]
+mod gitops_fixtures;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use super::*;
 use crate::operator::crd::{DrainStrategy, OnFailure};
 
 /// Reconcile, then let every controller finish, then one second passes.
-fn round(w: &mut World) -> Decision {
+pub(super) fn round(w: &mut World) -> Decision {
     let d = w.reconcile();
     for i in 0..=w.workers.len() {
         while w.controller_step(i) {}
@@ -19,7 +19,7 @@ fn round(w: &mut World) -> Decision {
 }
 
 /// Run rounds until the phase is `p` (panics after `max`).
-fn until_phase(w: &mut World, p: Phase, max: usize) {
+pub(super) fn until_phase(w: &mut World, p: Phase, max: usize) {
     for _ in 0..max {
         if w.phase() == p {
             return;

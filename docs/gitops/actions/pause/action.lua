@@ -1,0 +1,3 @@
+-- Hold the rollout at its current step (spec.paused); paused time is not counted against deadlines.
+obj.spec.paused = true
+return obj
