@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Per-kind JSON schemas for kubeconform from an OpenAPI v2 document (the API server's /openapi/v2).
 
-    hack/chart-schemas.py OPENAPI_V2_JSON OUT_DIR
+    hack/chart-schemas.py OPENAPI_V2_JSON OUT_DIR [CRD.json ...]
 
 Writes OUT_DIR/<kind>-<group>-<version>.json (kubeconform's `{{ .ResourceKind }}{{ .KindSuffix }}.json`
-naming) for every kind the document defines. Each file holds the kind's schema and the definitions
+naming) for every kind the document defines, and for every version of each CRD given (JSON
+CustomResourceDefinitions of kinds the cluster does not serve). Each file holds the kind's schema and the definitions
 it reaches, so recursive types stay finite. Objects with declared properties get
 `additionalProperties: false` (kubeconform -strict), and `int-or-string` / Quantity accept numbers
 and strings, as the API server does.
@@ -87,6 +88,16 @@ def main():
                 "definitions": {n: defs[n] for n in sorted(needed)},
             }
             (out / f"{gvk['kind'].lower()}{suffix}.json").write_text(json.dumps(standalone))
+            written += 1
+    for crd_file in sys.argv[3:]:
+        crd = json.loads(Path(crd_file).read_text())
+        group = crd["spec"]["group"].split(".")[0]
+        kind = crd["spec"]["names"]["kind"].lower()
+        for version in crd["spec"]["versions"]:
+            schema = dict(version["schema"]["openAPIV3Schema"])
+            tighten(schema)
+            schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+            (out / f"{kind}-{group}-{version['name']}.json").write_text(json.dumps(schema))
             written += 1
     print(f"{written} kind schemas in {out}", file=sys.stderr)
 

@@ -5,8 +5,8 @@
 #   2. helm lint --strict, namespaced and cluster-wide, fleet on.
 #   3. values.schema.json refuses bad values with a readable message (helm template).
 #   4. the helm-unittest suites in charts/dedup2d-operator/tests/ (hack/tools.sh helm-unittest).
-#   5. kubeconform -strict against the running control plane's own schemas (/openapi/v2, offline);
-#      ServiceMonitor and PrometheusRule are skipped there: their CRDs are not on this cluster.
+#   5. kubeconform -strict against the running control plane's own schemas (/openapi/v2, offline),
+#      and for ServiceMonitor/PrometheusRule the prometheus-operator CRDs (a pinned Go module).
 #   6. kubectl apply --dry-run=server of the rendered chart, both RBAC modes, fleet on, in a
 #      throwaway namespace.
 #
@@ -27,8 +27,12 @@ if [[ -n "${KUBECONFIG:-}" ]]; then
 else
   eval "$(hack/cluster.sh env)"
 fi
-command -v helm >/dev/null || die "helm not found: build it with 'hack/cluster.sh build'"
-command -v kubectl >/dev/null || die "kubectl not found: build it with 'hack/cluster.sh build'"
+if ! command -v helm >/dev/null || ! command -v kubectl >/dev/null; then
+  say "helm/kubectl not built yet: hack/cluster.sh build (cached by version)"
+  hack/cluster.sh build >&2
+fi
+command -v helm >/dev/null || die "helm not found after 'hack/cluster.sh build'"
+command -v kubectl >/dev/null || die "kubectl not found after 'hack/cluster.sh build'"
 kubectl version --request-timeout=10s >/dev/null 2>&1 \
   || die "no cluster answers (KUBECONFIG=${KUBECONFIG:-}): start one with 'hack/cluster.sh up'"
 
@@ -65,37 +69,44 @@ for mode in "${MODES[@]}"; do
 done
 
 say "3/6 values.schema.json refuses bad values"
-refused() { # refused PATTERN helm-template-args...: the render must fail and say PATTERN
-  local pattern="$1"; shift
-  if helm template t "$CHART" "$@" >/dev/null 2>"$WORK/err"; then
-    die "helm template $* was accepted"
-  fi
-  grep -qE "$pattern" "$WORK/err" || { cat "$WORK/err" >&2; die "helm template $*: no '$pattern' in the message"; }
-  say "  refused $*: $(grep -oE "$pattern.*" "$WORK/err" | head -1)"
+refused() { # refused PATTERN ARGS...: helm template and helm install must fail and say PATTERN
+  local pattern="$1" cmd; shift
+  for cmd in "template t" "install t --dry-run=client"; do
+    # shellcheck disable=SC2086 # $cmd is several words on purpose
+    if helm $cmd "$CHART" "$@" >/dev/null 2>"$WORK/err"; then
+      die "helm $cmd $* was accepted"
+    fi
+    grep -qF "$pattern" "$WORK/err" || { cat "$WORK/err" >&2; die "helm $cmd $*: no \"$pattern\" in the message"; }
+  done
+  say "  refused $*: $(grep -F "$pattern" "$WORK/err" | head -1)"
 }
-refused 'replicaCount: Invalid type' --set-string replicaCount=two
-refused 'rbac.scope: rbac.scope must be one of|scope: .*(must be one of|Foo)' --set rbac.scope=Foo
-refused 'logFormat' --set logFormat=xml
-refused 'Additional property replicas is not allowed' --set replicas=3
-refused 'fleet.redis.url is required' --set fleet.enabled=true
+refused "at '/replicaCount': got string, want integer" --set-string replicaCount=two
+refused "at '/rbac/scope': value must be one of 'Namespace', 'Cluster'" --set rbac.scope=Foo
+refused "at '/logFormat': value must be one of 'json', 'text'" --set logFormat=xml
+refused "additional properties 'replicas' not allowed" --set replicas=3
+refused "fleet.redis.url is required with fleet.enabled=true" --set fleet.enabled=true
 
 say "4/6 helm-unittest"
 UNITTEST="$(hack/tools.sh helm-unittest)"
-"$UNITTEST" --strict --color=false "$CHART" >"$WORK/unittest.log" 2>&1 || { cat "$WORK/unittest.log" >&2; die "helm-unittest"; }
+# On a copy: helm-unittest creates tests/__snapshot__ in the chart it runs on.
+cp -r "$CHART" "$WORK/chart"
+"$UNITTEST" --strict --color=false "$WORK/chart" >"$WORK/unittest.log" 2>&1 || { cat "$WORK/unittest.log" >&2; die "helm-unittest"; }
 grep -E '^(Charts|Test Suites|Tests):' "$WORK/unittest.log" | sed 's/^/[chart.sh]   /'
 grep -qE '^Tests: +[1-9][0-9]* passed' "$WORK/unittest.log" || { cat "$WORK/unittest.log" >&2; die "helm-unittest ran no test"; }
 
 say "5/6 kubeconform (the cluster's own schemas)"
 KUBECONFORM="$(hack/tools.sh kubeconform)"
 kubectl get --raw /openapi/v2 >"$WORK/openapi.json"
-python3 hack/chart-schemas.py "$WORK/openapi.json" "$WORK/schemas"
+PROM_CRDS="$(hack/tools.sh prometheus-operator-src)/jsonnet/prometheus-operator"
+python3 hack/chart-schemas.py "$WORK/openapi.json" "$WORK/schemas" \
+  "$PROM_CRDS/servicemonitors-crd.json" "$PROM_CRDS/prometheusrules-crd.json"
 for mode in "${MODES[@]}"; do
   # shellcheck disable=SC2086
   helm template dedup2d "$CHART" --namespace dedup2d --include-crds $mode "${FLEET[@]}" \
     --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true >"$WORK/rendered.yaml"
   "$KUBECONFORM" -strict -summary -exit-on-error \
     -schema-location "$WORK/schemas/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-    -skip ServiceMonitor,PrometheusRule "$WORK/rendered.yaml" \
+    "$WORK/rendered.yaml" \
     || die "kubeconform ($mode)"
 done
 
@@ -104,7 +115,10 @@ kubectl create namespace "$DRYRUN_NS" >/dev/null
 for mode in "${MODES[@]}"; do
   # shellcheck disable=SC2086
   helm template dedup2d "$CHART" --namespace "$DRYRUN_NS" --include-crds $mode "${FLEET[@]}" >"$WORK/rendered.yaml"
-  kubectl apply --dry-run=server --server-side --field-manager=chart-dryrun -f "$WORK/rendered.yaml" >"$WORK/apply.log" 2>&1 \
+  # Server-side so the CRD's size does not matter; --force-conflicts: the CRD's fields belong to
+  # whoever installed it, and this changes nothing anyway.
+  kubectl apply --dry-run=server --server-side --force-conflicts --field-manager=chart-dryrun \
+    -f "$WORK/rendered.yaml" >"$WORK/apply.log" 2>&1 \
     || { cat "$WORK/apply.log" >&2; die "kubectl apply --dry-run=server ($mode)"; }
   say "  $mode: $(wc -l <"$WORK/apply.log") objects accepted"
 done

@@ -56,12 +56,23 @@ go_build_wrapper() {
   echo "$dir/$name"
 }
 
+# go_module_dir MODULE VERSION: download a Go module (for the files it ships, not to build it) and
+# print its directory in the module cache.
+go_module_dir() {
+  local dir
+  dir="$(go mod download -json "$1@$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$dir" ]] || die "could not download $1@$2"
+  echo "$dir"
+}
+
 case "${1:-}" in
   # Add one line per tool: NAME) go_install NAME VERSION module/path/cmd@VERSION ;;
   kubeconform) go_install kubeconform v0.8.0 github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0 ;;
   helm-unittest) go_build_wrapper helm-unittest v1.1.2 github.com/helm-unittest/helm-unittest/cmd/helm-unittest \
     "require github.com/helm-unittest/helm-unittest v1.1.2" \
     "replace github.com/vmware-labs/yaml-jsonpath v0.3.2 => github.com/helm-unittest/yaml-jsonpath v0.4.0" ;;
+  # The ServiceMonitor and PrometheusRule CRDs (jsonnet/prometheus-operator/*-crd.json) for kubeconform.
+  prometheus-operator-src) go_module_dir github.com/prometheus-operator/prometheus-operator v0.85.0 ;;
   "") die "usage: hack/tools.sh TOOL" ;;
   *) die "unknown tool '$1'" ;;
 esac
