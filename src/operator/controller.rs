@@ -405,6 +405,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_refused_startup_list_names_the_namespace_and_the_grant() {
+        let status = |code| {
+            let mut s = kube::core::Status::failure(
+                "dedup2drollouts is forbidden: User \"system:serviceaccount:a:op\" cannot list",
+                "Forbidden",
+            );
+            s.code = code;
+            kube::Error::Api(s.boxed())
+        };
+        let msg = startup_error(Some("team-b"), status(403)).to_string();
+        assert!(msg.starts_with("not allowed to list Dedup2DRollouts in namespace team-b: dedup2drollouts is forbidden"), "{msg}");
+        assert!(msg.contains("examples/operator-role.yaml"), "{msg}");
+        let msg = startup_error(None, status(403)).to_string();
+        assert!(msg.contains("in all namespaces"), "{msg}");
+        assert!(matches!(
+            startup_error(None, status(404)),
+            RunError::NoCrd(_)
+        ));
+    }
+
+    #[test]
     fn pods_map_to_their_deployment() {
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "dedup2d-worker-5d8f9-abcde",
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "dedup2d-worker-5d8f9", "uid": "u"}]}}))
