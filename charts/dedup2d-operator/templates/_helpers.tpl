@@ -137,10 +137,3 @@ imagePullSecrets:
   verbs: ["get", "list", "watch", "create", "update", "patch"]
 {{- end -}}
 
-{{/* The fleet's resources survive `helm uninstall` with fleet.keepOnUninstall. */}}
-{{- define "dedup2d.fleetKeep" -}}
-{{- if .Values.fleet.keepOnUninstall }}
-annotations:
-  helm.sh/resource-policy: keep
-{{- end }}
-{{- end -}}
