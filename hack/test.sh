@@ -52,6 +52,9 @@ if [ -z "${KUBECONFIG:-}" ]; then
   CLUSTER_BUILD_PID=$!
 fi
 
+step "docs: no reference outside the repository, every relative link resolves"
+hack/check-links.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

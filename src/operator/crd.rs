@@ -256,7 +256,7 @@ pub enum OnFailure {
     Pause,
 }
 
-/// Phases of a rollout, forward then backward. See DESIGN §5.
+/// Phases of a rollout, forward then backward. See docs/design.md §5.
 #[derive(
     JsonSchema,
     Serialize,

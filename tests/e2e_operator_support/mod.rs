@@ -702,9 +702,10 @@ impl History {
     }
 }
 
-/// Replays the history in revision order and checks DESIGN §5 invariant 1 at every ConfigMap version
-/// that turns dual-write off: no pod of a worker Deployment (terminating ones included) on another
-/// image than `target` exists at that revision. Returns the revisions of those ConfigMap versions.
+/// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every
+/// ConfigMap version that turns dual-write off: no pod of a worker Deployment (terminating ones
+/// included) on another image than `target` exists at that revision. Returns the revisions of those
+/// ConfigMap versions.
 pub fn check_dual_write_off_after_workers(
     entries: &[Entry],
     workers: &[&str],

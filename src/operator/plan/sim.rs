@@ -1,7 +1,8 @@
 //! A small simulated cluster for the planner's tests: Deployments whose controller replaces pods one
 //! step at a time (old pods go terminating, then away), an API whose pods keep the payload config they
 //! started with, Redis payloads with TTLs, and an operator that persists the planner's status and
-//! applies its actions. It checks DESIGN §5 invariants 1–5 at every reconcile and panics on a breach.
+//! applies its actions. It checks invariants 1–5 of docs/design.md §5 at every reconcile and panics
+//! on a breach.
 
 use std::collections::BTreeMap;
 
@@ -465,7 +466,7 @@ impl World {
         self.track_truth();
     }
 
-    /// DESIGN §5 invariants, checked on every decision.
+    /// The invariants of docs/design.md §5, checked on every decision.
     fn check(&self, before: &Option<Status>, d: &Decision, obs: &Observed) {
         let prev = before.clone().unwrap_or_default();
         // Invariant 5: a write happens only for a field already recorded (with that value) in the

@@ -1,5 +1,5 @@
 //! Planner tests: one scripted test per transition, and property tests over random interleavings of
-//! world events (see `sim.rs`, which checks DESIGN §5 invariants at every reconcile).
+//! world events (see `sim.rs`, which checks the invariants of docs/design.md §5 at every reconcile).
 
 use proptest::prelude::*;
 
