@@ -173,14 +173,9 @@ fn path_str(p: &Path) -> String {
 }
 
 /// What `helm upgrade` and `helm uninstall` must leave alone: the rollout's phase and transitions,
-/// and per fleet Deployment its generation, image and restart annotation, plus the ConfigMap's
-/// dual-write key.
-async fn untouched_state(
-    ns: &TestNamespace,
-    rollout: &str,
-    deployments: &[&str],
-    cm: &str,
-) -> Value {
+/// and per fleet Deployment its generation, image and restart annotation, plus the dual-write key
+/// of the ConfigMap [`CM`] (the chart's fleet of release `dedup2d` has that name too).
+async fn untouched_state(ns: &TestNamespace, rollout: &str, deployments: &[&str]) -> Value {
     let r = ns.api::<Dedup2DRollout>().get(rollout).await.unwrap();
     let st = r.status.unwrap_or_default();
     let mut out = json!({
@@ -189,7 +184,7 @@ async fn untouched_state(
             "phase": st.phase.map(|p| p.to_string()),
             "transitions": st.transitions.iter().map(|t| t.to.to_string()).collect::<Vec<_>>(),
         },
-        "configMap": ns.api::<k8s_openapi::api::core::v1::ConfigMap>().get(cm).await.unwrap().data.unwrap_or_default().get(INCLUDE),
+        "configMap": include(ns).await,
     });
     for name in deployments {
         let d = deploy(ns, name).await;
@@ -268,7 +263,7 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
     let op = chart_op.start();
     let spec = json!({
         "workers": [{"deployment": "dedup2d-worker", "image": NEW_IMAGE}],
-        "api": {"deployment": "dedup2d-api", "configMap": "dedup2d-config", "image": API_NEW},
+        "api": {"deployment": "dedup2d-api", "configMap": CM, "image": API_NEW},
         "dualWrite": {"enabled": true, "soak": "2s"},
         "drain": {"strategy": "Observe", "redis": {"urlSecretRef": {"name": "dedup2d-redis", "key": "url"}}},
     });
@@ -313,7 +308,7 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
     assert!(log.contains("forbidden"), "the API server's reason:\n{log}");
 
     // helm upgrade with other operator values, then helm uninstall: the rollout and the fleet stay.
-    let before = untouched_state(&ns, "chart", &fleet, "dedup2d-config").await;
+    let before = untouched_state(&ns, "chart", &fleet).await;
     helm(&[
         "upgrade",
         "dedup2d",
@@ -336,7 +331,7 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        untouched_state(&ns, "chart", &fleet, "dedup2d-config").await,
+        untouched_state(&ns, "chart", &fleet).await,
         before,
         "helm upgrade changed the rollout or the fleet"
     );
@@ -351,7 +346,7 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
         "uninstalled"
     );
     assert_eq!(
-        untouched_state(&ns, "chart", &fleet, "dedup2d-config").await,
+        untouched_state(&ns, "chart", &fleet).await,
         before,
         "helm uninstall changed the rollout or the fleet"
     );
@@ -403,7 +398,7 @@ async fn cluster_chart_rolls_a_fleet_in_another_namespace_as_its_service_account
     );
 
     let deployments = ["worker-a", "api"];
-    let before = untouched_state(&ns, "chart", &deployments, CM).await;
+    let before = untouched_state(&ns, "chart", &deployments).await;
     helm(&[
         "upgrade",
         "ops",
@@ -418,7 +413,7 @@ async fn cluster_chart_rolls_a_fleet_in_another_namespace_as_its_service_account
     ]);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        untouched_state(&ns, "chart", &deployments, CM).await,
+        untouched_state(&ns, "chart", &deployments).await,
         before,
         "helm upgrade changed the rollout or the fleet"
     );
@@ -431,7 +426,7 @@ async fn cluster_chart_rolls_a_fleet_in_another_namespace_as_its_service_account
         "the ClusterRole {name} is uninstalled"
     );
     assert_eq!(
-        untouched_state(&ns, "chart", &deployments, CM).await,
+        untouched_state(&ns, "chart", &deployments).await,
         before,
         "helm uninstall changed the rollout or the fleet"
     );
