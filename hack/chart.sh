@@ -3,7 +3,7 @@
 #
 #   1. Chart.yaml's appVersion is Cargo.toml's version; the chart's crds/ is the committed CRD.
 #   2. helm lint --strict, namespaced and cluster-wide, fleet on.
-#   3. values.schema.json refuses bad values with a readable message (helm template).
+#   3. values.schema.json refuses bad values with a readable message (helm template, helm install).
 #   4. the helm-unittest suites in charts/dedup2d-operator/tests/ (hack/tools.sh helm-unittest).
 #   5. kubeconform -strict against the running control plane's own schemas (/openapi/v2, offline),
 #      and for ServiceMonitor/PrometheusRule the prometheus-operator CRDs (a pinned Go module).
@@ -44,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Values for every render: the fleet on (it needs a Redis URL), the kwok nodes tolerated.
+# The fleet on in every render (it needs a Redis URL).
 FLEET=(--set fleet.enabled=true --set fleet.redis.url=redis://redis:6379/0)
 MODES=("--set rbac.scope=Namespace" "--set rbac.scope=Cluster")
 
