@@ -83,6 +83,9 @@ if [ "$OWN_CLUSTER" = 1 ]; then
 fi
 kubectl version 2>/dev/null | head -2 || true
 
+step "helm chart: lint, unit tests, kubeconform, server dry-run (hack/chart.sh)"
+hack/chart.sh
+
 step "cargo test"
 cargo test --locked --all-targets -- --test-threads="${DEDUP2D_TEST_THREADS:-4}"
 

@@ -40,10 +40,41 @@ go_build_dir() {
   echo "$dir/$name"
 }
 
+# go_build_wrapper NAME VERSION PACKAGE GO.MOD-LINES...: build PACKAGE from a generated wrapper module
+# (for tools whose own go.mod has replace directives, which `go install` refuses). The wrapper
+# lives in the tool dir, outside the clone; its go.sum is resolved once, at build time.
+go_build_wrapper() {
+  local name="$1" version="$2" pkg="$3" dir="$CACHE/tools/$1-$2"
+  shift 3
+  if [[ ! -x "$dir/$name" ]]; then
+    mkdir -p "$dir/src"
+    echo "building $name $version (once per machine)" >&2
+    { echo "module dedup2d.local/tools/$name"; echo; echo "go 1.26.0"; echo; printf '%s\n' "$@"; } \
+      > "$dir/src/go.mod"
+    (cd "$dir/src" && go build -mod=mod -trimpath -ldflags "-s -w" -o "$dir/$name" "$pkg") >&2
+  fi
+  echo "$dir/$name"
+}
+
+# go_module_dir MODULE VERSION: download a Go module (for the files it ships, not to build it) and
+# print its directory in the module cache.
+go_module_dir() {
+  local dir
+  dir="$(go mod download -json "$1@$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  [[ -d "$dir" ]] || die "could not download $1@$2"
+  echo "$dir"
+}
+
 case "${1:-}" in
   # Add one line per tool: NAME) go_install NAME VERSION module/path/cmd@VERSION ;;
   # gitops-check: gopher-lua v1.1.2 + kstatus (cli-utils v0.37.2), pinned in its go.mod.
   gitops-check) go_build_dir gitops-check hack/gitops-check ;;
+  kubeconform) go_install kubeconform v0.8.0 github.com/yannh/kubeconform/cmd/kubeconform@v0.8.0 ;;
+  helm-unittest) go_build_wrapper helm-unittest v1.1.2 github.com/helm-unittest/helm-unittest/cmd/helm-unittest \
+    "require github.com/helm-unittest/helm-unittest v1.1.2" \
+    "replace github.com/vmware-labs/yaml-jsonpath v0.3.2 => github.com/helm-unittest/yaml-jsonpath v0.4.0" ;;
+  # The ServiceMonitor and PrometheusRule CRDs (jsonnet/prometheus-operator/*-crd.json) for kubeconform.
+  prometheus-operator-src) go_module_dir github.com/prometheus-operator/prometheus-operator v0.85.0 ;;
   "") die "usage: hack/tools.sh TOOL" ;;
   *) die "unknown tool '$1'" ;;
 esac

@@ -23,15 +23,11 @@ use dedup2d::operator::{
 };
 use e2e_operator_support::*;
 use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
     rbac::v1::{PolicyRule, Role, RoleBinding},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{
-    api::{Patch, PatchParams, PostParams},
-    config::Kubeconfig,
-};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 const FORWARD: [Phase; 7] = [
@@ -228,45 +224,7 @@ async fn service_account_kubeconfig(
         .patch(sa, &ssa, &Patch::Apply(binding))
         .await
         .unwrap();
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = ns
-        .api::<ServiceAccount>()
-        .create_token_request(sa, &PostParams::default(), &request)
-        .await
-        .unwrap()
-        .status
-        .expect("a token")
-        .token;
-
-    // The admin kubeconfig's cluster, with the ServiceAccount as the user.
-    let admin = Kubeconfig::read().expect("KUBECONFIG");
-    let context = admin
-        .contexts
-        .iter()
-        .find(|c| Some(&c.name) == admin.current_context.as_ref())
-        .and_then(|c| c.context.as_ref())
-        .expect("a current context");
-    let cluster = admin
-        .clusters
-        .iter()
-        .find(|c| c.name == context.cluster)
-        .expect("the current context's cluster");
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": sa, "user": {"token": token}}],
-        "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
-        "current-context": sa,
-    });
-    let path = dir.join(format!("{sa}.kubeconfig"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
+    service_account_token_kubeconfig(ns, sa, dir).await
 }
 
 /// The kill the issue asks for between "ConfigMap written" and "API restart annotation written".

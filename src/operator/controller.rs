@@ -80,6 +80,24 @@ pub enum RunError {
         "cannot list Dedup2DRollouts ({0}); is the CRD installed? (`dedup2d crd | kubectl apply -f -`)"
     )]
     NoCrd(#[source] kube::Error),
+    /// RBAC refused the first list: the ServiceAccount has no Role in the watched namespace (or no
+    /// ClusterRole without `--namespace`).
+    #[error(
+        "not allowed to list Dedup2DRollouts in {scope}: {reason}; grant the operator's ServiceAccount the rules of examples/operator-role.yaml there (Helm chart: rbac.scope and watchNamespace)"
+    )]
+    Forbidden { scope: String, reason: String },
+}
+
+/// The startup list's error: a 403 is [`RunError::Forbidden`] (with the API server's message),
+/// anything else [`RunError::NoCrd`].
+fn startup_error(namespace: Option<&str>, e: kube::Error) -> RunError {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => RunError::Forbidden {
+            scope: namespace.map_or("all namespaces".into(), |ns| format!("namespace {ns}")),
+            reason: s.message,
+        },
+        e => RunError::NoCrd(e),
+    }
 }
 
 /// Shared by every reconcile.
@@ -131,7 +149,7 @@ pub async fn run(
     rollouts
         .list(&ListParams::default().limit(1))
         .await
-        .map_err(RunError::NoCrd)?;
+        .map_err(|e| startup_error(ns, e))?;
     info!(
         namespace = ns.unwrap_or("<all>"),
         "dedup2d operator starting"
@@ -385,6 +403,27 @@ pub fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_refused_startup_list_names_the_namespace_and_the_grant() {
+        let status = |code| {
+            let mut s = kube::core::Status::failure(
+                "dedup2drollouts is forbidden: User \"system:serviceaccount:a:op\" cannot list",
+                "Forbidden",
+            );
+            s.code = code;
+            kube::Error::Api(s.boxed())
+        };
+        let msg = startup_error(Some("team-b"), status(403)).to_string();
+        assert!(msg.starts_with("not allowed to list Dedup2DRollouts in namespace team-b: dedup2drollouts is forbidden"), "{msg}");
+        assert!(msg.contains("examples/operator-role.yaml"), "{msg}");
+        let msg = startup_error(None, status(403)).to_string();
+        assert!(msg.contains("in all namespaces"), "{msg}");
+        assert!(matches!(
+            startup_error(None, status(404)),
+            RunError::NoCrd(_)
+        ));
+    }
 
     #[test]
     fn pods_map_to_their_deployment() {

@@ -13,7 +13,7 @@
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -23,13 +23,15 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod},
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{ConfigMap, Pod, ServiceAccount},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     jiff::Timestamp,
 };
 use kube::{
-    api::{ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::Kubeconfig,
     runtime::watcher,
     Api, Client, CustomResourceExt, ResourceExt,
 };
@@ -96,14 +98,26 @@ impl Operator {
 
     /// [`Operator::start_with`] with environment overrides (e.g. another `KUBECONFIG`).
     pub fn start_env(ns: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec![
+            "operator",
+            "--namespace",
+            ns,
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ];
+        args.extend(LEASE_ARGS);
+        args.extend(extra);
+        Self::start_args(&args, env)
+    }
+
+    /// `dedup2d ARGS` exactly (e.g. the arguments a Deployment gives the container), text logs
+    /// unless `env` says otherwise.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("operator.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dedup2d"))
-            .args(["operator", "--namespace", ns])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(LEASE_ARGS)
-            .args(extra)
+            .args(args)
             .env("DEDUP2D_LOG_FORMAT", "text")
             .env(
                 "RUST_LOG",
@@ -120,6 +134,18 @@ impl Operator {
             log,
             _dir: dir,
         }
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; its exit status, or `None`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
     }
 
     /// The process id (the Lease holder identity ends with `-<pid>`).
@@ -317,6 +343,50 @@ pub async fn write_payloads(
             .await
             .unwrap();
     }
+}
+
+/// A kubeconfig (written into `dir`) for the admin kubeconfig's cluster that authenticates as the
+/// ServiceAccount `sa` of `ns` with a bound token (TokenRequest, one hour), not as the admin.
+pub async fn service_account_token_kubeconfig(ns: &TestNamespace, sa: &str, dir: &Path) -> PathBuf {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = ns
+        .api::<ServiceAccount>()
+        .create_token_request(sa, &PostParams::default(), &request)
+        .await
+        .unwrap()
+        .status
+        .expect("a token")
+        .token;
+
+    // The admin kubeconfig's cluster, with the ServiceAccount as the user.
+    let admin = Kubeconfig::read().expect("KUBECONFIG");
+    let context = admin
+        .contexts
+        .iter()
+        .find(|c| Some(&c.name) == admin.current_context.as_ref())
+        .and_then(|c| c.context.as_ref())
+        .expect("a current context");
+    let cluster = admin
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)
+        .expect("the current context's cluster");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
+        "current-context": sa,
+    });
+    let path = dir.join(format!("{sa}.kubeconfig"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
 }
 
 // ----- reading and poking the namespace ------------------------------------------------------
