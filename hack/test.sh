@@ -26,6 +26,10 @@ step "python peers"
 peers_venv
 "$DEDUP2D_PYTHON" -c 'import arq, importlib.metadata as m; print("arq", m.version("arq"))'
 
+step "demo scripts parse (the live-traffic e2e test runs them)"
+bash -n hack/demo.sh
+"$DEDUP2D_PYTHON" -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' hack/lib/demo.py tests/peers/*.py
+
 # The local control plane: built from Go modules once per machine (cached by version), started
 # fresh for this run. Any cluster given through KUBECONFIG is used instead.
 OWN_CLUSTER=0
