@@ -182,7 +182,7 @@ for _ in $(seq 300); do [[ -f "$WORK/api.url" ]] && break; alive "$SUPERVISOR_PI
 [[ -f "$WORK/api.url" ]] || { say "the API process did not start; see $WORK/logs/fleet.log"; exit 1; }
 
 "$PY" tests/peers/traffic.py --url-file "$WORK/api.url" --api-key "$API_KEY" --out "$WORK/jobs.jsonl" \
-  --rate "$RATE" --max-seconds "$TIMEOUT" --stop-file "$WORK/stop-traffic" \
+  --results "$WORK/results.jsonl" --rate "$RATE" --max-seconds "$TIMEOUT" --stop-file "$WORK/stop-traffic" \
   >"$WORK/traffic.out" 2>"$WORK/logs/traffic.log" </dev/null &
 TRAFFIC_PID=$!
 state_set TRAFFIC_PID "$TRAFFIC_PID"
@@ -229,16 +229,16 @@ phase="$(k get d2r "$ROLLOUT" -o jsonpath='{.status.phase}')"
 (( rc == 0 )) || { say "the rollout ended in $phase"; exit 1; }
 
 touch "$WORK/stop-traffic"
+say "stopping the uploads; waiting for the last jobs to finish"
 wait "$TRAFFIC_PID" || true
 TRAFFIC_PID=""
 sleep 0.5
 kill "$TAIL_PID" 2>/dev/null || true
 TAIL_PID=""
 say "rollout $phase; traffic stopped: $(cat "$WORK/traffic.out")"
-say "summary (waiting for the last jobs to finish):"
+say "summary:"
 ok=0
-"$PY" hack/lib/demo.py summary --work "$WORK" --api-key "$API_KEY" --transitions "$WORK/transitions.json" \
-  --since "$SINCE" || ok=$?
+"$PY" hack/lib/demo.py summary --work "$WORK" --transitions "$WORK/transitions.json" --since "$SINCE" || ok=$?
 say "logs: $WORK/logs/ (operator.log, fleet.log, one per process: $(cd "$WORK/logs" && ls | grep -cE '^dedup2d-'))," \
   "jobs $WORK/jobs.jsonl, process events $WORK/events.jsonl, legacy workers' jobs $WORK/legacy-received.jsonl"
 say "wall time $((SECONDS - T0))s"

@@ -6,11 +6,12 @@
       phase reached to FILE.phases, and at a terminal phase writes FILE (JSON: transitions, the
       peak of status.legacyPayloads, the final status) and exits 0 for Completed, 1 otherwise.
 
-  demo.py summary --work DIR --api-key KEY --transitions FILE --since EPOCH [--timeout S]
-      Waits until every job in DIR/jobs.jsonl is finished (asking the API, as a client would),
-      then prints per phase (by submit time): jobs submitted, completed, failed and who ran them,
-      the time each phase took, what the legacy workers were handed and the drained legacy
-      payloads. Exits 1 if a job failed, did not finish or an upload was refused.
+  demo.py summary --work DIR --transitions FILE --since EPOCH
+      From traffic.py's DIR/jobs.jsonl (submissions) and DIR/results.jsonl (outcomes, polled through
+      the API while the jobs existed), prints per phase (by submit time): jobs submitted, completed,
+      failed and who ran them, and the time each phase took; then what the legacy workers were
+      handed and the drained legacy payloads. Exits 1 if a job failed or did not finish, an upload
+      was refused, or a legacy worker was handed a payload without file_bytes_b64.
 """
 import argparse
 import ctypes
@@ -20,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime
 
 TERMINAL = ("Completed", "RolledBack", "Failed")
@@ -76,12 +76,6 @@ def transitions(a):
         time.sleep(1)  # the watch ended early (server timeout): watch again; `seen` dedupes
 
 
-def get_job(base, key, job_id):
-    req = urllib.request.Request(f"{base}/api/v1/dedup/2d/jobs/{job_id}", headers={"X-API-Key": key})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
-
-
 def read_jsonl(path):
     if not os.path.exists(path):
         return []
@@ -94,20 +88,9 @@ def summary(a):
     with open(a.transitions) as f:
         rollout = json.load(f)
     trans = rollout["transitions"]
-    base = open(os.path.join(a.work, "api.url")).read().strip()
     accepted = [j for j in jobs if "job_id" in j]
     refused = [j for j in jobs if "job_id" not in j]
-    views, deadline = {}, time.time() + a.timeout
-    while True:
-        for j in accepted:
-            if j["job_id"] in views:
-                continue
-            v = get_job(base, a.api_key, j["job_id"])
-            if v["status"] in ("completed", "failed", "canceled"):
-                views[j["job_id"]] = v
-        if len(views) == len(accepted) or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    views = {r["job_id"]: r for r in read_jsonl(os.path.join(a.work, "results.jsonl"))}
 
     # Phases by submit time: before the rollout was applied, Pending until the first transition,
     # then the target of each transition. A phase ends where the next one starts.
@@ -125,7 +108,7 @@ def summary(a):
             r["unfinished"] += 1
         elif v["status"] == "completed":
             r["completed"] += 1
-            r["legacy" if (v.get("result") or {}).get("worker") == "python-legacy" else "dedup2d"] += 1
+            r["legacy" if v["worker"] == "python-legacy" else "dedup2d"] += 1
         else:
             r["failed"] += 1
 
@@ -164,10 +147,8 @@ def main():
     t.add_argument("--out", required=True)
     s = sub.add_parser("summary")
     s.add_argument("--work", required=True)
-    s.add_argument("--api-key", required=True)
     s.add_argument("--transitions", required=True)
     s.add_argument("--since", type=float, required=True)
-    s.add_argument("--timeout", type=float, default=60)
     a = ap.parse_args()
     transitions(a) if a.cmd == "transitions" else summary(a)
 
