@@ -25,7 +25,8 @@ pub async fn client() -> Client {
 /// The `kubectl` for processes a test starts: `$DEDUP2D_K8S_BIN/kubectl` (the pinned one,
 /// `hack/cluster.sh env` sets it), else the first on PATH. Missing is a failure with a hint.
 pub fn kubectl() -> std::path::PathBuf {
-    let pinned = std::env::var_os("DEDUP2D_K8S_BIN").map(|d| std::path::PathBuf::from(d).join("kubectl"));
+    let pinned =
+        std::env::var_os("DEDUP2D_K8S_BIN").map(|d| std::path::PathBuf::from(d).join("kubectl"));
     let on_path = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|p| p.join("kubectl"))
