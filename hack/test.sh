@@ -26,7 +26,7 @@ step "python peers"
 peers_venv
 "$DEDUP2D_PYTHON" -c 'import arq, importlib.metadata as m; print("arq", m.version("arq"))'
 
-step "demo scripts parse (the live-traffic e2e test runs them)"
+step "demo scripts parse (hack/demo.sh, hack/lib/demo.py, tests/peers/*.py)"
 bash -n hack/demo.sh
 "$DEDUP2D_PYTHON" -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' hack/lib/demo.py tests/peers/*.py
 
