@@ -302,8 +302,10 @@ async fn every_job_submitted_during_the_rollout_completes() {
         .collect();
     assert!(
         failed.is_empty(),
-        "{} jobs did not complete: {failed:?}",
-        failed.len()
+        "{} of {} jobs did not complete, e.g. {:?}",
+        failed.len(),
+        ids.len(),
+        &failed[..failed.len().min(5)]
     );
     assert_eq!(
         (
@@ -325,7 +327,9 @@ async fn every_job_submitted_during_the_rollout_completes() {
         .collect();
     assert!(
         unreadable.is_empty(),
-        "legacy workers were handed payloads without file_bytes_b64: {unreadable:?}"
+        "legacy workers were handed {} payloads without file_bytes_b64, e.g. {:?}",
+        unreadable.len(),
+        &unreadable[..unreadable.len().min(5)]
     );
 
     // The processes followed the Deployments: each worker went legacy -> ours once, nothing crashed,
