@@ -16,30 +16,19 @@ mkdir -p "$DEDUP2D_CACHE"
 step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "system packages"
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "redis-server is missing: install it with 'sudo apt-get install -y redis-server'" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=hack/lib/peers.sh
+. hack/lib/peers.sh
+peers_redis_server
 # The Debian package starts a system instance on 6379; tests use their own ports.
 redis-server --version
 
 step "python peers"
-REQ="tests/peers/requirements.txt"
-REQ_HASH="$(sha256sum "$REQ" | cut -c1-12)"
-VENV="$DEDUP2D_CACHE/venv-$REQ_HASH"
-if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.complete" ]; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
-  touch "$VENV/.complete"
-fi
-export DEDUP2D_PYTHON="$VENV/bin/python"
+peers_venv
 "$DEDUP2D_PYTHON" -c 'import arq, importlib.metadata as m; print("arq", m.version("arq"))'
+
+step "demo scripts parse (hack/demo.sh, hack/lib/demo.py, tests/peers/*.py)"
+bash -n hack/demo.sh
+"$DEDUP2D_PYTHON" -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' hack/lib/demo.py tests/peers/*.py
 
 # The local control plane: built from Go modules once per machine (cached by version), started
 # fresh for this run. Any cluster given through KUBECONFIG is used instead.

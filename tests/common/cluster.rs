@@ -22,6 +22,27 @@ pub async fn client() -> Client {
     client
 }
 
+/// The `kubectl` for processes a test starts: `$DEDUP2D_K8S_BIN/kubectl` (the pinned one,
+/// `hack/cluster.sh env` sets it), else the first on PATH. Missing is a failure with a hint.
+pub fn kubectl() -> std::path::PathBuf {
+    let pinned =
+        std::env::var_os("DEDUP2D_K8S_BIN").map(|d| std::path::PathBuf::from(d).join("kubectl"));
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    pinned
+        .filter(|p| p.is_file())
+        .or(on_path)
+        .unwrap_or_else(|| {
+            panic!(
+                "kubectl not found: run the tests through `hack/test.sh`, or `eval \"$(hack/cluster.sh env)\"` \
+                 (it puts the pinned kubectl on PATH), or install kubectl"
+            )
+        })
+}
+
 /// A namespace created for one test and deleted (best effort) when dropped.
 pub struct TestNamespace {
     pub client: Client,

@@ -121,10 +121,13 @@ impl Drop for RedisServer {
     }
 }
 
-/// The Python interpreter with the pinned peer packages (`tests/peers/requirements.txt`).
+/// The Python interpreter with the pinned peer packages (`tests/peers/requirements.txt`):
+/// `DEDUP2D_PYTHON`, else the virtualenv `hack/lib/peers.sh` makes for the current requirements
+/// (`$DEDUP2D_CACHE/venv-<first 12 hex of their sha256>`), else `$DEDUP2D_CACHE/venv`.
 pub fn python() -> PathBuf {
     let candidates = [
         std::env::var_os("DEDUP2D_PYTHON").map(PathBuf::from),
+        dirs_cache().map(|c| c.join(format!("venv-{}/bin/python", requirements_hash()))),
         dirs_cache().map(|c| c.join("venv/bin/python")),
     ];
     for c in candidates.into_iter().flatten() {
@@ -133,10 +136,17 @@ pub fn python() -> PathBuf {
         }
     }
     panic!(
-        "no Python with the peer packages found. Create it with \
-         `python3 -m venv ~/.cache/dedup2d/venv && ~/.cache/dedup2d/venv/bin/pip install -r tests/peers/requirements.txt` \
-         or set DEDUP2D_PYTHON; `.ci/run` does this."
+        "no Python with the peer packages found. Create it with `hack/test.sh` or `hack/demo.sh` \
+         (they make $DEDUP2D_CACHE/venv-<hash> from tests/peers/requirements.txt), or set DEDUP2D_PYTHON."
     )
+}
+
+/// `sha256sum tests/peers/requirements.txt | cut -c1-12`, as `hack/lib/peers.sh` computes it.
+fn requirements_hash() -> String {
+    use sha2::Digest as _;
+    let req = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/requirements.txt");
+    let bytes = std::fs::read(&req).unwrap_or_else(|e| panic!("read {}: {e}", req.display()));
+    hex::encode(sha2::Sha256::digest(bytes))[..12].to_string()
 }
 
 fn dirs_cache() -> Option<PathBuf> {

@@ -2,13 +2,19 @@
 `file_bytes_b64`, as the Python workers before the file_ref change did.
 
 usage: legacy_worker.py REDIS_URL QUEUE KEY_PREFIX [--max-jobs N] [--burst]
+                        [--received-log FILE] [--completion-wait S]
 Writes the job hash/result like the Python system: result {"success": true, "sha256": ..., "size": ...}.
+--received-log appends one JSON line per job it was handed: {"job_id", "keys" (the payload's keys),
+"file_bytes_b64" (whether it carried a non-empty one), "pid", "at"}, so a test can tell which
+payloads the legacy fleet ever saw. --completion-wait lets running jobs finish for S seconds after
+SIGTERM (arq's job_completion_wait) instead of cancelling them back to the queue.
 """
 import argparse
 import asyncio
 import base64
 import hashlib
 import json
+import os
 import time
 
 from arq.connections import RedisSettings
@@ -22,8 +28,18 @@ def main() -> None:
     p.add_argument("prefix")
     p.add_argument("--max-jobs", type=int, default=10)
     p.add_argument("--burst", action="store_true")
+    p.add_argument("--received-log")
+    p.add_argument("--completion-wait", type=int, default=0)
     a = p.parse_args()
     prefix = a.prefix
+
+    def record(job_id: str, payload: dict) -> None:
+        if not a.received_log:
+            return
+        line = json.dumps({"job_id": job_id, "keys": sorted(payload), "file_bytes_b64": bool(payload.get("file_bytes_b64")),
+                           "pid": os.getpid(), "at": time.time()})
+        with open(a.received_log, "a") as f:
+            f.write(line + "\n")
 
     async def dedup2d_run_job(ctx, job_id: str):
         redis = ctx["redis"]
@@ -32,6 +48,7 @@ def main() -> None:
         await redis.hset(job_key, mapping={"status": "in_progress", "started_at": str(started)})
         raw = await redis.get(f"{prefix}:payload:{job_id}")
         payload = json.loads(raw) if raw else {}
+        record(job_id, payload)
         b64 = payload.get("file_bytes_b64")
         if not b64:
             err = "legacy worker: payload has no file_bytes_b64 (file_ref is not supported)"
@@ -53,6 +70,7 @@ def main() -> None:
         burst=a.burst,
         poll_delay=0.05,
         handle_signals=True,
+        job_completion_wait=a.completion_wait,
     )
     worker.run()
 
