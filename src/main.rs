@@ -104,7 +104,8 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Crd => print!("{}", dedup2d::operator::crd::crd_yaml()),
         Command::Config => {
-            let config = dedup2d::contract::config::Config::from_env()?;
+            let mut config = dedup2d::contract::config::Config::from_env()?;
+            config.redis_url = dedup2d::contract::redact::redact_url(&config.redis_url);
             println!("{config:#?}");
         }
         Command::Api {

@@ -113,7 +113,7 @@ pub enum ApiStartError {
     Keys(#[from] auth::AuthConfigError),
     #[error("file storage: {0}")]
     Storage(#[from] crate::storage::StorageError),
-    #[error("redis URL {url:?}: {source}")]
+    #[error("redis URL {url}: {source}")]
     Redis {
         url: String,
         #[source]
@@ -138,7 +138,7 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
     ));
     let storage = crate::storage::from_config(&config.storage, storage_metrics)?;
     let redis_err = |source| ApiStartError::Redis {
-        url: config.redis_url.clone(),
+        url: crate::contract::redact::redact_url(&config.redis_url),
         source,
     };
     let client = redis::Client::open(config.redis_url.as_str()).map_err(redis_err)?;

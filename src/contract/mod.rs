@@ -7,4 +7,5 @@ pub mod config;
 pub mod keys;
 pub mod payload;
 pub mod queue;
+pub mod redact;
 pub mod store;

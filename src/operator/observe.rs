@@ -38,6 +38,7 @@ use super::{
     },
 };
 use crate::contract::keys::Keys;
+use crate::contract::redact::redact_url;
 
 /// ConfigMap key with the Redis URL the API and workers use (the drain's default).
 pub const KEY_REDIS_URL: &str = "DEDUP2D_REDIS_URL";
@@ -77,7 +78,8 @@ impl RedisPool {
         if let Some(c) = self.conns.lock().await.get(url) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| format!("invalid Redis URL {}: {e}", redact_url(url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -85,24 +87,12 @@ impl RedisPool {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact(url)))?;
+            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact_url(url)))?;
         self.conns
             .lock()
             .await
             .insert(url.to_string(), conn.clone());
         Ok(conn)
-    }
-}
-
-/// A Redis URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable URL>".into(),
     }
 }
 
@@ -183,7 +173,7 @@ pub async fn observe(
                 Err(_) => {
                     let why = format!(
                         "Redis at {} did not answer within {}s",
-                        redact(&target.url),
+                        redact_url(&target.url),
                         REDIS_BUDGET.as_secs()
                     );
                     (
@@ -711,12 +701,6 @@ mod tests {
         );
         assert!(heartbeat_formats("not json").is_empty());
         assert!(heartbeat_formats(r#"{"formats": "file_ref"}"#).is_empty());
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://:secret@h:6379/0"), "redis://:***@h:6379/0");
-        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
     }
 
     fn rollout(

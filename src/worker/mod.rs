@@ -21,6 +21,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::contract::queue::{ArqQueue, QueueSettings};
+use crate::contract::redact::redact_url;
 use crate::contract::store::JobStore;
 
 pub use settings::WorkerSettings;
@@ -32,11 +33,13 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
     let config = &settings.config;
     let client = redis::Client::open(config.redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL {}", redact(&config.redis_url)))?;
-    let conn = client
-        .get_connection_manager()
-        .await
-        .with_context(|| format!("cannot connect to Redis at {}", redact(&config.redis_url)))?;
+        .with_context(|| format!("invalid Redis URL {}", redact_url(&config.redis_url)))?;
+    let conn = client.get_connection_manager().await.with_context(|| {
+        format!(
+            "cannot connect to Redis at {}",
+            redact_url(&config.redis_url)
+        )
+    })?;
 
     let metrics = Arc::new(metrics::WorkerMetrics::new());
     let storage = crate::storage::from_config(&config.storage, metrics.storage.clone())
@@ -165,16 +168,5 @@ async fn housekeeping(
             () = tokio::time::sleep(HOUSEKEEPING_INTERVAL) => {}
             () = stop.cancelled() => return,
         }
-    }
-}
-
-/// A Redis URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
