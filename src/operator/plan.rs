@@ -374,7 +374,13 @@ impl<'a> Planner<'a> {
             self.st.paused_since = Some(Time(self.stamp));
         }
         match to {
-            Phase::DualWriteOn | Phase::RollingBack => self.st.dual_write_on_in_effect_at = None,
+            Phase::DualWriteOn => self.st.dual_write_on_in_effect_at = None,
+            // Dual-write goes back on: no drain is running any more, so no deadline either
+            // (a stale one reads as an overdue drain in the metrics).
+            Phase::RollingBack => {
+                self.st.dual_write_on_in_effect_at = None;
+                self.st.drain_deadline = None;
+            }
             Phase::DualWriteOff => {
                 self.st.dual_write_off_in_effect_at = None;
                 self.st.drain_deadline = None;

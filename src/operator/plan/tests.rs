@@ -419,6 +419,17 @@ fn quick_abort_keeps_workers_full_abort_waits_for_file_ref_only_jobs() {
 }
 
 #[test]
+fn a_rollback_from_draining_clears_the_drain_deadline() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::Draining, 150);
+    w.reconcile();
+    assert!(w.status.as_ref().unwrap().drain_deadline.is_some());
+    w.request = Some("abort".into());
+    assert_eq!(w.settle(100), Phase::RolledBack);
+    assert_eq!(w.status.as_ref().unwrap().drain_deadline, None);
+}
+
+#[test]
 fn dual_write_before_the_first_api_restart_is_read_from_the_config_map() {
     let mut w = World::new(spec(1), 1);
     w.include = Some("0".into());
