@@ -1,13 +1,23 @@
 //! `dedup2d`: one binary, one subcommand per role. Wiring only; the work lives in the library.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use clap::{Parser, Subcommand};
+
+/// `--version` text: the crate version, plus the git revision when the build set
+/// `DEDUP2D_GIT_REVISION` (the image builds do).
+static VERSION: LazyLock<String> = LazyLock::new(|| match option_env!("DEDUP2D_GIT_REVISION") {
+    Some(revision) if !revision.is_empty() => {
+        format!("{} ({revision})", env!("CARGO_PKG_VERSION"))
+    }
+    _ => env!("CARGO_PKG_VERSION").to_owned(),
+});
 
 #[derive(Parser)]
 #[command(
     name = "dedup2d",
-    version,
+    version = VERSION.as_str(),
     about = "dedup2d rollout operator, worker and API"
 )]
 struct Cli {
