@@ -42,6 +42,11 @@ go_build_dir() {
 
 case "${1:-}" in
   # Add one line per tool: NAME) go_install NAME VERSION module/path/cmd@VERSION ;;
+  crane) go_install crane v0.22.1 github.com/google/go-containerregistry/cmd/crane@v0.22.1 ;;
+  cosign) go_install cosign v3.1.3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 ;;
+  syft) go_install syft v1.57.1 github.com/anchore/syft/cmd/syft@v1.57.1 ;;
+  # A Rust crate: `cargo install` into the versioned dir (its own temporary target dir).
+  cargo-auditable) d="$CACHE/tools/cargo-auditable-0.7.7"; [[ -x "$d/bin/cargo-auditable" ]] || (unset CARGO_BUILD_BUILD_DIR CARGO_TARGET_DIR; cargo install --locked --quiet cargo-auditable --version 0.7.7 --root "$d" >&2); echo "$d/bin/cargo-auditable" ;;
   "") die "usage: hack/tools.sh TOOL" ;;
   *) die "unknown tool '$1'" ;;
 esac
