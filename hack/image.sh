@@ -78,6 +78,9 @@ build_binary() {
     export PATH="$(dirname "$auditable"):$PATH"
     export CC_x86_64_unknown_linux_musl=musl-gcc CARGO_PROFILE_RELEASE_STRIP=symbols
     export DEDUP2D_GIT_REVISION="$REVISION"
+    # Nothing in the binary holds a build time, and some build scripts (cc-rs, via psm) rerun
+    # when SOURCE_DATE_EPOCH changes, which would rebuild half the tree on every commit.
+    unset SOURCE_DATE_EPOCH
     cd "$ROOT"
     nice -n 10 cargo auditable build --release --target "$TARGET" --locked -j "${DEDUP2D_IMAGE_JOBS:-2}" >&2
   )
