@@ -78,4 +78,7 @@ hack/chart.sh
 step "cargo test"
 cargo test --locked --all-targets -- --test-threads="${DEDUP2D_TEST_THREADS:-4}"
 
+step "container image: reproducible build, config, run under runc (hack/image.sh check)"
+hack/image.sh check
+
 step "done"

@@ -75,6 +75,11 @@ case "${1:-}" in
     "replace github.com/vmware-labs/yaml-jsonpath v0.3.2 => github.com/helm-unittest/yaml-jsonpath v0.4.0" ;;
   # The ServiceMonitor and PrometheusRule CRDs (jsonnet/prometheus-operator/*-crd.json) for kubeconform.
   prometheus-operator-src) go_module_dir github.com/prometheus-operator/prometheus-operator v0.85.0 ;;
+  crane) go_install crane v0.22.1 github.com/google/go-containerregistry/cmd/crane@v0.22.1 ;;
+  cosign) go_install cosign v3.1.3 github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 ;;
+  syft) go_install syft v1.57.1 github.com/anchore/syft/cmd/syft@v1.57.1 ;;
+  # A Rust crate: `cargo install` into the versioned dir (its own temporary target dir).
+  cargo-auditable) d="$CACHE/tools/cargo-auditable-0.7.7"; [[ -x "$d/bin/cargo-auditable" ]] || (unset CARGO_BUILD_BUILD_DIR CARGO_TARGET_DIR; cargo install --locked --quiet cargo-auditable --version 0.7.7 --root "$d" >&2); echo "$d/bin/cargo-auditable" ;;
   "") die "usage: hack/tools.sh TOOL" ;;
   *) die "unknown tool '$1'" ;;
 esac

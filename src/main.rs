@@ -3,14 +3,24 @@
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use dedup2d::cli::exit::{one_line, Exit};
 
+/// `--version` text: the crate version, plus the git revision when the build set
+/// `DEDUP2D_GIT_REVISION` (the image builds do).
+static VERSION: LazyLock<String> = LazyLock::new(|| match option_env!("DEDUP2D_GIT_REVISION") {
+    Some(revision) if !revision.is_empty() => {
+        format!("{} ({revision})", env!("CARGO_PKG_VERSION"))
+    }
+    _ => env!("CARGO_PKG_VERSION").to_owned(),
+});
+
 #[derive(Parser)]
 #[command(
     name = "dedup2d",
-    version,
+    version = VERSION.as_str(),
     about = "dedup2d rollout operator, worker and API"
 )]
 struct Cli {
