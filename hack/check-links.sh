@@ -38,7 +38,7 @@ for p in tracked:
 # Spelled so that this script does not match itself.
 OUTSIDE = [
     (re.compile(r"\.\./shared\b"), "points at the shared notes outside the repository"),
-    (re.compile(r"/wor" r"k/"), "absolute path of the development machine"),
+    (re.compile(r"(?<![\w.$}/-])/wor" r"k/"), "absolute path of the development machine"),
     (re.compile(r"\bnotes/(?:contract|cluster|ecosystem|packaging)\.md"), "names a reference note outside the repository; the contract is docs/contract.md"),
     (re.compile("DESIGN" + r"\s*\u00a7"), "cites the design as an outside document; cite docs/design.md \u00a7N"),
     (re.compile("DESIGN" + r"\.md"), "names the outside design file; the design is docs/design.md"),

@@ -180,3 +180,28 @@ fn help_lists_the_wait_exit_codes_and_retry() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("retry"), "{help}");
 }
+
+/// A Redis URL that does not parse (here: its port) is never echoed, so its password cannot reach
+/// a log: not by the worker's start-up error, not by the API's, not by `dedup2d config`.
+#[test]
+fn a_password_in_an_unparsable_redis_url_never_reaches_the_output() {
+    let secret = "WrongSecretPW123";
+    let url = format!("redis://:{secret}@127.0.0.1:notaport/0");
+    let storage = tempfile::tempdir().unwrap();
+    let dir = storage.path().to_str().unwrap();
+    let env = [
+        ("DEDUP2D_REDIS_URL", url.as_str()),
+        ("DEDUP2D_FILE_STORAGE_DIR", dir),
+        ("DEDUP2D_API_KEYS", "k1"),
+    ];
+    for (args, code) in [(&["worker"][..], 1), (&["api"], 1)] {
+        let line = one_error_line(&run(args, &env), code);
+        assert!(line.contains("<unparsable URL>"), "{args:?}: {line}");
+        assert!(!line.contains(secret), "{args:?}: {line}");
+    }
+    let out = run(&["config"], &env);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("<unparsable URL>"), "{text}");
+    assert!(!text.contains(secret), "{text}");
+}
