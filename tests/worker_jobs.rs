@@ -139,8 +139,19 @@ async fn both_formats_complete_with_the_contract_result_and_metrics() {
         unreachable!()
     };
     assert!(!s.dir.path().join("uploads").join(path).exists());
-    let queued: i64 = c.zcard(w::QUEUE).await.unwrap();
-    assert_eq!(queued, 0);
+    // The job hash is final just before the ARQ record is finished: give that a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let queued: i64 = c.zcard(w::QUEUE).await.unwrap();
+        if queued == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} ARQ entries left after every job finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let page = worker.metrics().await;
     assert_eq!(
@@ -400,16 +411,18 @@ async fn sigterm_lets_running_jobs_finish() {
     let status = worker.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
     let mut completed = 0;
-    let mut pending = 0;
+    // Not necessarily the last two submitted: jobs enqueued in the same millisecond are claimed in
+    // id order.
+    let mut left = Vec::new();
     for id in &ids {
         match store.get(id).await.unwrap().unwrap().status {
             JobStatus::Completed => completed += 1,
-            JobStatus::Pending => pending += 1,
+            JobStatus::Pending => left.push(id.clone()),
             other => panic!("job {id} ended {other:?} on shutdown\n{}", worker.log()),
         }
     }
     assert_eq!(
-        (completed, pending),
+        (completed, left.len()),
         (4, 2),
         "in-flight finished, nothing new claimed"
     );
@@ -424,7 +437,6 @@ async fn sigterm_lets_running_jobs_finish() {
         ],
     );
     worker.wait_healthy(Duration::from_secs(20)).await;
-    let left: Vec<String> = ids[4..].to_vec();
     for id in &left {
         w::wait_status(&store, id, JobStatus::InProgress, Duration::from_secs(10)).await;
     }

@@ -158,24 +158,9 @@ mod tests {
         }
     }
 
-    const ALL: [Phase; 12] = [
-        Phase::Pending,
-        Phase::DualWriteOn,
-        Phase::UpgradingWorkers,
-        Phase::UpgradingApi,
-        Phase::Soaking,
-        Phase::DualWriteOff,
-        Phase::Draining,
-        Phase::AwaitingFinalize,
-        Phase::Completed,
-        Phase::RollingBack,
-        Phase::RolledBack,
-        Phase::Failed,
-    ];
-
     #[test]
     fn every_phase_on_its_own() {
-        for phase in ALL {
+        for phase in Phase::ALL {
             let want = match phase {
                 Phase::Completed => Verdict::Completed,
                 Phase::RolledBack => Verdict::RolledBack,
@@ -211,7 +196,7 @@ mod tests {
 
     #[test]
     fn paused_needs_a_person_in_every_unfinished_phase() {
-        for phase in ALL {
+        for phase in Phase::ALL {
             let mut r = rollout(phase);
             r.spec.paused = true;
             let v = verdict(&r);

@@ -296,6 +296,22 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, forward ones first, in declaration order.
+    pub const ALL: [Phase; 12] = [
+        Phase::Pending,
+        Phase::DualWriteOn,
+        Phase::UpgradingWorkers,
+        Phase::UpgradingApi,
+        Phase::Soaking,
+        Phase::DualWriteOff,
+        Phase::Draining,
+        Phase::AwaitingFinalize,
+        Phase::Completed,
+        Phase::RollingBack,
+        Phase::RolledBack,
+        Phase::Failed,
+    ];
+
     /// Phases after which nothing happens until a spec edit or a request.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Completed | Phase::RolledBack | Phase::Failed)

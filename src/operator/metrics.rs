@@ -31,22 +31,6 @@ use tokio::sync::watch;
 
 use super::crd::{Dedup2DRolloutStatus, Phase};
 
-/// Every phase, so that `dedup2d_rollouts{phase}` always has one series per phase (0 when none).
-pub const ALL_PHASES: [Phase; 12] = [
-    Phase::Pending,
-    Phase::DualWriteOn,
-    Phase::UpgradingWorkers,
-    Phase::UpgradingApi,
-    Phase::Soaking,
-    Phase::DualWriteOff,
-    Phase::Draining,
-    Phase::AwaitingFinalize,
-    Phase::Completed,
-    Phase::RollingBack,
-    Phase::RolledBack,
-    Phase::Failed,
-];
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
     phase: String,
@@ -227,8 +211,9 @@ impl OperatorMetrics {
         self.drain_remaining.remove(&labels);
     }
 
+    /// One `dedup2d_rollouts{phase}` series per phase, 0 when no rollout is in it.
     fn recount_phases(&self, phases: &HashMap<(String, String), Phase>) {
-        for p in ALL_PHASES {
+        for p in Phase::ALL {
             let n = phases.values().filter(|q| **q == p).count() as i64;
             self.rollouts
                 .get_or_create(&PhaseLabel {
@@ -363,7 +348,7 @@ mod tests {
     fn every_phase_has_a_rollouts_series_and_counts_follow_observations() {
         let m = OperatorMetrics::default();
         let text = m.render();
-        for p in ALL_PHASES {
+        for p in Phase::ALL {
             assert_eq!(
                 line_value(&text, &format!("dedup2d_rollouts{{phase=\"{p}\"}}")),
                 Some(0.0),
