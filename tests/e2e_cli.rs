@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::cluster::{eventually, TestNamespace};
+use common::cluster::{eventually, kubectl, TestNamespace};
 use dedup2d::operator::crd::{Dedup2DRollout, REQUEST_ANNOTATION};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
@@ -661,19 +661,12 @@ async fn kubectl_get_shows_the_message_column() {
                "message": "paused in Soaking (spec.paused)"}),
     )
     .await;
-    let kubectl = std::env::var_os("DEDUP2D_K8S_BIN")
-        .map(|d| Path::new(&d).join("kubectl"))
-        .unwrap_or_else(|| "kubectl".into());
+    let kubectl = kubectl();
     let out = tokio::process::Command::new(&kubectl)
         .args(["get", "d2r", "fleet", "-n", &ns.name])
         .output()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "run {}: {e} (kubectl comes with the local control plane: `eval \"$(hack/cluster.sh env)\"`)",
-                kubectl.display()
-            )
-        });
+        .unwrap_or_else(|e| panic!("run {}: {e}", kubectl.display()));
     let text = ok(&out);
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

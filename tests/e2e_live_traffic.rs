@@ -407,18 +407,7 @@ async fn every_job_submitted_during_the_rollout_completes() {
 
     let trans = transitions_until(&ns, "Completed").await;
     let phases: Vec<&str> = trans.iter().map(|t| t.1.as_str()).collect();
-    assert_eq!(
-        phases,
-        [
-            "DualWriteOn",
-            "UpgradingWorkers",
-            "UpgradingApi",
-            "Soaking",
-            "DualWriteOff",
-            "Draining",
-            "Completed"
-        ]
-    );
+    assert_eq!(phases, FORWARD_TRANSITIONS);
     assert_eq!(r.status.unwrap().legacy_payloads, Some(0));
 
     // Figures.

@@ -876,6 +876,17 @@ pub async fn transitions(ns: &TestNamespace) -> Vec<(Timestamp, String)> {
         .collect()
 }
 
+/// The transition Events of an undisturbed rollout, in order (`to` phases).
+pub const FORWARD_TRANSITIONS: [&str; 7] = [
+    "DualWriteOn",
+    "UpgradingWorkers",
+    "UpgradingApi",
+    "Soaking",
+    "DualWriteOff",
+    "Draining",
+    "Completed",
+];
+
 /// [`transitions`] once the last one goes to `last` (Events are published just after the status
 /// write that a test may have seen first).
 pub async fn transitions_until(ns: &TestNamespace, last: &str) -> Vec<(Timestamp, String)> {

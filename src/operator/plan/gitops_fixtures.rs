@@ -343,22 +343,11 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
         }
     }
     // Failed: no planner path leads there today (progress deadlines roll back or hold).
-    let want_phases: std::collections::BTreeSet<String> = [
-        "Pending",
-        "DualWriteOn",
-        "UpgradingWorkers",
-        "UpgradingApi",
-        "Soaking",
-        "DualWriteOff",
-        "Draining",
-        "AwaitingFinalize",
-        "Completed",
-        "RollingBack",
-        "RolledBack",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let want_phases: std::collections::BTreeSet<String> = Phase::ALL
+        .iter()
+        .filter(|p| **p != Phase::Failed)
+        .map(|p| p.to_string())
+        .collect();
     assert_eq!(phases, want_phases);
     let want_stalls: std::collections::BTreeSet<String> = [
         "TargetMissing",
