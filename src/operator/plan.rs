@@ -439,6 +439,11 @@ impl<'a> Planner<'a> {
 
     /// Record (if needed) and compare fields the step wants to hold `desired`.
     /// `Ok(true)`: all in place; `Ok(false)`: the write may go ahead; `Err(Step::Recorded)`: persist first.
+    ///
+    /// Record the intent for `wants` before any of them is written. Any change to the records
+    /// (a new field, a new intended value) is persisted on its own before a write of the same
+    /// action follows, even for a field already in place: the action writes every field it
+    /// carries, so each one must already be recorded with that value (invariant 5).
     fn ensure_fields(&mut self, wants: &[(String, String)]) -> Result<bool, Step> {
         let mut recorded = false;
         let mut all_in_place = true;
@@ -454,12 +459,12 @@ impl<'a> Planner<'a> {
                         written: desired.clone(),
                         confirmed: in_place,
                     });
-                    recorded |= !in_place;
+                    recorded = true;
                 }
                 Some(r) if &r.written != desired => {
                     r.written = desired.clone();
                     r.confirmed = in_place;
-                    recorded |= !in_place;
+                    recorded = true;
                 }
                 Some(_) => {}
             }

@@ -742,6 +742,13 @@ fn forward_ev() -> impl Strategy<Value = Ev> {
     })
 }
 
+fn deep_cases(default: u32) -> u32 {
+    std::env::var("DEDUP2D_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn apply_event(w: &mut World, e: &Ev, i: usize) {
     match e {
         Ev::Reconcile => {
@@ -777,7 +784,8 @@ fn apply_event(w: &mut World, e: &Ev, i: usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    // 192 cases per run in CI; DEDUP2D_PROPTEST_CASES=N for a deeper search.
+    #![proptest_config(ProptestConfig { cases: deep_cases(192), ..ProptestConfig::default() })]
 
     /// Invariants 1, 2, 3, 4, 5 hold at every step of any interleaving (checked inside `World`), and
     /// once faults stop the rollout always settles.
@@ -828,4 +836,39 @@ proptest! {
             prop_assert!(ranks.windows(2).all(|p| p[0] < p[1]), "phases out of order: {:?}", w.phases);
         }
     }
+}
+
+/// Regression (found by the property test in CI): with dual-write disabled in spec, an abort in
+/// DualWriteOff changes the recorded intent for a ConfigMap key already in place; the SetConfig
+/// that follows writes that key too, so the new intent must be persisted first (invariant 5).
+#[test]
+fn abort_without_dual_write_after_workers_upgraded() {
+    let mut s = spec(2);
+    s.dual_write.enabled = false;
+    s.api.image = None;
+    let mut w = World::new(s, 2);
+    let events = [
+        Ev::Reconcile,
+        Ev::Reconcile,
+        Ev::Reconcile,
+        Ev::Rollout(0),
+        Ev::Reap(0),
+        Ev::Reap(0),
+        Ev::Reconcile,
+        Ev::Reconcile,
+        Ev::Rollout(1),
+        Ev::Reap(1),
+        Ev::Reap(1),
+        Ev::Reconcile,
+        Ev::Request("abort"),
+        Ev::Reconcile,
+    ];
+    for (i, e) in events.iter().enumerate() {
+        apply_event(&mut w, e, i);
+    }
+    let end = w.settle(600);
+    assert!(
+        matches!(end, Phase::Completed | Phase::RolledBack),
+        "ended in {end}"
+    );
 }
