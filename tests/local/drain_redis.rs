@@ -1,0 +1,125 @@
+//! The drain observer against a real `redis-server`.
+
+use crate::support::redis::RedisServer;
+use dedup2d::contract::keys::Keys;
+use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads, DrainError};
+use redis::AsyncCommands;
+use serde_json::json;
+
+fn legacy_payload(b64: &str) -> String {
+    json!({"tenant_id":"t","file_name":"a.dxf","file_ref":{"backend":"local","path":"j/a"},
+           "file_bytes_b64": b64})
+    .to_string()
+}
+
+fn ref_only_payload() -> String {
+    json!({"tenant_id":"t","file_name":"a.dxf","file_ref":{"backend":"local","path":"j/a"}})
+        .to_string()
+}
+
+#[tokio::test]
+async fn counts_legacy_payloads_and_their_largest_ttl() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    for (id, ttl) in [("l1", 100u64), ("l2", 300), ("l3", 200)] {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:{id}"), legacy_payload("QUJD"), ttl)
+            .await
+            .unwrap();
+    }
+    let _: () = conn
+        .set("dedup2d:payload:forever", legacy_payload("QQ=="))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:r{i}"), ref_only_payload(), 60)
+            .await
+            .unwrap();
+    }
+    // Not legacy: empty or null b64, a file name that merely mentions the field.
+    let empty = json!({"file_ref":{"backend":"local","path":"x"},"file_bytes_b64":""}).to_string();
+    let null = json!({"file_ref":{"backend":"local","path":"x"},"file_bytes_b64":null}).to_string();
+    let tricky =
+        json!({"file_name":"\"file_bytes_b64\": \"x\"","file_ref":{"backend":"local","path":"x"}})
+            .to_string();
+    for (k, v) in [("e", empty), ("n", null), ("t", tricky)] {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:{k}"), v, 60)
+            .await
+            .unwrap();
+    }
+    // Another prefix and other key kinds are not payloads of ours.
+    let _: () = conn
+        .set_ex("other:payload:x", legacy_payload("QUJD"), 900)
+        .await
+        .unwrap();
+    let _: () = conn
+        .set_ex("dedup2d:result:l1", legacy_payload("QUJD"), 900)
+        .await
+        .unwrap();
+
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 3)
+        .await
+        .unwrap();
+    assert_eq!(f.scanned, 12);
+    assert_eq!(f.legacy, 4);
+    assert_eq!(f.legacy_without_expiry, 1);
+    let max = f.max_legacy_pttl_ms.unwrap();
+    assert!((299_000..=300_000).contains(&max), "max pttl {max}");
+    assert!(f.batches >= 2, "bounded batches: {}", f.batches);
+    assert!(f.bytes_inspected > 0);
+
+    // Once the legacy payloads are gone the count is zero.
+    let _: () = conn
+        .del(&[
+            "dedup2d:payload:l1",
+            "dedup2d:payload:l2",
+            "dedup2d:payload:l3",
+            "dedup2d:payload:forever",
+        ])
+        .await
+        .unwrap();
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 100)
+        .await
+        .unwrap();
+    assert_eq!((f.legacy, f.max_legacy_pttl_ms), (0, None));
+}
+
+#[tokio::test]
+async fn counts_active_jobs_an_old_worker_could_not_read() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("p");
+    for i in 0..7 {
+        let id = format!("a{i}");
+        let body = if i < 3 {
+            legacy_payload("QUJD")
+        } else {
+            ref_only_payload()
+        };
+        let _: () = conn.set_ex(keys.payload(&id), body, 60).await.unwrap();
+        let _: () = conn.sadd(keys.active(), &id).await.unwrap();
+    }
+    // An active id whose payload expired cannot be sent to anyone: not counted as file_ref-only.
+    let _: () = conn.sadd(keys.active(), "gone").await.unwrap();
+    let f = observe_active_jobs(&mut conn, &keys, 2).await.unwrap();
+    assert_eq!(f.active, 8);
+    assert_eq!(f.file_ref_only, 4);
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_zero() {
+    let mut redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let _: () = conn
+        .set_ex("dedup2d:payload:l", legacy_payload("QUJD"), 60)
+        .await
+        .unwrap();
+    redis.kill();
+    let err = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DrainError::Redis { .. }));
+    assert!(err.to_string().contains("scanning payload keys"), "{err}");
+}
