@@ -260,12 +260,14 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
         chart_op.args
     );
     let op = chart_op.start();
-    let spec = json!({
-        "workers": [{"deployment": "dedup2d-worker", "image": NEW_IMAGE}],
-        "api": {"deployment": "dedup2d-api", "configMap": CM, "image": API_NEW},
-        "dualWrite": {"enabled": true, "soak": "2s"},
-        "drain": {"strategy": "Observe", "redis": {"urlSecretRef": {"name": "dedup2d-redis", "key": "url"}}},
-    });
+    let spec = rollout_spec(
+        &["dedup2d-worker"],
+        json!({
+            "api": {"deployment": "dedup2d-api", "image": API_NEW},
+            "dualWrite": {"soak": "2s"},
+            "drain": {"strategy": "Observe", "redis": {"urlSecretRef": {"name": "dedup2d-redis", "key": "url"}}},
+        }),
+    );
     apply_rollout(ns, "chart", spec.clone()).await;
     let op = complete_across_a_restart(ns, "chart", &chart_op, op, &mut conn).await;
     assert_eq!(
@@ -377,17 +379,7 @@ async fn cluster_chart_rolls_a_fleet_in_another_namespace_as_its_service_account
         chart_op.args
     );
     let op = chart_op.start();
-    apply_rollout(
-        ns,
-        "chart",
-        json!({
-            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-            "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-            "dualWrite": {"enabled": true, "soak": "2s"},
-            "drain": {"strategy": "Observe"},
-        }),
-    )
-    .await;
+    apply_rollout(ns, "chart", upgrade_spec(&["worker-a"], "2s")).await;
     let op = complete_across_a_restart(ns, "chart", &chart_op, op, &mut conn).await;
     let h = history.by_revision();
     let offs = check_dual_write_off_after_workers(&h, &["worker-a"], NEW_IMAGE);

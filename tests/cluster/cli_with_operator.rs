@@ -20,6 +20,21 @@ async fn cli(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("run {BIN}: {e}"))
 }
 
+/// `dedup2d rollout status fleet -n NS --wait --timeout TIMEOUT`.
+async fn status_wait(ns: &str, timeout: &str) -> Output {
+    cli(&[
+        "rollout",
+        "status",
+        "fleet",
+        "-n",
+        ns,
+        "--wait",
+        "--timeout",
+        timeout,
+    ])
+    .await
+}
+
 fn text(out: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
@@ -35,29 +50,16 @@ async fn wait_stops_at_awaiting_finalize_and_promote_then_wait_completes() {
         .workers(&[("worker-a", 2)])
         .run(
             "fleet",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM},
-                "dualWrite": {"enabled": true, "soak": "0"},
-                "drain": {"strategy": "Observe"},
-                "finalize": "Manual"
-            }),
+            rollout_spec(
+                &["worker-a"],
+                json!({"drain": {"strategy": "Observe"}, "finalize": "Manual"}),
+            ),
         )
         .await;
     let ns = &s.ns;
 
     let id = format!("Dedup2DRollout {}/fleet", ns.name);
-    let out = cli(&[
-        "rollout",
-        "status",
-        "fleet",
-        "-n",
-        &ns.name,
-        "--wait",
-        "--timeout",
-        "3m",
-    ])
-    .await;
+    let out = status_wait(&ns.name, "3m").await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!("status --wait (exit {:?}):\n{stdout}", out.status.code());
     assert_eq!(out.status.code(), Some(12), "{}", text(&out));
@@ -85,17 +87,7 @@ async fn wait_stops_at_awaiting_finalize_and_promote_then_wait_completes() {
     // operator to handle the request instead of exiting 12 again.
     let promoted = cli(&["rollout", "promote", "fleet", "-n", &ns.name]).await;
     assert!(promoted.status.success(), "{}", text(&promoted));
-    let out = cli(&[
-        "rollout",
-        "status",
-        "fleet",
-        "-n",
-        &ns.name,
-        "--wait",
-        "--timeout",
-        "1m",
-    ])
-    .await;
+    let out = status_wait(&ns.name, "1m").await;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     println!(
         "promote; status --wait (exit {:?}):\n{stdout}",

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use dedup2d::operator::{
-    crd::{Dedup2DRollout, Phase, RollbackLevel},
+    crd::{Dedup2DRollout, Dedup2DRolloutStatus, Phase, RollbackLevel},
     plan::payload_config_hash,
 };
 use k8s_openapi::jiff::Timestamp;
@@ -15,7 +15,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::{
-    events::*, fleet::*, history::*, kube::TestNamespace, poll::eventually, scenario::Scenario,
+    events::*, fleet::*, history::*, kube::TestNamespace, poll::eventually, rollback::*,
+    scenario::Scenario,
 };
 
 /// A third image: neither the fleet's nor [`NEW_IMAGE`].
@@ -28,6 +29,16 @@ fn worker_images(h: &[Entry]) -> Vec<String> {
         Rec::Deployment { name, image, .. } if name == "worker-a" => Some(image.clone()),
         _ => None,
     })
+}
+
+/// The worker image's field record as `(previous, written)`.
+fn worker_image_record(st: &Dedup2DRolloutStatus) -> (Option<&str>, &str) {
+    let f = st
+        .fields
+        .iter()
+        .find(|f| f.field == WORKER_IMAGE_FIELD)
+        .expect("worker image recorded");
+    (f.previous.as_deref(), f.written.as_str())
 }
 
 /// The `Stalled` condition of a rollout as `(status, reason, message)`.
@@ -49,11 +60,7 @@ async fn conflicting_rollout_stalls_until_the_older_one_is_gone() {
         .history()
         .run(
             "first",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM},
-                "dualWrite": {"enabled": true, "soak": "1h"},
-            }),
+            rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "1h"}})),
         )
         .await;
     let (ns, history) = (&s.ns, s.history());
@@ -64,12 +71,13 @@ async fn conflicting_rollout_stalls_until_the_older_one_is_gone() {
     apply_rollout(
         ns,
         "second",
-        json!({
-            "workers": [{"deployment": "worker-a", "image": NEXT_IMAGE}],
-            "api": {"deployment": "api", "configMap": CM},
-            "dualWrite": {"enabled": true, "soak": "0"},
-            "drain": {"strategy": "Observe"},
-        }),
+        rollout_spec(
+            &["worker-a"],
+            json!({
+                "workers": [{"deployment": "worker-a", "image": NEXT_IMAGE}],
+                "drain": {"strategy": "Observe"},
+            }),
+        ),
     )
     .await;
     let (_, _, message) = eventually("second Stalled=True ConflictingRollout", WAIT, || async {
@@ -135,13 +143,8 @@ async fn conflicting_rollout_stalls_until_the_older_one_is_gone() {
     let done = Timestamp::now();
     wait_rolled_to(ns, "worker-a", NEXT_IMAGE).await;
     let st = r.status.unwrap();
-    let worker = st
-        .fields
-        .iter()
-        .find(|f| f.field == WORKER_IMAGE_FIELD)
-        .expect("worker image recorded");
     assert_eq!(
-        (worker.previous.as_deref(), worker.written.as_str()),
+        worker_image_record(&st),
         (Some(NEW_IMAGE), NEXT_IMAGE),
         "the second rollout took over from what the first one left"
     );
@@ -174,12 +177,7 @@ async fn conflicting_rollout_stalls_until_the_older_one_is_gone() {
 /// the original previous image.
 #[tokio::test]
 async fn new_worker_image_while_soaking_upgrades_again_then_completes() {
-    let mut spec = json!({
-        "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-        "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-        "dualWrite": {"enabled": true, "soak": "1h"},
-        "drain": {"strategy": "Observe"},
-    });
+    let mut spec = upgrade_spec(&["worker-a"], "1h");
     let (s, _op) = Scenario::builder("op-edit")
         .workers(&[("worker-a", 3)])
         .history()
@@ -232,13 +230,8 @@ async fn new_worker_image_while_soaking_upgrades_again_then_completes() {
     request(ns, "edit", Some("promote")).await;
     let r = s.wait("edit", Phase::Completed).await;
     let st = r.status.unwrap();
-    let worker = st
-        .fields
-        .iter()
-        .find(|f| f.field == WORKER_IMAGE_FIELD)
-        .expect("worker image recorded");
     assert_eq!(
-        (worker.previous.as_deref(), worker.written.as_str()),
+        worker_image_record(&st),
         (Some(OLD_IMAGE), NEXT_IMAGE),
         "the previous value stays the one before the rollout (what a full rollback restores)"
     );
@@ -337,15 +330,7 @@ async fn full_rollback_after_completed_waits_for_file_ref_only_jobs() {
     let (s, _op) = Scenario::builder("op-fullback")
         .workers(&[("worker-a", 2)])
         .history()
-        .run(
-            "done",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "0"},
-                "drain": {"strategy": "Observe"},
-            }),
-        )
+        .run("done", upgrade_spec(&["worker-a"], "0"))
         .await;
     let (ns, history, mut conn) = (&s.ns, s.history(), s.conn.clone());
     s.wait("done", Phase::Completed).await;
@@ -354,51 +339,13 @@ async fn full_rollback_after_completed_waits_for_file_ref_only_jobs() {
     wait_rolled_to(ns, "api", API_NEW).await;
 
     // A job the API enqueued with dual-write off: a file_ref-only payload, active.
-    write_payloads(&mut conn, &[], &["j1"], 3600).await;
-    let _: () = redis::cmd("SADD")
-        .arg("dedup2d:active")
-        .arg("j1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     let requested = Timestamp::now();
-    request(ns, "done", Some("abort-full")).await;
-    wait_phase(ns, "done", Phase::RollingBack, Duration::from_secs(30)).await;
-    eventually("dual-write on again", WAIT, || async {
-        (include(ns).await == "1").then_some(())
-    })
-    .await;
-    let (reason, message) = eventually("RollbackSafe=False counts the job", WAIT, || async {
-        let st = status(ns, "done").await;
-        let c = st.conditions.iter().find(|c| c.type_ == "RollbackSafe")?;
-        (c.status == "False" && st.active_jobs_without_b64 == Some(1))
-            .then(|| (c.reason.clone(), c.message.clone()))
-    })
-    .await;
+    let (reason, message) = abort_full_held_by_active_jobs(ns, &mut conn, "done", &["j1"], 6).await;
     assert_eq!(reason, "FileRefOnlyJobsActive");
     assert!(message.starts_with("1 active jobs"), "{message}");
-    // Never restored while the job is active.
-    for _ in 0..6 {
-        let st = status(ns, "done").await;
-        assert_eq!(st.phase, Some(Phase::RollingBack), "{:?}", st.message);
-        assert_eq!(template_image(&deploy(ns, "worker-a").await), NEW_IMAGE);
-        assert_eq!(template_image(&deploy(ns, "api").await), API_NEW);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 
     // The job finishes.
-    let finished = Timestamp::now();
-    let _: () = redis::cmd("SREM")
-        .arg("dedup2d:active")
-        .arg("j1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg("dedup2d:payload:j1")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let finished = finish_jobs(&mut conn, &["j1"]).await;
     let r = s.wait("done", Phase::RolledBack).await;
     let done = Timestamp::now();
     wait_rolled_to(ns, "worker-a", OLD_IMAGE).await;

@@ -53,6 +53,24 @@ async fn holder(ns: &TestNamespace) -> Option<String> {
         .holder_identity
 }
 
+/// Another party takes the Lease for `seconds` (as an expired-lease takeover would look).
+async fn intruder_takes_the_lease(ns: &TestNamespace, seconds: i32) {
+    let now = serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
+    ns.api::<Lease>()
+        .patch(
+            LEASE,
+            &PatchParams::apply("intruder").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": LEASE},
+                "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": seconds,
+                         "acquireTime": now, "renewTime": now}
+            })),
+        )
+        .await
+        .unwrap();
+}
+
 /// Samples both electors for `span`: never both leading.
 async fn never_both_lead(a: &Leadership, b: &Leadership, span: Duration) {
     let end = Instant::now() + span;
@@ -171,20 +189,7 @@ async fn losing_the_lease_stops_the_work_at_once() {
 
     // Another party takes the Lease (as an expired-lease takeover would look).
     let taken = Instant::now();
-    let now = serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
-    ns.api::<Lease>()
-        .patch(
-            LEASE,
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": LEASE},
-                "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": 60,
-                         "acquireTime": now, "renewTime": now}
-            })),
-        )
-        .await
-        .unwrap();
+    intruder_takes_the_lease(&ns, 60).await;
     let (out, stopped, a) = tokio::time::timeout(Duration::from_secs(5), lost_at)
         .await
         .expect("the work was stopped within 5 s")
@@ -214,20 +219,7 @@ async fn a_leader_that_lost_the_lease_stands_by_and_leads_again_when_it_expires(
 
     // An intruder takes the Lease for a short term and then goes away without renewing.
     let term = 3;
-    let now = serde_json::to_value(MicroTime(k8s_openapi::jiff::Timestamp::now())).unwrap();
-    ns.api::<Lease>()
-        .patch(
-            LEASE,
-            &PatchParams::apply("intruder").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": LEASE},
-                "spec": {"holderIdentity": "intruder", "leaseDurationSeconds": term,
-                         "acquireTime": now, "renewTime": now}
-            })),
-        )
-        .await
-        .unwrap();
+    intruder_takes_the_lease(&ns, term).await;
     let taken = Instant::now();
     eventually(
         "replica-a stops leading",
@@ -315,17 +307,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_after_sigkill() {
     })
     .await;
 
-    apply_rollout(
-        ns,
-        "ha",
-        json!({
-            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-            "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-            "dualWrite": {"enabled": true, "soak": "30s"},
-            "drain": {"strategy": "Observe"},
-        }),
-    )
-    .await;
+    apply_rollout(ns, "ha", upgrade_spec(&["worker-a"], "30s")).await;
     s.wait("ha", Phase::Soaking).await;
 
     // Up to here A did everything, B nothing.

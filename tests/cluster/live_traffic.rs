@@ -260,16 +260,11 @@ async fn every_job_submitted_during_the_rollout_completes() {
     let _op = s
         .run(
             "live",
-            json!({
-                "workers": [
-                    {"deployment": WORKERS[0], "image": NEW_IMAGE},
-                    {"deployment": WORKERS[1], "image": NEW_IMAGE}
-                ],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "5s"},
-                "drain": {"strategy": "Observe"},
-                "progressDeadlineSeconds": 120
-            }),
+            rollout_spec(
+                &WORKERS,
+                json!({"api": {"image": API_NEW}, "dualWrite": {"soak": "5s"},
+                       "drain": {"strategy": "Observe"}, "progressDeadlineSeconds": 120}),
+            ),
         )
         .await;
     let r = wait_phase(ns, "live", Phase::Completed, Duration::from_secs(150)).await;

@@ -16,6 +16,7 @@ mod support {
     pub mod poll;
     pub mod process;
     pub mod redis;
+    pub mod rollback;
     pub mod scenario;
 }
 

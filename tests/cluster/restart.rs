@@ -27,18 +27,16 @@ use crate::support::{
     scenario::Scenario,
 };
 
-const FORWARD: [Phase; 7] = [
-    Phase::DualWriteOn,
-    Phase::UpgradingWorkers,
-    Phase::UpgradingApi,
-    Phase::Soaking,
-    Phase::DualWriteOff,
-    Phase::Draining,
-    Phase::Completed,
-];
+/// The phases an undisturbed rollout passes, in order ([`FORWARD_TRANSITIONS`]).
+fn forward() -> Vec<Phase> {
+    Phase::ALL
+        .into_iter()
+        .filter(|p| FORWARD_TRANSITIONS.contains(&p.to_string().as_str()))
+        .collect()
+}
 
 fn rank(p: Phase) -> usize {
-    FORWARD.iter().position(|q| *q == p).unwrap_or(0)
+    forward().iter().position(|q| *q == p).unwrap_or(0)
 }
 
 /// Polls the rollout until it is in `target` (`Some(target)`) or already past it (`None`).
@@ -52,7 +50,7 @@ async fn reach(ns: &TestNamespace, target: Phase) -> Option<Phase> {
                 if p == target {
                     return Some(p);
                 }
-                if FORWARD.contains(&p) && rank(p) > rank(target) {
+                if forward().contains(&p) && rank(p) > rank(target) {
                     return None;
                 }
             }
@@ -68,23 +66,12 @@ async fn sigkill_in_every_phase_resumes_and_completes() {
         .payloads(&["l1", "l2"], &[])
         .workers(&[("worker-a", 6), ("worker-b", 4)])
         .history()
-        .run(
-            "restart",
-            json!({
-                "workers": [
-                    {"deployment": "worker-a", "image": NEW_IMAGE},
-                    {"deployment": "worker-b", "image": NEW_IMAGE}
-                ],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "5s"},
-                "drain": {"strategy": "Observe"},
-            }),
-        )
+        .run("restart", upgrade_spec(&["worker-a", "worker-b"], "5s"))
         .await;
     let (ns, mut conn) = (&s.ns, s.conn.clone());
 
     let mut killed_in = vec![];
-    for target in &FORWARD[..6] {
+    for target in &forward()[..6] {
         let Some(phase) = reach(ns, *target).await else {
             println!("{target}: passed before it was seen");
             continue;
@@ -114,7 +101,7 @@ async fn sigkill_in_every_phase_resumes_and_completes() {
     // process from `status.transitions`.
     s.check_completed_forward(&["worker-a", "worker-b"], NEW_IMAGE)
         .await;
-    let expected: Vec<String> = FORWARD.iter().map(|p| p.to_string()).collect();
+    let expected: Vec<String> = FORWARD_TRANSITIONS.map(String::from).to_vec();
     let r = ns.api::<Dedup2DRollout>().get("restart").await.unwrap();
     let recorded: Vec<String> = r
         .status
@@ -222,17 +209,7 @@ async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
         &[],
         &[("KUBECONFIG", restricted.to_str().unwrap())],
     );
-    apply_rollout(
-        ns,
-        "window",
-        json!({
-            "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-            "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-            "dualWrite": {"enabled": true, "soak": "2s"},
-            "drain": {"strategy": "Observe"},
-        }),
-    )
-    .await;
+    apply_rollout(ns, "window", upgrade_spec(&["worker-a"], "2s")).await;
 
     // In the window: the ConfigMap says dual-write on, the API Deployment write was refused.
     eventually(
@@ -271,14 +248,7 @@ async fn sigkill_between_config_map_and_api_restart_annotation_resumes() {
     // published by the second, once.
     s.check_completed_forward(&["worker-a"], NEW_IMAGE).await;
     let h = history.by_revision();
-    let annotations = sequence(&h, |r| match r {
-        Rec::Deployment {
-            name,
-            restart_annotation,
-            ..
-        } if name == "api" => Some(restart_annotation.clone()),
-        _ => None,
-    });
+    let annotations = api_restart_annotations(&h);
     assert_eq!(
         annotations,
         [

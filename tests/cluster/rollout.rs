@@ -8,13 +8,9 @@ use std::time::Duration;
 
 use dedup2d::operator::{crd::Phase, plan::payload_config_hash};
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod},
-    },
+    api::{apps::v1::Deployment, core::v1::ConfigMap},
     jiff::Timestamp,
 };
-use kube::api::ListParams;
 use serde_json::json;
 
 use crate::support::{events::*, fleet::*, history::*, kube::TestNamespace, scenario::Scenario};
@@ -28,23 +24,9 @@ async fn cm_values(ns: &TestNamespace) -> (Option<String>, Option<String>) {
 }
 
 async fn images(ns: &TestNamespace, name: &str) -> (String, Vec<String>) {
-    let d = ns.api::<Deployment>().get(name).await.unwrap();
-    let pods = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("app={name}")))
-        .await
-        .unwrap();
     (
-        template_image(&d),
-        pods.items
-            .iter()
-            .map(|p| {
-                p.spec.as_ref().unwrap().containers[0]
-                    .image
-                    .clone()
-                    .unwrap()
-            })
-            .collect(),
+        template_image(&deploy(ns, name).await),
+        pod_images(ns, name).await,
     )
 }
 
@@ -97,16 +79,19 @@ async fn happy_path_with_dual_write_and_observe_drain() {
         .history()
         .run(
             "happy",
-            json!({
-                "workers": [
-                    {"deployment": "worker-a", "image": NEW_IMAGE},
-                    {"deployment": "worker-b", "container": "worker", "image": NEW_IMAGE}
-                ],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "maxBytes": 5242880, "soak": "5s"},
-                "drain": {"strategy": "Observe"},
-                "progressDeadlineSeconds": 120
-            }),
+            rollout_spec(
+                &["worker-a", "worker-b"],
+                json!({
+                    "workers": [
+                        {"deployment": "worker-a", "image": NEW_IMAGE},
+                        {"deployment": "worker-b", "container": "worker", "image": NEW_IMAGE}
+                    ],
+                    "api": {"image": API_NEW},
+                    "dualWrite": {"maxBytes": 5242880, "soak": "5s"},
+                    "drain": {"strategy": "Observe"},
+                    "progressDeadlineSeconds": 120,
+                }),
+            ),
         )
         .await;
     let (ns, history, mut conn) = (&s.ns, s.history(), s.conn.clone());
@@ -228,14 +213,7 @@ async fn happy_path_with_dual_write_and_observe_drain() {
         _ => None,
     });
     assert_eq!(api_images, [API_OLD, API_NEW], "API upgraded once");
-    let annotations = sequence(&h, |r| match r {
-        Rec::Deployment {
-            name,
-            restart_annotation,
-            ..
-        } if name == "api" => Some(restart_annotation.clone()),
-        _ => None,
-    });
+    let annotations = api_restart_annotations(&h);
     assert_eq!(
         annotations,
         [
@@ -286,12 +264,10 @@ async fn ttl_drain_ends_at_the_ttl_after_dual_write_off() {
         .workers(&[("worker-a", 2)])
         .run(
             "ttl",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM},
-                "dualWrite": {"enabled": true, "soak": "0"},
-                "drain": {"strategy": "TTL", "ttlSeconds": 60},
-            }),
+            rollout_spec(
+                &["worker-a"],
+                json!({"drain": {"strategy": "TTL", "ttlSeconds": 60}}),
+            ),
         )
         .await;
     let ns = &s.ns;
@@ -332,14 +308,10 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
         .history()
         .run(
             "nodw",
-            json!({
-                "workers": [
-                    {"deployment": "worker-a", "image": NEW_IMAGE},
-                    {"deployment": "worker-b", "image": NEW_IMAGE}
-                ],
-                "api": {"deployment": "api", "configMap": CM},
-                "dualWrite": {"enabled": false},
-            }),
+            rollout_spec(
+                &["worker-a", "worker-b"],
+                json!({"dualWrite": {"enabled": false, "soak": null}}),
+            ),
         )
         .await;
     let (ns, history) = (&s.ns, s.history());

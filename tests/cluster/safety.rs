@@ -18,7 +18,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::{
-    events::*, fleet::*, history::*, kube::TestNamespace, poll::eventually, scenario::Scenario,
+    events::*, fleet::*, history::*, kube::TestNamespace, poll::eventually, rollback::*,
+    scenario::Scenario,
 };
 
 const DEFAULT_MAX: &str = "10485760";
@@ -69,30 +70,39 @@ async fn drop_quota(ns: &TestNamespace) {
         .unwrap();
 }
 
+/// One worker Deployment `worker-a` (2 pods) that cannot roll: the API recreates its pod, and the
+/// namespace quota of 4 pods leaves no room for the worker surge.
+async fn stuck_worker_fleet(prefix: &str) -> Scenario {
+    let s = Scenario::builder(prefix)
+        .workers(&[("worker-a", 2)])
+        .fleet()
+        .await;
+    api_recreate(&s.ns).await;
+    pod_quota(&s.ns, 4).await;
+    s
+}
+
 /// 1. The new worker template cannot get a pod (namespace pod quota): the UpgradingWorkers phase
 /// passes `progressDeadlineSeconds`, `onFailure: Rollback` rolls back: old images back, dual-write
 /// on, `RolledBack`, and the Events tell the story.
 #[tokio::test]
 async fn stuck_worker_rollout_rolls_back_automatically() {
-    let s = Scenario::builder("op-stuck")
-        .workers(&[("worker-a", 2)])
-        .fleet()
-        .await;
+    let s = stuck_worker_fleet("op-stuck").await;
     let ns = &s.ns;
-    api_recreate(ns).await;
-    pod_quota(ns, 4).await;
     let history = History::start(ns).await;
     let started = Timestamp::now();
     let _op = s
         .run(
             "stuck",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "1h"},
-                "progressDeadlineSeconds": 15,
-                "onFailure": "Rollback"
-            }),
+            rollout_spec(
+                &["worker-a"],
+                json!({
+                    "api": {"image": API_NEW},
+                    "dualWrite": {"soak": "1h"},
+                    "progressDeadlineSeconds": 15,
+                    "onFailure": "Rollback",
+                }),
+            ),
         )
         .await;
     s.wait("stuck", Phase::UpgradingWorkers).await;
@@ -183,14 +193,15 @@ async fn paused_holds_in_three_phases_and_resume_continues() {
         .await;
     let (ns, mut conn) = (&s.ns, s.conn.clone());
     api_recreate(ns).await;
-    let mut spec = json!({
-        "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-        "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-        "dualWrite": {"enabled": true, "soak": "0"},
-        "drain": {"strategy": "Observe"},
-        "progressDeadlineSeconds": 600,
-        "paused": true
-    });
+    let mut spec = rollout_spec(
+        &["worker-a"],
+        json!({
+            "api": {"image": API_NEW},
+            "drain": {"strategy": "Observe"},
+            "progressDeadlineSeconds": 600,
+            "paused": true,
+        }),
+    );
     // Paused from the start: Pending, nothing written.
     let _op = s.run("p", spec.clone()).await;
     s.wait("p", Phase::Pending).await;
@@ -256,13 +267,10 @@ async fn paused_holds_in_three_phases_and_resume_continues() {
 /// re-applied by GitOps in AwaitingFinalize, acts no more; a new nonce finalizes.
 #[tokio::test]
 async fn promote_skips_the_soak_and_acts_once() {
-    let spec = json!({
-        "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-        "api": {"deployment": "api", "configMap": CM},
-        "dualWrite": {"enabled": true, "soak": "1h"},
-        "drain": {"strategy": "Observe"},
-        "finalize": "Manual"
-    });
+    let spec = rollout_spec(
+        &["worker-a"],
+        json!({"dualWrite": {"soak": "1h"}, "drain": {"strategy": "Observe"}, "finalize": "Manual"}),
+    );
     let (s, _op) = Scenario::builder("op-promote")
         .workers(&[("worker-a", 2)])
         .run("pr", spec.clone())
@@ -330,11 +338,10 @@ async fn quick_abort_during_soaking() {
         .workers(&[("worker-a", 2)])
         .run(
             "ab",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "1h"},
-            }),
+            rollout_spec(
+                &["worker-a"],
+                json!({"api": {"image": API_NEW}, "dualWrite": {"soak": "1h"}}),
+            ),
         )
         .await;
     let ns = &s.ns;
@@ -377,62 +384,17 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
         .payloads(&["l1"], &[])
         .workers(&[("worker-a", 2)])
         .history()
-        .run(
-            "fa",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM, "image": API_NEW},
-                "dualWrite": {"enabled": true, "soak": "0"},
-                "drain": {"strategy": "Observe"},
-            }),
-        )
+        .run("fa", upgrade_spec(&["worker-a"], "0"))
         .await;
     let (ns, history, mut conn) = (&s.ns, s.history(), s.conn.clone());
     s.wait("fa", Phase::Draining).await;
     assert_eq!(include(ns).await, "0");
     // Jobs the API enqueued with dual-write off: file_ref-only payloads, active.
-    write_payloads(&mut conn, &[], &["j1", "j2"], 3600).await;
-    let _: () = redis::cmd("SADD")
-        .arg("dedup2d:active")
-        .arg(&["j1", "j2"][..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    request(ns, "fa", Some("abort-full")).await;
-    wait_phase(ns, "fa", Phase::RollingBack, Duration::from_secs(30)).await;
-    eventually("dual-write on again", WAIT, || async {
-        (include(ns).await == "1").then_some(())
-    })
-    .await;
-    let blocked = eventually("RollbackSafe=False names the jobs", WAIT, || async {
-        let st = status(ns, "fa").await;
-        let c = st.conditions.iter().find(|c| c.type_ == "RollbackSafe")?;
-        (c.status == "False" && st.active_jobs_without_b64 == Some(2))
-            .then(|| format!("{}: {}", c.reason, c.message))
-    })
-    .await;
-    println!("full abort blocked: {blocked}");
-    // Never restored while the jobs are active.
-    for _ in 0..8 {
-        let st = status(ns, "fa").await;
-        assert_eq!(st.phase, Some(Phase::RollingBack));
-        assert_eq!(template_image(&deploy(ns, "worker-a").await), NEW_IMAGE);
-        assert_eq!(template_image(&deploy(ns, "api").await), API_NEW);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let (reason, message) =
+        abort_full_held_by_active_jobs(ns, &mut conn, "fa", &["j1", "j2"], 8).await;
+    println!("full abort blocked: {reason}: {message}");
     // The jobs finish.
-    let finished = Timestamp::now();
-    let _: () = redis::cmd("SREM")
-        .arg("dedup2d:active")
-        .arg(&["j1", "j2"][..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(&["dedup2d:payload:j1", "dedup2d:payload:j2"][..])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let finished = finish_jobs(&mut conn, &["j1", "j2"]).await;
     let r = s.wait("fa", Phase::RolledBack).await;
     let done = Timestamp::now();
     let st = r.status.unwrap();
@@ -454,23 +416,15 @@ async fn full_abort_waits_for_file_ref_only_jobs() {
 /// `retry` request resumes and the rollout completes.
 #[tokio::test]
 async fn stuck_worker_rollout_with_on_failure_pause_holds_until_retry() {
-    let s = Scenario::builder("op-stuckp")
-        .workers(&[("worker-a", 2)])
-        .fleet()
-        .await;
+    let s = stuck_worker_fleet("op-stuckp").await;
     let ns = &s.ns;
-    api_recreate(ns).await;
-    pod_quota(ns, 4).await;
     let _op = s
         .run(
             "sp",
-            json!({
-                "workers": [{"deployment": "worker-a", "image": NEW_IMAGE}],
-                "api": {"deployment": "api", "configMap": CM},
-                "dualWrite": {"enabled": true, "soak": "0"},
-                "progressDeadlineSeconds": 10,
-                "onFailure": "Pause"
-            }),
+            rollout_spec(
+                &["worker-a"],
+                json!({"progressDeadlineSeconds": 10, "onFailure": "Pause"}),
+            ),
         )
         .await;
     s.wait("sp", Phase::UpgradingWorkers).await;

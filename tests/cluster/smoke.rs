@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::support::fleet::rolled_out;
 use crate::support::kube::TestNamespace;
+use crate::support::operator::wait_established;
 use crate::support::poll::eventually;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -247,15 +248,7 @@ async fn server_side_apply_and_status_subresource_of_a_crd() {
     )
     .await
     .unwrap();
-    eventually("CRD established", WAIT, || async {
-        let c = crds.get("widgets.smoke.dedup2d.io").await.ok()?;
-        c.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    wait_established(&crds, "widgets.smoke.dedup2d.io").await;
 
     let gvk = GroupVersionKind::gvk("smoke.dedup2d.io", "v1", "Widget");
     let widgets: Api<DynamicObject> =

@@ -29,19 +29,11 @@ async fn stalled(ns: &TestNamespace, name: &str, reason: &str) -> String {
     .await
 }
 
-fn spec(workers: &[&str]) -> serde_json::Value {
-    json!({
-        "workers": workers.iter().map(|w| json!({"deployment": w, "image": NEW_IMAGE})).collect::<Vec<_>>(),
-        "api": {"deployment": "api", "configMap": CM},
-        "dualWrite": {"enabled": true, "soak": "0"},
-    })
-}
-
 #[tokio::test]
 async fn a_missing_worker_deployment_stalls_until_it_exists() {
     let (s, op) = Scenario::builder("op-missing")
         .workers(&[("worker-a", 1)])
-        .run("r", spec(&["worker-a", "worker-late"]))
+        .run("r", rollout_spec(&["worker-a", "worker-late"], json!({})))
         .await;
     let ns = &s.ns;
     let message = stalled(ns, "r", "TargetMissing").await;
@@ -87,7 +79,7 @@ async fn an_api_that_does_not_read_the_config_map_stalls() {
         )
         .await
         .unwrap();
-    let _op = s.run("r", spec(&["worker-a"])).await;
+    let _op = s.run("r", rollout_spec(&["worker-a"], json!({}))).await;
     let message = stalled(ns, "r", "ApiDoesNotReadConfigMap").await;
     assert!(
         message.contains("API Deployment api does not read ConfigMap dedup2d-config"),
@@ -110,7 +102,7 @@ async fn redis_unreachable_holds_the_drain() {
     let (s, op) = Scenario::builder("op-noredis")
         .redis_url(format!("redis://127.0.0.1:{}/0", free_port()))
         .workers(&[("worker-a", 1)])
-        .run("r", spec(&["worker-a"]))
+        .run("r", rollout_spec(&["worker-a"], json!({})))
         .await;
     let ns = &s.ns;
     let message = stalled(ns, "r", "RedisUnreachable").await;
@@ -156,8 +148,7 @@ async fn redis_unreachable_holds_the_drain() {
 /// `ExternalModification`, naming the field and the other manager (read from managedFields).
 #[tokio::test]
 async fn another_writer_changing_an_image_holds_the_rollout() {
-    let mut spec = spec(&["worker-a"]);
-    spec["dualWrite"]["soak"] = json!("10m");
+    let spec = rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "10m"}}));
     let (s, _op) = Scenario::builder("op-extmod")
         .workers(&[("worker-a", 2)])
         .run("r", spec)

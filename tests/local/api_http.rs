@@ -36,25 +36,16 @@ async fn submit(
 }
 
 async fn get(api: &ApiProcess, key: &str, path: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .get(api.url(path))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap();
-    (
-        resp.status(),
-        resp.json::<Value>().await.unwrap_or(Value::Null),
-    )
+    send(reqwest::Client::new().get(api.url(path)), key).await
 }
 
 async fn post(api: &ApiProcess, key: &str, path: &str) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(api.url(path))
-        .header("X-API-Key", key)
-        .send()
-        .await
-        .unwrap();
+    send(reqwest::Client::new().post(api.url(path)), key).await
+}
+
+/// Sends `request` with the API key; the status and the JSON body (`null` when not JSON).
+async fn send(request: reqwest::RequestBuilder, key: &str) -> (StatusCode, Value) {
+    let resp = request.header("X-API-Key", key).send().await.unwrap();
     (
         resp.status(),
         resp.json::<Value>().await.unwrap_or(Value::Null),
@@ -324,84 +315,29 @@ async fn bad_input_gets_a_4xx_json_error_and_stores_nothing() {
         dir.path(),
         &[("DEDUP2D_API_MAX_UPLOAD_BYTES", "1000")],
     );
-    let cases: Vec<(&str, &str, Form, u16, &str)> = vec![
-        (
-            "empty file",
-            "async=true",
-            form("e.png", vec![]),
-            400,
-            "EMPTY_FILE",
-        ),
-        (
-            "too large",
-            "async=true",
-            form("big.png", vec![1; 5000]),
-            413,
-            "FILE_TOO_LARGE",
-        ),
-        (
-            "missing file",
-            "async=true",
-            Form::new().text("other", "x"),
-            400,
-            "MISSING_FILE",
-        ),
-        (
-            "bad geom_json",
-            "async=true",
-            form("g.png", vec![1; 10]).part(
-                "geom_json",
-                Part::bytes(b"{not json".to_vec()).file_name("g.json"),
-            ),
-            400,
-            "INVALID_GEOM_JSON",
-        ),
-        (
-            "geom_json not an object",
-            "async=true",
-            form("g.png", vec![1; 10]).part(
-                "geom_json",
-                Part::bytes(b"[1,2]".to_vec()).file_name("g.json"),
-            ),
-            400,
-            "INVALID_GEOM_JSON",
-        ),
-        (
-            "http callback",
-            "async=true&callback_url=http://hooks.example.com/x",
-            form("c.png", vec![1; 10]),
-            400,
-            "CALLBACK_URL_INVALID",
-        ),
-        (
-            "private callback",
-            "async=true&callback_url=https://10.0.0.1/x",
-            form("c.png", vec![1; 10]),
-            400,
-            "CALLBACK_URL_INVALID",
-        ),
-        (
-            "bad mode",
-            "async=true&mode=turbo",
-            form("m.png", vec![1; 10]),
-            400,
-            "INVALID_PARAMETER",
-        ),
-        (
-            "unknown parameter",
-            "async=true&colour=red",
-            form("m.png", vec![1; 10]),
-            400,
-            "INVALID_PARAMETER",
-        ),
-        (
-            "bad max_results",
-            "max_results=-4",
-            form("m.png", vec![1; 10]),
-            400,
-            "INVALID_PARAMETER",
-        ),
+    let geom = |json: &'static [u8]| {
+        form("g.png", vec![1; 10]).part("geom_json", Part::bytes(json).file_name("g.json"))
+    };
+    #[rustfmt::skip]
+    let mut cases: Vec<(&str, &str, Form, u16, &str)> = vec![
+        ("empty file", "async=true", form("e.png", vec![]), 400, "EMPTY_FILE"),
+        ("too large", "async=true", form("big.png", vec![1; 5000]), 413, "FILE_TOO_LARGE"),
+        ("missing file", "async=true", Form::new().text("other", "x"), 400, "MISSING_FILE"),
+        ("bad geom_json", "async=true", geom(b"{not json"), 400, "INVALID_GEOM_JSON"),
+        ("geom_json not an object", "async=true", geom(b"[1,2]"), 400, "INVALID_GEOM_JSON"),
     ];
+    // Bad parameters with a good upload.
+    #[rustfmt::skip]
+    let bad_parameters = [
+        ("http callback", "async=true&callback_url=http://hooks.example.com/x", "CALLBACK_URL_INVALID"),
+        ("private callback", "async=true&callback_url=https://10.0.0.1/x", "CALLBACK_URL_INVALID"),
+        ("bad mode", "async=true&mode=turbo", "INVALID_PARAMETER"),
+        ("unknown parameter", "async=true&colour=red", "INVALID_PARAMETER"),
+        ("bad max_results", "max_results=-4", "INVALID_PARAMETER"),
+    ];
+    for (what, query, error) in bad_parameters {
+        cases.push((what, query, form("m.png", vec![1; 10]), 400, error));
+    }
     for (what, query, f, code, error) in cases {
         let (status, body, _) = submit(&api, KEY_A, query, f).await;
         assert_eq!(status.as_u16(), code, "{what}: {body}");

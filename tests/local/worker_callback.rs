@@ -165,26 +165,13 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
 async fn default_policy_refuses_http_private_and_names_resolving_to_loopback() {
     let (recv, port) = start_receiver().await;
     let strict = CallbackSender::new(settings(&[])).unwrap();
-    let out = strict
-        .send(
-            &format!("http://127.0.0.1:{port}/hook/a"),
-            "j",
-            None,
-            &json!({}),
-        )
-        .await;
+    let url = format!("http://127.0.0.1:{port}/hook/a");
+    let out = strict.send(&url, "j", None, &json!({})).await;
     assert_eq!(out.attempts, 0);
     assert!(out.error.unwrap().contains("https"));
 
     let http_ok = CallbackSender::new(settings(&[("DEDUP2D_CALLBACK_ALLOW_HTTP", "1")])).unwrap();
-    let out = http_ok
-        .send(
-            &format!("http://127.0.0.1:{port}/hook/a"),
-            "j",
-            None,
-            &json!({}),
-        )
-        .await;
+    let out = http_ok.send(&url, "j", None, &json!({})).await;
     assert_eq!(out.attempts, 0);
     assert!(out.error.unwrap().contains("private"));
     // Names that pass the literal check but resolve to loopback are refused at DNS time

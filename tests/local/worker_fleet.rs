@@ -39,6 +39,22 @@ impl Drop for LegacyWorker {
     }
 }
 
+/// A Redis server, a directory with local file storage under `uploads/`, and the job store.
+async fn setup() -> (
+    RedisServer,
+    tempfile::TempDir,
+    LocalStorage,
+    redis::aio::ConnectionManager,
+    dedup2d::contract::store::JobStore,
+) {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
+    let conn = redis.manager().await;
+    let store = w::store(conn.clone());
+    (redis, dir, storage, conn, store)
+}
+
 fn local_env(dir: &std::path::Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = w::env(&[
         ("DEDUP2D_FILE_STORAGE", "local"),
@@ -81,12 +97,8 @@ async fn submit_many(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_fleet_needs_dual_write_until_every_worker_is_new() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, dir, storage, conn, store) = setup().await;
     // Keep uploads so both workers can read them (cleanup off for this fleet).
-    let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
-    let conn = redis.manager().await;
-    let store = w::store(conn.clone());
     let env = local_env(
         dir.path(),
         &[
@@ -200,11 +212,7 @@ async fn arq_result_of_our_worker_reads_back_in_python() {
 async fn no_job_lost_when_workers_are_killed_mid_job() {
     const JOBS: usize = 240;
     const KILLS: usize = 5;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
-    let conn = redis.manager().await;
-    let store = w::store(conn.clone());
+    let (redis, dir, storage, conn, store) = setup().await;
     // Job timeout 2 s: a dead worker's in-progress key expires after 12 s (ARQ: timeout + 10 s).
     let env = local_env(
         dir.path(),

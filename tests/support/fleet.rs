@@ -136,6 +136,42 @@ pub fn template_annotation(d: &Deployment, key: &str) -> Option<String> {
         .cloned()
 }
 
+/// The rollout spec the tests start from, with `changes` merged in (RFC 7386: objects merge, `null`
+/// removes a field): `workers` to [`NEW_IMAGE`], the API Deployment `api` reading [`CM`] with no
+/// image, dual-write on without a soak, the default drain.
+pub fn rollout_spec(workers: &[&str], changes: Value) -> Value {
+    let mut spec = json!({
+        "workers": workers.iter().map(|w| json!({"deployment": w, "image": NEW_IMAGE})).collect::<Vec<_>>(),
+        "api": {"deployment": "api", "configMap": CM},
+        "dualWrite": {"enabled": true, "soak": "0"},
+    });
+    merge(&mut spec, changes);
+    spec
+}
+
+/// [`rollout_spec`] of a whole upgrade: the API to [`API_NEW`] as well, a soak of `soak`, the
+/// Observe drain.
+pub fn upgrade_spec(workers: &[&str], soak: &str) -> Value {
+    rollout_spec(
+        workers,
+        json!({"api": {"image": API_NEW}, "dualWrite": {"soak": soak}, "drain": {"strategy": "Observe"}}),
+    )
+}
+
+fn merge(target: &mut Value, changes: Value) {
+    let (Value::Object(t), Value::Object(c)) = (&mut *target, &changes) else {
+        *target = changes;
+        return;
+    };
+    for (k, v) in c.clone() {
+        if v.is_null() {
+            t.remove(&k);
+        } else {
+            merge(t.entry(k).or_insert(Value::Null), v);
+        }
+    }
+}
+
 /// Apply a rollout (manager `e2e`).
 pub async fn apply_rollout(ns: &TestNamespace, name: &str, spec: Value) {
     let obj = json!({"apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
@@ -171,22 +207,13 @@ pub async fn write_payloads(
     file_ref_only: &[&str],
     ttl_s: u64,
 ) {
-    for id in legacy {
-        let body = json!({"job_id": id, "tenant_id": "t", "file_name": "a.dxf",
-            "file_ref": {"backend": "local", "path": format!("/data/{id}.dxf")},
-            "file_bytes_b64": "AAECAwQFBgcICQ=="});
-        let _: () = redis::cmd("SET")
-            .arg(format!("dedup2d:payload:{id}"))
-            .arg(body.to_string())
-            .arg("EX")
-            .arg(ttl_s)
-            .query_async(redis)
-            .await
-            .unwrap();
-    }
-    for id in file_ref_only {
-        let body = json!({"job_id": id, "tenant_id": "t", "file_name": "a.dxf",
+    let all = legacy.iter().map(|id| (id, true));
+    for (id, with_b64) in all.chain(file_ref_only.iter().map(|id| (id, false))) {
+        let mut body = json!({"job_id": id, "tenant_id": "t", "file_name": "a.dxf",
             "file_ref": {"backend": "local", "path": format!("/data/{id}.dxf")}});
+        if with_b64 {
+            body["file_bytes_b64"] = json!("AAECAwQFBgcICQ==");
+        }
         let _: () = redis::cmd("SET")
             .arg(format!("dedup2d:payload:{id}"))
             .arg(body.to_string())

@@ -310,6 +310,18 @@ pub fn check_full_rollback_order(history: &History, jobs_finished: Timestamp) {
     }
 }
 
+/// The API Deployment's restart annotation values in the history, repeats collapsed.
+pub fn api_restart_annotations(entries: &[Entry]) -> Vec<Option<String>> {
+    sequence(entries, |r| match r {
+        Rec::Deployment {
+            name,
+            restart_annotation,
+            ..
+        } if name == "api" => Some(restart_annotation.clone()),
+        _ => None,
+    })
+}
+
 /// The sequence of distinct values `f` picks out of the history (consecutive repeats collapsed).
 pub fn sequence<T: PartialEq + Clone>(entries: &[Entry], f: impl Fn(&Rec) -> Option<T>) -> Vec<T> {
     let mut out: Vec<T> = vec![];

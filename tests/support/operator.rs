@@ -31,8 +31,13 @@ pub async fn install_crd(client: &Client) {
     )
     .await
     .unwrap_or_else(|e| panic!("the API server refused the CRD (schema or CEL cost budget?): {e}"));
+    wait_established(&crds, &name).await;
+}
+
+/// Waits until the API server serves the CRD `name`.
+pub async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
     eventually("CRD established", WAIT, || async {
-        let c = crds.get(&name).await.ok()?;
+        let c = crds.get(name).await.ok()?;
         c.status?
             .conditions?
             .iter()
