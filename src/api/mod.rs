@@ -175,7 +175,7 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
         })?;
     tracing::info!(addr = %settings.listen, "listening");
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(crate::shutdown::signal())
         .await
         .map_err(|source| ApiStartError::Listen {
             addr: settings.listen,
@@ -183,18 +183,3 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
         })
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
-}
