@@ -182,4 +182,3 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
             source,
         })
 }
-

@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::contract::keys::Keys;
+use crate::contract::scan::Scan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -96,46 +97,34 @@ pub async fn observe_legacy_payloads(
     let pattern = keys.payload_pattern();
     let script = Script::new(CHECK_BATCH);
     let mut figures = DrainFigures::default();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(batch.max(1))
-            .query_async(conn)
+    let mut scan = Scan::keys(&pattern, batch);
+    while let Some(found) = scan
+        .next_batch(conn)
+        .await
+        .map_err(|source| DrainError::Redis {
+            action: "scanning payload keys",
+            source,
+        })?
+    {
+        let mut inv = script.prepare_invoke();
+        for k in &found {
+            inv.key(k);
+        }
+        let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
+            .invoke_async(conn)
             .await
             .map_err(|source| DrainError::Redis {
-                action: "scanning payload keys",
+                action: "checking a batch of payloads",
                 source,
             })?;
-        if !found.is_empty() {
-            let mut inv = script.prepare_invoke();
-            for k in &found {
-                inv.key(k);
-            }
-            let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
-                .invoke_async(conn)
-                .await
-                .map_err(|source| DrainError::Redis {
-                    action: "checking a batch of payloads",
-                    source,
-                })?;
-            figures.scanned += found.len() as u64;
-            figures.legacy += legacy;
-            figures.legacy_without_expiry += no_expiry;
-            figures.bytes_inspected += bytes;
-            figures.batches += 1;
-            if max_pttl >= 0 {
-                let m = max_pttl as u64;
-                figures.max_legacy_pttl_ms =
-                    Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+        figures.scanned += found.len() as u64;
+        figures.legacy += legacy;
+        figures.legacy_without_expiry += no_expiry;
+        figures.bytes_inspected += bytes;
+        figures.batches += 1;
+        if max_pttl >= 0 {
+            let m = max_pttl as u64;
+            figures.max_legacy_pttl_ms = Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
         }
     }
     figures.elapsed = started.elapsed();
@@ -150,38 +139,29 @@ pub async fn observe_active_jobs(
 ) -> Result<ActiveFigures, DrainError> {
     let script = Script::new(CHECK_ACTIVE);
     let mut figures = ActiveFigures::default();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(keys.active())
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(batch.max(1))
-            .query_async(conn)
+    let active = keys.active();
+    let mut scan = Scan::set_members(&active, batch);
+    while let Some(ids) = scan
+        .next_batch(conn)
+        .await
+        .map_err(|source| DrainError::Redis {
+            action: "scanning active jobs",
+            source,
+        })?
+    {
+        let mut inv = script.prepare_invoke();
+        for id in &ids {
+            inv.key(keys.payload(id));
+        }
+        let n: u64 = inv
+            .invoke_async(conn)
             .await
             .map_err(|source| DrainError::Redis {
-                action: "scanning active jobs",
+                action: "checking active job payloads",
                 source,
             })?;
-        if !ids.is_empty() {
-            let mut inv = script.prepare_invoke();
-            for id in &ids {
-                inv.key(keys.payload(id));
-            }
-            let n: u64 = inv
-                .invoke_async(conn)
-                .await
-                .map_err(|source| DrainError::Redis {
-                    action: "checking active job payloads",
-                    source,
-                })?;
-            figures.active += ids.len() as u64;
-            figures.file_ref_only += n;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
+        figures.active += ids.len() as u64;
+        figures.file_ref_only += n;
     }
     Ok(figures)
 }

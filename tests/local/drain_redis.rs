@@ -2,6 +2,7 @@
 
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
+use dedup2d::contract::scan::Scan;
 use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads, DrainError};
 use redis::AsyncCommands;
 use serde_json::json;
@@ -122,4 +123,40 @@ async fn redis_down_is_an_error_not_a_zero() {
         .unwrap_err();
     assert!(matches!(err, DrainError::Redis { .. }));
     assert!(err.to_string().contains("scanning payload keys"), "{err}");
+}
+
+/// The one SCAN helper walks many keys, and a set large enough for `COUNT` to apply, in several
+/// small steps and sees each element; an empty walk yields no batch.
+#[tokio::test]
+async fn scan_walks_keys_and_set_members_in_bounded_batches() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.set(format!("dedup2d:payload:{i}"), "{}").ignore();
+        pipe.sadd("dedup2d:active", format!("job-{i}")).ignore();
+    }
+    for i in 0..100 {
+        pipe.set(format!("dedup2d:job:{i}"), "{}").ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+
+    for (mut scan, want_prefix) in [
+        (Scan::keys("dedup2d:payload:*", 100), "dedup2d:payload:"),
+        (Scan::set_members("dedup2d:active", 100), "job-"),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        let mut batches = 0;
+        while let Some(batch) = scan.next_batch(&mut conn).await.unwrap() {
+            assert!(!batch.is_empty() && batch.len() < 1500, "{}", batch.len());
+            batches += 1;
+            seen.extend(batch);
+        }
+        assert_eq!(seen.len(), 1500, "{want_prefix}");
+        assert!(seen.iter().all(|k| k.starts_with(want_prefix)));
+        assert!(batches >= 5, "{want_prefix}: {batches} batches");
+    }
+    let mut none = Scan::keys("nothing:*", 100);
+    assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
+    assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
 }
