@@ -122,32 +122,30 @@ impl PayloadFormat {
             (false, false) => PayloadFormat::Unknown,
         }
     }
-
-    /// Legacy workers can run a job only when the payload embeds the bytes.
-    pub fn readable_by_legacy_worker(self) -> bool {
-        matches!(self, PayloadFormat::FileRefAndB64 | PayloadFormat::B64Only)
-    }
 }
 
 impl JobPayload {
     pub fn format(&self) -> PayloadFormat {
         PayloadFormat::from_presence(
             self.file_ref.is_some(),
-            self.file_bytes_b64
-                .as_deref()
-                .is_some_and(|s| !s.is_empty()),
+            embeds_file(self.file_bytes_b64.as_deref()),
         )
     }
 }
 
-/// Labels a raw payload JSON without trusting its shape (used on payloads of other producers).
-pub fn format_of_json(value: &Value) -> PayloadFormat {
-    let has_ref = value.get("file_ref").is_some_and(|v| v.is_object());
-    let has_b64 = value
-        .get("file_bytes_b64")
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty());
-    PayloadFormat::from_presence(has_ref, has_b64)
+/// The one definition of "legacy": a payload embeds the file when its `file_bytes_b64` is a
+/// non-empty string; only such a payload can be run by a legacy worker. The drain's Lua checks in
+/// `operator::drain` implement it inside Redis, and a test runs them and [`is_legacy_payload`] on
+/// one table of payloads on a real redis-server.
+pub fn embeds_file(file_bytes_b64: Option<&str>) -> bool {
+    file_bytes_b64.is_some_and(|s| !s.is_empty())
+}
+
+/// [`embeds_file`] on a payload as stored (JSON text, any producer, shape not trusted): a top-level
+/// `file_bytes_b64` member that is a non-empty string.
+pub fn is_legacy_payload(raw: &str) -> bool {
+    serde_json::from_str::<Value>(raw)
+        .is_ok_and(|v| embeds_file(v.get("file_bytes_b64").and_then(Value::as_str)))
 }
 
 /// The file name as stored: base name only, runs of characters outside `[A-Za-z0-9._-]` become
@@ -269,22 +267,17 @@ mod tests {
             PayloadFormat::from_presence(false, false).label(),
             "unknown"
         );
-        assert_eq!(
-            format_of_json(
-                &json!({"file_ref":{"backend":"local","path":"a"},"file_bytes_b64":"QQ=="})
-            ),
-            PayloadFormat::FileRefAndB64
-        );
-        assert_eq!(
-            format_of_json(&json!({"file_bytes_b64":""})),
-            PayloadFormat::Unknown
-        );
-        assert_eq!(
-            format_of_json(&json!({"file_ref":null,"file_bytes_b64":"QQ=="})),
-            PayloadFormat::B64Only
-        );
-        assert!(!PayloadFormat::FileRefOnly.readable_by_legacy_worker());
-        assert!(PayloadFormat::FileRefAndB64.readable_by_legacy_worker());
+        assert!(is_legacy_payload(
+            r#"{"file_ref":{"backend":"local","path":"a"},"file_bytes_b64":"QQ=="}"#
+        ));
+        assert!(is_legacy_payload(
+            r#"{"file_ref":null,"file_bytes_b64":"QQ=="}"#
+        ));
+        assert!(!is_legacy_payload(r#"{"file_bytes_b64":""}"#));
+        assert!(!is_legacy_payload(
+            r#"{"file_ref":{"backend":"local","path":"a"}}"#
+        ));
+        assert!(!is_legacy_payload("not json"));
     }
 
     #[test]

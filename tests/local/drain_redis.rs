@@ -2,6 +2,7 @@
 
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
+use dedup2d::contract::payload::{is_legacy_payload, FileRef, JobPayload};
 use dedup2d::contract::scan::Scan;
 use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads, DrainError};
 use redis::AsyncCommands;
@@ -159,4 +160,64 @@ async fn scan_walks_keys_and_set_members_in_bounded_batches() {
     let mut none = Scan::keys("nothing:*", 100);
     assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
     assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
+}
+
+/// The drain's Lua checks agree with the one Rust definition (`is_legacy_payload`) on one table of
+/// payloads, each alone in a real redis-server: counted as legacy by the payload scan exactly when
+/// legacy, as file_ref-only by the active-set check exactly when not.
+#[tokio::test]
+async fn lua_checks_agree_with_the_rust_legacy_predicate() {
+    let ours = |b64: Option<&str>| {
+        let payload = JobPayload {
+            tenant_id: "t".into(),
+            file_name: "a.dxf".into(),
+            content_type: None,
+            file_ref: Some(FileRef::Local { path: "j/a".into() }),
+            query_geom: None,
+            request_params: Default::default(),
+            callback_url: None,
+            render_required: true,
+            file_bytes_b64: b64.map(String::from),
+            extra: Default::default(),
+        };
+        serde_json::to_string(&payload).unwrap()
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(String, bool)> = vec![
+        (ours(Some("QUJD")), true),
+        (ours(None), false),
+        (ours(Some("")), false),
+        (legacy_payload("QQ=="), true),
+        (ref_only_payload(), false),
+        (r#"{"file_bytes_b64":"QUJD"}"#.into(), true),
+        ("{\"file_bytes_b64\" :\n \"QQ==\"}".into(), true),
+        (r#"{"file_bytes_b64":"\u0041"}"#.into(), true),
+        (r#"{"file_bytes_b64":""}"#.into(), false),
+        (r#"{"file_bytes_b64":null}"#.into(), false),
+        (r#"{"file_bytes_b64":42}"#.into(), false),
+        (r#"{"file_name":"file_bytes_b64.dxf"}"#.into(), false),
+        (r#"{"note":"\"file_bytes_b64\": \"x\""}"#.into(), false),
+    ];
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("dedup2d");
+    for (raw, legacy) in &cases {
+        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {raw}");
+        let _: () = conn.set("dedup2d:payload:j", raw).await.unwrap();
+        let _: () = conn.sadd("dedup2d:active", "j").await.unwrap();
+        let scan = observe_legacy_payloads(&mut conn, &keys, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            (scan.scanned, scan.legacy),
+            (1, u64::from(*legacy)),
+            "Lua scan: {raw}"
+        );
+        let active = observe_active_jobs(&mut conn, &keys, 100).await.unwrap();
+        assert_eq!(
+            active.file_ref_only,
+            u64::from(!*legacy),
+            "Lua active check: {raw}"
+        );
+    }
 }
