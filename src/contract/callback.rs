@@ -2,14 +2,34 @@
 //! again before sending). https only unless `DEDUP2D_CALLBACK_ALLOW_HTTP`; no userinfo; an
 //! optional host allowlist (`DEDUP2D_CALLBACK_ALLOWLIST`, exact hosts or `.suffix`); loopback,
 //! private, link-local and unspecified addresses blocked unless
-//! `DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS=0`.
+//! `DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS=0`. And the webhook body itself, [`CallbackRecord`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use url::{Host, Url};
 
 use super::config::truthy;
+use super::store::JobStatus;
+
+/// The webhook body a worker posts when a job finished, as the Python system sends it; on the wire
+/// as canonical JSON (keys sorted, compact), the bytes the signature covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackRecord {
+    pub job_id: String,
+    pub tenant_id: Option<String>,
+    pub status: JobStatus,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds.
+    pub finished_at: f64,
+    /// The job's result when it completed.
+    pub result: Option<Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallbackPolicy {

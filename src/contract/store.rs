@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::arq::JobRecord;
@@ -44,7 +44,7 @@ fn redis_err(action: &'static str) -> impl FnOnce(redis::RedisError) -> StoreErr
     move |source| StoreError::Redis { action, source }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Pending,

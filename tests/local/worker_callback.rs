@@ -13,11 +13,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
+use dedup2d::contract::callback::CallbackRecord;
 use dedup2d::contract::store::JobStatus;
 use dedup2d::worker::callback::{
     canonical_json, signature, CallbackSender, CallbackSettings, GuardedResolver,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Clone, Default)]
 struct Receiver {
@@ -69,6 +70,19 @@ fn settings(pairs: &[(&str, &str)]) -> CallbackSettings {
     .unwrap()
 }
 
+/// A finished job's webhook body.
+fn record(job_id: &str, tenant_id: Option<&str>) -> CallbackRecord {
+    CallbackRecord {
+        job_id: job_id.into(),
+        tenant_id: tenant_id.map(Into::into),
+        status: JobStatus::Completed,
+        started_at: 1.5,
+        finished_at: 2.5,
+        result: Some(json!({"b": 1, "a": [true]})),
+        error: None,
+    }
+}
+
 #[tokio::test]
 async fn delivery_retries_signs_and_never_follows_redirects() {
     let (recv, port) = start_receiver().await;
@@ -79,16 +93,10 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
         ("DEDUP2D_CALLBACK_BACKOFF_BASE_SECONDS", "0.05"),
     ]))
     .unwrap();
-    let body = json!({"job_id": "j1", "tenant_id": "t", "status": "completed",
-        "started_at": 1.5, "finished_at": 2.5, "result": {"b": 1, "a": [true]}, "error": null});
+    let body = record("j1", Some("t"));
 
     let out = sender
-        .send(
-            &format!("http://127.0.0.1:{port}/hook/flaky"),
-            "j1",
-            Some("t"),
-            &body,
-        )
+        .send(&format!("http://127.0.0.1:{port}/hook/flaky"), &body)
         .await;
     assert!(out.ok, "{out:?}");
     assert_eq!((out.attempts, out.http_status), (2, Some(204)));
@@ -96,7 +104,7 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
         let hits = recv.hits.lock().unwrap();
         assert_eq!(hits.len(), 2, "503 retried once");
         let (_, headers, raw) = &hits[1];
-        assert_eq!(raw, &canonical_json(&body));
+        assert_eq!(raw, &canonical_json(&serde_json::to_value(&body).unwrap()));
         assert!(
             raw.starts_with(
                 r#"{"error":null,"finished_at":2.5,"job_id":"j1","result":{"a":[true],"b":1}"#
@@ -121,9 +129,7 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
     let out = sender
         .send(
             &format!("http://127.0.0.1:{port}/hook/redirect"),
-            "j2",
-            None,
-            &body,
+            &record("j2", None),
         )
         .await;
     assert!(!out.ok);
@@ -131,9 +137,7 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
     let out = sender
         .send(
             &format!("http://127.0.0.1:{port}/hook/gone"),
-            "j3",
-            None,
-            &body,
+            &record("j3", None),
         )
         .await;
     assert_eq!(
@@ -155,7 +159,7 @@ async fn delivery_retries_signs_and_never_follows_redirects() {
     // Network errors are retried up to the attempt limit.
     let dead = crate::support::process::free_port();
     let out = sender
-        .send(&format!("http://127.0.0.1:{dead}/x"), "j4", None, &body)
+        .send(&format!("http://127.0.0.1:{dead}/x"), &record("j4", None))
         .await;
     assert_eq!((out.ok, out.attempts, out.http_status), (false, 3, None));
     assert!(out.error.is_some());
@@ -166,12 +170,12 @@ async fn default_policy_refuses_http_private_and_names_resolving_to_loopback() {
     let (recv, port) = start_receiver().await;
     let strict = CallbackSender::new(settings(&[])).unwrap();
     let url = format!("http://127.0.0.1:{port}/hook/a");
-    let out = strict.send(&url, "j", None, &json!({})).await;
+    let out = strict.send(&url, &record("j", None)).await;
     assert_eq!(out.attempts, 0);
     assert!(out.error.unwrap().contains("https"));
 
     let http_ok = CallbackSender::new(settings(&[("DEDUP2D_CALLBACK_ALLOW_HTTP", "1")])).unwrap();
-    let out = http_ok.send(&url, "j", None, &json!({})).await;
+    let out = http_ok.send(&url, &record("j", None)).await;
     assert_eq!(out.attempts, 0);
     assert!(out.error.unwrap().contains("private"));
     // Names that pass the literal check but resolve to loopback are refused at DNS time
@@ -260,11 +264,11 @@ async fn worker_records_the_callback_outcome_in_the_job_hash() {
 
     let hits = recv.hits.lock().unwrap();
     let (_, headers, raw) = hits.iter().find(|h| h.0 == "ok").unwrap();
-    let body: Value = serde_json::from_str(raw).unwrap();
-    assert_eq!(body["job_id"], json!(ok_id));
-    assert_eq!(body["tenant_id"], json!(w::TENANT));
-    assert_eq!(body["status"], json!("completed"));
-    assert_eq!(body["result"]["success"], json!(true));
+    let body: CallbackRecord = serde_json::from_str(raw).unwrap();
+    assert_eq!(body.job_id, ok_id);
+    assert_eq!(body.tenant_id.as_deref(), Some(w::TENANT));
+    assert_eq!(body.status, JobStatus::Completed);
+    assert_eq!(body.result.unwrap()["success"], json!(true));
     // Compact and key-sorted (compared structurally: re-serializing floats may differ).
     assert!(!raw.contains(": ") && !raw.contains(", "), "{raw}");
     let positions: Vec<usize> = [
