@@ -40,7 +40,7 @@ pub struct CallbackPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallbackUrlError {
+pub(crate) enum CallbackUrlError {
     #[error("callback_url is not a valid URL: {0}")]
     Parse(String),
     #[error("callback_url must use https (got {0})")]
@@ -56,7 +56,7 @@ pub enum CallbackUrlError {
 }
 
 impl CallbackPolicy {
-    pub fn from_map(env: &HashMap<String, String>) -> Self {
+    pub(crate) fn from_map(env: &HashMap<String, String>) -> Self {
         let get = |k: &str| env.get(k).map(|v| v.trim().to_string());
         CallbackPolicy {
             allow_http: get("DEDUP2D_CALLBACK_ALLOW_HTTP").is_some_and(|v| truthy(&v)),
@@ -77,7 +77,7 @@ impl CallbackPolicy {
     }
 
     /// Checks a URL and returns it normalized.
-    pub fn validate(&self, raw: &str) -> Result<Url, CallbackUrlError> {
+    pub(crate) fn validate(&self, raw: &str) -> Result<Url, CallbackUrlError> {
         let url = Url::parse(raw.trim()).map_err(|e| CallbackUrlError::Parse(e.to_string()))?;
         match url.scheme() {
             "https" => {}
@@ -122,7 +122,7 @@ impl CallbackPolicy {
 }
 
 /// Addresses a webhook must never reach when private networks are blocked.
-pub fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
