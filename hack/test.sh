@@ -5,7 +5,21 @@
 # pinned Python peers), builds or reuses the local Kubernetes control plane when the cluster
 # script is present, then runs fmt, clippy and every test. Expensive builds are cached outside
 # the clone under ${DEDUP2D_CACHE:-~/.cache/dedup2d}.
+#
+#   hack/test.sh           everything (CI)
+#   hack/test.sh local     the unit tests and the tests that need no cluster (tests/local/), run
+#                          without KUBECONFIG
+#   hack/test.sh cluster   the tests that need the control plane (tests/cluster/), starting it
 set -euo pipefail
+
+GROUP="${1:-all}"
+case "$GROUP" in
+  all | local | cluster) ;;
+  *)
+    echo "usage: hack/test.sh [local|cluster]" >&2
+    exit 2
+    ;;
+esac
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -26,9 +40,19 @@ step "python peers"
 peers_venv
 "$DEDUP2D_PYTHON" -c 'import arq, importlib.metadata as m; print("arq", m.version("arq"))'
 
-step "demo scripts parse (hack/demo.sh, hack/lib/demo.py, tests/peers/*.py)"
-bash -n hack/demo.sh
-"$DEDUP2D_PYTHON" -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' hack/lib/demo.py tests/peers/*.py
+THREADS="--test-threads=${DEDUP2D_TEST_THREADS:-4}"
+if [ "$GROUP" = local ]; then
+  step "cargo test (unit tests, tests/local; no cluster)"
+  env -u KUBECONFIG -u KUBERNETES_SERVICE_HOST cargo test --locked --lib --bins --test local -- "$THREADS"
+  step "done"
+  exit 0
+fi
+
+if [ "$GROUP" = all ]; then
+  step "demo scripts parse (hack/demo.sh, hack/lib/demo.py, tests/peers/*.py)"
+  bash -n hack/demo.sh
+  "$DEDUP2D_PYTHON" -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' hack/lib/demo.py tests/peers/*.py
+fi
 
 # The local control plane: built from Go modules once per machine (cached by version), started
 # fresh for this run. Any cluster given through KUBECONFIG is used instead.
@@ -41,20 +65,22 @@ if [ -z "${KUBECONFIG:-}" ]; then
   CLUSTER_BUILD_PID=$!
 fi
 
-step "docs: no reference outside the repository, every relative link resolves"
-hack/check-links.sh
+if [ "$GROUP" = all ]; then
+  step "docs: no reference outside the repository, every relative link resolves"
+  hack/check-links.sh
 
-step "cargo fmt --check"
-cargo fmt --all -- --check
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
 
-step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+  step "cargo clippy"
+  cargo clippy --all-targets --locked -- -D warnings
 
-step "gitops: Argo CD health/actions and kstatus (hack/gitops.sh)"
-hack/gitops.sh
+  step "gitops: Argo CD health/actions and kstatus (hack/gitops.sh)"
+  hack/gitops.sh
 
-step "cargo build (tests)"
-cargo test --locked --all-targets --no-run
+  step "cargo build (tests)"
+  cargo test --locked --all-targets --no-run
+fi
 
 if [ "$OWN_CLUSTER" = 1 ]; then
   step "local Kubernetes control plane: up"
@@ -72,11 +98,18 @@ if [ "$OWN_CLUSTER" = 1 ]; then
 fi
 kubectl version 2>/dev/null | head -2 || true
 
+if [ "$GROUP" = cluster ]; then
+  step "cargo test (tests/cluster)"
+  cargo test --locked --test cluster -- "$THREADS"
+  step "done"
+  exit 0
+fi
+
 step "helm chart: lint, unit tests, kubeconform, server dry-run (hack/chart.sh)"
 hack/chart.sh
 
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads="${DEDUP2D_TEST_THREADS:-4}"
+cargo test --locked --all-targets -- "$THREADS"
 
 step "container image: reproducible build, config, run under runc (hack/image.sh check)"
 hack/image.sh check

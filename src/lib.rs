@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod contract;
 pub mod operator;
+pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 pub mod worker;

@@ -195,26 +195,9 @@ fn env_var_error(e: &clap::Error) -> Option<String> {
 }
 
 /// `dedup2d worker`: configuration errors end the process before anything starts;
-/// SIGTERM/SIGINT start a graceful shutdown.
+/// SIGTERM/SIGINT start a graceful shutdown (`dedup2d::shutdown`).
 async fn worker() -> anyhow::Result<()> {
     dedup2d::telemetry::init_tracing();
     let settings = dedup2d::worker::WorkerSettings::from_env()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        signal_stop.cancel();
-    });
-    dedup2d::worker::run(settings, stop).await
+    dedup2d::worker::run(settings, dedup2d::shutdown::cancelled_on_signal()).await
 }

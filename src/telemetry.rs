@@ -31,7 +31,7 @@ pub fn init_tracing() {
 }
 
 /// Renders a registry in the Prometheus text exposition format.
-pub fn render(registry: &Registry) -> String {
+pub(crate) fn render(registry: &Registry) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)
         .expect("encoding metrics into a String cannot fail");
@@ -39,4 +39,5 @@ pub fn render(registry: &Registry) -> String {
 }
 
 /// The content type of [`render`]'s output.
-pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-pub const ENV_KEYS: &str = "DEDUP2D_API_KEYS";
-pub const ENV_KEYS_FILE: &str = "DEDUP2D_API_KEYS_FILE";
+pub(crate) const ENV_KEYS: &str = "DEDUP2D_API_KEYS";
+pub(crate) const ENV_KEYS_FILE: &str = "DEDUP2D_API_KEYS_FILE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
@@ -33,7 +33,9 @@ pub fn tenant_id(api_key: &str) -> String {
 }
 
 impl ApiKeys {
-    pub fn from_keys<I: IntoIterator<Item = String>>(keys: I) -> Result<Self, AuthConfigError> {
+    pub(crate) fn from_keys<I: IntoIterator<Item = String>>(
+        keys: I,
+    ) -> Result<Self, AuthConfigError> {
         let digests: HashSet<[u8; 32]> = keys
             .into_iter()
             .map(|k| k.trim().to_string())
@@ -64,7 +66,7 @@ impl ApiKeys {
     }
 
     /// The tenant of a presented key, if the key is accepted.
-    pub fn tenant_of(&self, presented: &str) -> Option<String> {
+    pub(crate) fn tenant_of(&self, presented: &str) -> Option<String> {
         let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
         self.digests
             .contains(&digest)

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::contract::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
@@ -25,11 +25,11 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn not_found(job_id: &str) -> Self {
+    pub(crate) fn not_found(job_id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "JOB_NOT_FOUND",
@@ -37,7 +37,7 @@ impl ApiError {
         )
     }
 
-    pub fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "BACKEND_UNAVAILABLE",
@@ -45,7 +45,7 @@ impl ApiError {
         )
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", message)
     }
 }

@@ -121,7 +121,7 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
 }
 
 /// `POST /api/v1/dedup/2d/search`
-pub async fn search(
+pub(crate) async fn search(
     State(state): Shared,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -237,7 +237,7 @@ fn job_json(v: &JobView) -> Value {
 }
 
 /// `GET /api/v1/dedup/2d/jobs/{job_id}`: another tenant's job is 404 like a missing one.
-pub async fn get_job(
+pub(crate) async fn get_job(
     State(state): Shared,
     headers: HeaderMap,
     Path(job_id): Path<String>,
@@ -248,7 +248,7 @@ pub async fn get_job(
 }
 
 /// `POST /api/v1/dedup/2d/jobs/{job_id}/cancel`: never waits for a worker.
-pub async fn cancel_job(
+pub(crate) async fn cancel_job(
     State(state): Shared,
     headers: HeaderMap,
     Path(job_id): Path<String>,
@@ -274,7 +274,7 @@ pub async fn cancel_job(
 }
 
 /// `GET /api/v1/dedup/2d/jobs?status=&limit=`
-pub async fn list_jobs(
+pub(crate) async fn list_jobs(
     State(state): Shared,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
@@ -296,12 +296,12 @@ pub async fn list_jobs(
     Ok(Json(json!({"total": items.len(), "jobs": items})))
 }
 
-pub async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// Ready when Redis answers.
-pub async fn readyz(State(state): Shared) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn readyz(State(state): Shared) -> Result<Json<Value>, ApiError> {
     let mut conn = state.store.connection();
     let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
     match pong {
@@ -310,7 +310,7 @@ pub async fn readyz(State(state): Shared) -> Result<Json<Value>, ApiError> {
     }
 }
 
-pub async fn metrics(State(state): Shared) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): Shared) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

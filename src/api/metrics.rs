@@ -7,7 +7,7 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
-pub struct ApiMetrics {
+pub(crate) struct ApiMetrics {
     registry: Registry,
     /// `dedup2d_payload_format_total{format}`: payloads written, by format label.
     pub payload_format: Family<Labels, Counter>,
@@ -50,23 +50,23 @@ impl Default for ApiMetrics {
 
 impl ApiMetrics {
     /// The registry, for other components (storage) to register their metrics in.
-    pub fn registry_mut(&mut self) -> &mut Registry {
+    pub(crate) fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }
 
-    pub fn count_format(&self, label: &str) {
+    pub(crate) fn count_format(&self, label: &str) {
         self.payload_format
             .get_or_create(&vec![("format".into(), label.into())])
             .inc();
     }
 
-    pub fn count_submit(&self, outcome: &str) {
+    pub(crate) fn count_submit(&self, outcome: &str) {
         self.submits
             .get_or_create(&vec![("outcome".into(), outcome.into())])
             .inc();
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         crate::telemetry::render(&self.registry)
     }
 }

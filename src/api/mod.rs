@@ -26,7 +26,7 @@ pub use auth::ApiKeys;
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Everything a request handler needs.
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub store: JobStore,
     pub main_queue: ArqQueue,
     pub render_queue: Option<ArqQueue>,
@@ -41,7 +41,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn queues(&self) -> Vec<ArqQueue> {
+    pub(crate) fn queues(&self) -> Vec<ArqQueue> {
         std::iter::once(self.main_queue.clone())
             .chain(self.render_queue.clone())
             .collect()
@@ -49,7 +49,7 @@ impl ApiState {
 }
 
 /// Builds the state from the contract configuration and an open Redis connection.
-pub fn state(
+pub(crate) fn state(
     config: &Config,
     conn: redis::aio::ConnectionManager,
     storage: Arc<dyn FileStorage>,
@@ -80,7 +80,7 @@ pub fn state(
     }
 }
 
-pub fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
     // Multipart framing adds a little on top of the file itself.
     let body_limit = state.max_upload_bytes as usize + 64 * 1024;
     Router::new()
@@ -175,26 +175,10 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
         })?;
     tracing::info!(addr = %settings.listen, "listening");
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(crate::shutdown::signal())
         .await
         .map_err(|source| ApiStartError::Listen {
             addr: settings.listen,
             source,
         })
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down");
 }

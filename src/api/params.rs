@@ -13,7 +13,7 @@ const PRECISION_PROFILES: [&str; 2] = ["strict", "version"];
 
 /// The search request's parameters, as they go into the payload's `request_params`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SearchParams {
+pub(crate) struct SearchParams {
     pub async_request: bool,
     pub callback_url: Option<String>,
     pub request_params: Map<String, Value>,
@@ -109,7 +109,7 @@ const KNOWN: [&str; 21] = [
     "api_key",
 ];
 
-pub fn search_params(q: &HashMap<String, String>) -> Result<SearchParams, ApiError> {
+pub(crate) fn search_params(q: &HashMap<String, String>) -> Result<SearchParams, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             "INVALID_PARAMETER",
@@ -161,7 +161,9 @@ pub fn search_params(q: &HashMap<String, String>) -> Result<SearchParams, ApiErr
 }
 
 /// `GET /2d/jobs?status=&limit=`: status one of the job statuses, limit 1..=200 (default 50).
-pub fn list_params(q: &HashMap<String, String>) -> Result<(Option<JobStatus>, usize), ApiError> {
+pub(crate) fn list_params(
+    q: &HashMap<String, String>,
+) -> Result<(Option<JobStatus>, usize), ApiError> {
     if let Some(unknown) = q
         .keys()
         .find(|k| !["status", "limit"].contains(&k.as_str()))

@@ -25,7 +25,7 @@ pub enum Exit {
 
 impl Exit {
     /// Every exit code of `status --wait`, in the order `--help` lists them.
-    pub const WAIT: [Exit; 6] = [
+    pub(crate) const WAIT: [Exit; 6] = [
         Exit::Success,
         Exit::RolledBack,
         Exit::Failed,
@@ -34,12 +34,12 @@ impl Exit {
         Exit::Error,
     ];
 
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         self as u8
     }
 
     /// What the code means after `status --wait`.
-    pub fn wait_meaning(self) -> &'static str {
+    pub(crate) fn wait_meaning(self) -> &'static str {
         match self {
             Exit::Success => "Completed",
             Exit::Error => "error (rollout not found, no Kubernetes configuration, API error)",
@@ -61,7 +61,7 @@ impl From<Exit> for std::process::ExitCode {
 }
 
 /// The `Exit codes:` section of `rollout status --help`.
-pub fn wait_exit_codes_help() -> String {
+pub(crate) fn wait_exit_codes_help() -> String {
     let mut text = String::from("Exit codes with --wait:\n");
     for e in Exit::WAIT {
         let _ = writeln!(text, "  {:>2}  {}", e.code(), e.wait_meaning());

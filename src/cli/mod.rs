@@ -28,7 +28,7 @@ use crate::operator::conditions::{get_condition, STALLED};
 use crate::operator::crd::{Dedup2DRollout, Phase, REQUEST_ANNOTATION};
 
 /// Field manager of every write the CLI does.
-pub const CLI_FIELD_MANAGER: &str = "dedup2d-cli";
+pub(crate) const CLI_FIELD_MANAGER: &str = "dedup2d-cli";
 
 /// Consecutive failed watch attempts (each after a backoff) before `--wait`/`--watch` give up.
 const WATCH_ATTEMPTS: u32 = 5;
@@ -159,12 +159,12 @@ pub enum CliError {
 }
 
 /// The request value a command writes into `dedup2d.io/request`: `<verb>:<nonce>`.
-pub fn request_value(verb: &str, nonce: &str) -> String {
+pub(crate) fn request_value(verb: &str, nonce: &str) -> String {
     format!("{verb}:{nonce}")
 }
 
 /// A fresh nonce: a repeated command is a new request, a re-applied manifest is not.
-pub fn new_nonce() -> String {
+pub(crate) fn new_nonce() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
@@ -220,7 +220,7 @@ pub async fn run(args: RolloutArgs) -> Result<Exit, CliError> {
 }
 
 /// [`run`] with a given client and output.
-pub async fn run_with(
+pub(crate) async fn run_with(
     client: Client,
     command: RolloutCommand,
     out: &mut impl std::io::Write,

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::operator::crd::{Dedup2DRollout, Phase};
 
 /// The full status view of `rollout` at time `now`.
-pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
+pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
     let mut out = String::new();
     let ns = rollout.namespace().unwrap_or_default();
     let name = rollout.name_any();
@@ -197,7 +197,11 @@ pub fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
 }
 
 /// One line for `status --watch` when the phase (or message) changes.
-pub fn render_change(rollout: &Dedup2DRollout, previous: Option<Phase>, now: Timestamp) -> String {
+pub(crate) fn render_change(
+    rollout: &Dedup2DRollout,
+    previous: Option<Phase>,
+    now: Timestamp,
+) -> String {
     let status = rollout.status.as_ref();
     let phase = status.and_then(|s| s.phase);
     let message = status
@@ -234,7 +238,7 @@ fn when(t: &Time, now: Timestamp) -> String {
 }
 
 /// `45s`, `4m12s`, `2h5m`, `3d4h`.
-pub fn human(secs: i64) -> String {
+pub(crate) fn human(secs: i64) -> String {
     let (d, h, m, s) = (
         secs / 86_400,
         (secs % 86_400) / 3600,

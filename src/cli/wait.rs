@@ -17,7 +17,7 @@ const NEEDS_A_REQUEST: [&str; 3] = ["ExternalModification", "ProgressDeadlineExc
 
 /// Where a rollout stands for `--wait`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// It moves on by itself, or the operator has not handled the newest spec or request yet.
     Waiting,
     Completed,
@@ -29,7 +29,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// The exit code `--wait` ends with, `None` while it keeps waiting.
-    pub fn exit(&self) -> Option<Exit> {
+    pub(crate) fn exit(&self) -> Option<Exit> {
         match self {
             Verdict::Waiting => None,
             Verdict::Completed => Some(Exit::Success),
@@ -41,7 +41,7 @@ impl Verdict {
 }
 
 /// The verdict for `rollout` as it is now.
-pub fn verdict(rollout: &Dedup2DRollout) -> Verdict {
+pub(crate) fn verdict(rollout: &Dedup2DRollout) -> Verdict {
     let name = rollout.name_any();
     let status = rollout.status.as_ref().filter(|_| is_current(rollout));
     let phase = status.and_then(|s| s.phase);
@@ -83,7 +83,7 @@ pub fn verdict(rollout: &Dedup2DRollout) -> Verdict {
 }
 
 /// The `dedup2d.io/request` value the operator has not handled yet, if any.
-pub fn pending_request(rollout: &Dedup2DRollout) -> Option<&str> {
+pub(crate) fn pending_request(rollout: &Dedup2DRollout) -> Option<&str> {
     let handled = rollout
         .status
         .as_ref()

@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use serde_pickle::{DeOptions, HashableValue, Value};
 
 /// The function name dedup2d jobs are enqueued under.
-pub const FUNCTION_NAME: &str = "dedup2d_run_job";
+pub(crate) const FUNCTION_NAME: &str = "dedup2d_run_job";
 
 #[derive(Debug, thiserror::Error)]
-pub enum CodecError {
+pub(crate) enum CodecError {
     #[error("ARQ record is not a valid pickle: {0}")]
     Pickle(#[from] serde_pickle::Error),
     #[error("ARQ record is not a dict")]
@@ -54,7 +54,7 @@ impl JobRecord {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.dict_start();
         w.str("t");
@@ -71,7 +71,7 @@ impl JobRecord {
         w.finish()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let d = decode_dict(bytes)?;
         Ok(JobRecord {
             function: get_str(&d, "f")?,
@@ -121,7 +121,7 @@ pub struct ResultRecord {
 }
 
 impl ResultRecord {
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.dict_start();
         w.str("t");
@@ -157,7 +157,7 @@ impl ResultRecord {
         w.finish()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let d = decode_dict(bytes)?;
         let success = match d.get(&key("s")) {
             Some(Value::Bool(b)) => *b,
@@ -270,28 +270,28 @@ struct Writer {
 }
 
 mod op {
-    pub const PROTO: u8 = 0x80;
-    pub const STOP: u8 = b'.';
-    pub const MARK: u8 = b'(';
-    pub const NONE: u8 = b'N';
-    pub const NEWTRUE: u8 = 0x88;
-    pub const NEWFALSE: u8 = 0x89;
-    pub const BININT: u8 = b'J';
-    pub const LONG1: u8 = 0x8a;
-    pub const BINFLOAT: u8 = b'G';
-    pub const BINUNICODE: u8 = b'X';
-    pub const EMPTY_DICT: u8 = b'}';
-    pub const SETITEMS: u8 = b'u';
-    pub const EMPTY_LIST: u8 = b']';
-    pub const APPENDS: u8 = b'e';
-    pub const TUPLE: u8 = b't';
-    pub const EMPTY_TUPLE: u8 = b')';
-    pub const GLOBAL: u8 = b'c';
-    pub const REDUCE: u8 = b'R';
-    pub const EMPTY_SET: u8 = 0x8f;
-    pub const ADDITEMS: u8 = 0x90;
-    pub const FROZENSET: u8 = 0x91;
-    pub const BINBYTES: u8 = b'B';
+    pub(crate) const PROTO: u8 = 0x80;
+    pub(crate) const STOP: u8 = b'.';
+    pub(crate) const MARK: u8 = b'(';
+    pub(crate) const NONE: u8 = b'N';
+    pub(crate) const NEWTRUE: u8 = 0x88;
+    pub(crate) const NEWFALSE: u8 = 0x89;
+    pub(crate) const BININT: u8 = b'J';
+    pub(crate) const LONG1: u8 = 0x8a;
+    pub(crate) const BINFLOAT: u8 = b'G';
+    pub(crate) const BINUNICODE: u8 = b'X';
+    pub(crate) const EMPTY_DICT: u8 = b'}';
+    pub(crate) const SETITEMS: u8 = b'u';
+    pub(crate) const EMPTY_LIST: u8 = b']';
+    pub(crate) const APPENDS: u8 = b'e';
+    pub(crate) const TUPLE: u8 = b't';
+    pub(crate) const EMPTY_TUPLE: u8 = b')';
+    pub(crate) const GLOBAL: u8 = b'c';
+    pub(crate) const REDUCE: u8 = b'R';
+    pub(crate) const EMPTY_SET: u8 = 0x8f;
+    pub(crate) const ADDITEMS: u8 = 0x90;
+    pub(crate) const FROZENSET: u8 = 0x91;
+    pub(crate) const BINBYTES: u8 = b'B';
 }
 
 impl Writer {

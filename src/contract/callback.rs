@@ -2,14 +2,34 @@
 //! again before sending). https only unless `DEDUP2D_CALLBACK_ALLOW_HTTP`; no userinfo; an
 //! optional host allowlist (`DEDUP2D_CALLBACK_ALLOWLIST`, exact hosts or `.suffix`); loopback,
 //! private, link-local and unspecified addresses blocked unless
-//! `DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS=0`.
+//! `DEDUP2D_CALLBACK_BLOCK_PRIVATE_NETWORKS=0`. And the webhook body itself, [`CallbackRecord`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use url::{Host, Url};
 
 use super::config::truthy;
+use super::store::JobStatus;
+
+/// The webhook body a worker posts when a job finished, as the Python system sends it; on the wire
+/// as canonical JSON (keys sorted, compact), the bytes the signature covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallbackRecord {
+    pub job_id: String,
+    pub tenant_id: Option<String>,
+    pub status: JobStatus,
+    /// Unix seconds.
+    pub started_at: f64,
+    /// Unix seconds.
+    pub finished_at: f64,
+    /// The job's result when it completed.
+    pub result: Option<Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CallbackPolicy {
@@ -20,7 +40,7 @@ pub struct CallbackPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallbackUrlError {
+pub(crate) enum CallbackUrlError {
     #[error("callback_url is not a valid URL: {0}")]
     Parse(String),
     #[error("callback_url must use https (got {0})")]
@@ -36,7 +56,7 @@ pub enum CallbackUrlError {
 }
 
 impl CallbackPolicy {
-    pub fn from_map(env: &HashMap<String, String>) -> Self {
+    pub(crate) fn from_map(env: &HashMap<String, String>) -> Self {
         let get = |k: &str| env.get(k).map(|v| v.trim().to_string());
         CallbackPolicy {
             allow_http: get("DEDUP2D_CALLBACK_ALLOW_HTTP").is_some_and(|v| truthy(&v)),
@@ -57,7 +77,7 @@ impl CallbackPolicy {
     }
 
     /// Checks a URL and returns it normalized.
-    pub fn validate(&self, raw: &str) -> Result<Url, CallbackUrlError> {
+    pub(crate) fn validate(&self, raw: &str) -> Result<Url, CallbackUrlError> {
         let url = Url::parse(raw.trim()).map_err(|e| CallbackUrlError::Parse(e.to_string()))?;
         match url.scheme() {
             "https" => {}
@@ -102,7 +122,7 @@ impl CallbackPolicy {
 }
 
 /// Addresses a webhook must never reach when private networks are blocked.
-pub fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()

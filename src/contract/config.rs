@@ -6,22 +6,21 @@ use std::path::PathBuf;
 
 use super::keys::Keys;
 
-pub const DEFAULT_REDIS_URL: &str = "redis://localhost:6379/0";
-pub const DEFAULT_KEY_PREFIX: &str = "dedup2d";
-pub const DEFAULT_TTL_SECONDS: u64 = 3600;
-pub const MIN_TTL_SECONDS: u64 = 60;
-pub const DEFAULT_MAX_JOBS: u64 = 200;
-pub const DEFAULT_JOB_TIMEOUT_SECONDS: u64 = 300;
-pub const DEFAULT_WORKER_MAX_JOBS: u64 = 10;
-pub const DEFAULT_B64_MAX_BYTES: u64 = 10 * 1024 * 1024;
-pub const DEFAULT_FILE_STORAGE_DIR: &str = "data/dedup2d_uploads";
-pub const DEFAULT_S3_PREFIX: &str = "dedup2d/uploads";
+pub(crate) const DEFAULT_REDIS_URL: &str = "redis://localhost:6379/0";
+pub(crate) const DEFAULT_KEY_PREFIX: &str = "dedup2d";
+pub(crate) const DEFAULT_TTL_SECONDS: u64 = 3600;
+pub(crate) const MIN_TTL_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_MAX_JOBS: u64 = 200;
+pub(crate) const DEFAULT_JOB_TIMEOUT_SECONDS: u64 = 300;
+pub(crate) const DEFAULT_WORKER_MAX_JOBS: u64 = 10;
+pub(crate) const DEFAULT_B64_MAX_BYTES: u64 = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_FILE_STORAGE_DIR: &str = "data/dedup2d_uploads";
+pub(crate) const DEFAULT_S3_PREFIX: &str = "dedup2d/uploads";
 
-pub const ENV_INCLUDE_B64: &str = "DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64";
-pub const ENV_B64_MAX_BYTES: &str = "DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES";
-pub const ENV_TTL_SECONDS: &str = "DEDUP2D_ASYNC_TTL_SECONDS";
-pub const ENV_REDIS_URL: &str = "DEDUP2D_REDIS_URL";
-pub const ENV_KEY_PREFIX: &str = "DEDUP2D_REDIS_KEY_PREFIX";
+pub(crate) const ENV_INCLUDE_B64: &str = "DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64";
+pub(crate) const ENV_B64_MAX_BYTES: &str = "DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES";
+pub(crate) const ENV_TTL_SECONDS: &str = "DEDUP2D_ASYNC_TTL_SECONDS";
+pub(crate) const ENV_KEY_PREFIX: &str = "DEDUP2D_REDIS_KEY_PREFIX";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -52,7 +51,7 @@ pub enum StorageConfig {
 }
 
 impl StorageConfig {
-    pub fn cleanup_on_finish(&self) -> bool {
+    pub(crate) fn cleanup_on_finish(&self) -> bool {
         match self {
             StorageConfig::Local {
                 cleanup_on_finish, ..
@@ -95,7 +94,7 @@ impl Config {
     }
 
     /// Reads configuration from a variable map (the process environment or a ConfigMap's data).
-    pub fn from_map(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_map(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let get = |k: &str| env.get(k).map(String::as_str);
         let non_blank = |k: &str| get(k).map(str::trim).filter(|v| !v.is_empty());
 
@@ -141,7 +140,7 @@ impl Config {
 }
 
 /// `DEDUP2D_REDIS_URL`, then `REDIS_URL`, then the default.
-pub fn redis_url(env: &HashMap<String, String>) -> String {
+pub(crate) fn redis_url(env: &HashMap<String, String>) -> String {
     ["DEDUP2D_REDIS_URL", "REDIS_URL"]
         .iter()
         .filter_map(|k| env.get(*k).map(|v| v.trim()))
@@ -151,7 +150,7 @@ pub fn redis_url(env: &HashMap<String, String>) -> String {
 }
 
 /// `DEDUP2D_REDIS_KEY_PREFIX`; blank means the default.
-pub fn key_prefix(env: &HashMap<String, String>) -> String {
+pub(crate) fn key_prefix(env: &HashMap<String, String>) -> String {
     env.get(ENV_KEY_PREFIX)
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
@@ -160,12 +159,14 @@ pub fn key_prefix(env: &HashMap<String, String>) -> String {
 }
 
 /// `DEDUP2D_ASYNC_TTL_SECONDS`, at least 60.
-pub fn ttl_seconds(env: &HashMap<String, String>) -> Result<u64, ConfigError> {
+pub(crate) fn ttl_seconds(env: &HashMap<String, String>) -> Result<u64, ConfigError> {
     Ok(int(env, ENV_TTL_SECONDS, DEFAULT_TTL_SECONDS as i64)?.max(MIN_TTL_SECONDS as i64) as u64)
 }
 
 /// The two dual-write settings.
-pub fn payload_settings(env: &HashMap<String, String>) -> Result<PayloadSettings, ConfigError> {
+pub(crate) fn payload_settings(
+    env: &HashMap<String, String>,
+) -> Result<PayloadSettings, ConfigError> {
     Ok(PayloadSettings {
         include_b64: env.get(ENV_INCLUDE_B64).is_some_and(|v| truthy(v)),
         b64_max_bytes: int(env, ENV_B64_MAX_BYTES, DEFAULT_B64_MAX_BYTES as i64)?.max(0) as u64,
@@ -173,7 +174,7 @@ pub fn payload_settings(env: &HashMap<String, String>) -> Result<PayloadSettings
 }
 
 /// The contract's boolean rule: trimmed, case-insensitive, one of `1/true/yes/on`.
-pub fn truthy(value: &str) -> bool {
+pub(crate) fn truthy(value: &str) -> bool {
     matches!(
         value.trim().to_ascii_lowercase().as_str(),
         "1" | "true" | "yes" | "on"
@@ -214,7 +215,7 @@ fn storage(env: &HashMap<String, String>) -> Result<StorageConfig, ConfigError> 
 }
 
 /// An integer variable; unset or blank means the default, anything unparsable is an error.
-pub fn int(
+pub(crate) fn int(
     env: &HashMap<String, String>,
     var: &'static str,
     default: i64,

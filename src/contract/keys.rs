@@ -13,7 +13,7 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
@@ -28,7 +28,7 @@ impl Keys {
     }
 
     /// SCAN pattern matching every payload key.
-    pub fn payload_pattern(&self) -> String {
+    pub(crate) fn payload_pattern(&self) -> String {
         format!("{}:payload:*", glob_escape(&self.prefix))
     }
 
@@ -43,7 +43,7 @@ impl Keys {
     }
 
     /// `{prefix}:tenant:{tid}:jobs`: zset of a tenant's job ids scored by created_at.
-    pub fn tenant_jobs(&self, tenant_id: &str) -> String {
+    pub(crate) fn tenant_jobs(&self, tenant_id: &str) -> String {
         format!("{}:tenant:{tenant_id}:jobs", self.prefix)
     }
 
@@ -53,12 +53,12 @@ impl Keys {
     }
 
     /// SCAN pattern matching every worker heartbeat.
-    pub fn worker_heartbeat_pattern(&self) -> String {
+    pub(crate) fn worker_heartbeat_pattern(&self) -> String {
         format!("{}:worker:*", glob_escape(&self.prefix))
     }
 
     /// `{prefix}:queue`: the default ARQ queue name.
-    pub fn default_queue(&self) -> String {
+    pub(crate) fn default_queue(&self) -> String {
         format!("{}:queue", self.prefix)
     }
 }
@@ -77,7 +77,7 @@ pub mod arq {
     pub fn result(job_id: &str) -> String {
         format!("arq:result:{job_id}")
     }
-    pub fn health_check(queue: &str) -> String {
+    pub(crate) fn health_check(queue: &str) -> String {
         format!("{queue}:health-check")
     }
 }

@@ -8,4 +8,5 @@ pub mod keys;
 pub mod payload;
 pub mod queue;
 pub mod redact;
+pub mod scan;
 pub mod store;

@@ -35,7 +35,7 @@ pub enum FileRefError {
 impl FileRef {
     /// Checks the reference's shape: relative, no `..`, nothing empty. Storage backends add their
     /// own checks (root containment, configured bucket and prefix).
-    pub fn validate(&self) -> Result<(), FileRefError> {
+    pub(crate) fn validate(&self) -> Result<(), FileRefError> {
         match self {
             FileRef::Local { path } => check_relative(path, FileRefError::EmptyPath),
             FileRef::S3 { bucket, key } => {
@@ -47,7 +47,7 @@ impl FileRef {
         }
     }
 
-    pub fn backend(&self) -> &'static str {
+    pub(crate) fn backend(&self) -> &'static str {
         match self {
             FileRef::Local { .. } => "local",
             FileRef::S3 { .. } => "s3",
@@ -105,7 +105,7 @@ pub enum PayloadFormat {
 }
 
 impl PayloadFormat {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             PayloadFormat::FileRefAndB64 => "file_ref_and_b64",
             PayloadFormat::FileRefOnly => "file_ref_only",
@@ -114,7 +114,7 @@ impl PayloadFormat {
         }
     }
 
-    pub fn from_presence(has_ref: bool, has_b64: bool) -> Self {
+    pub(crate) fn from_presence(has_ref: bool, has_b64: bool) -> Self {
         match (has_ref, has_b64) {
             (true, true) => PayloadFormat::FileRefAndB64,
             (true, false) => PayloadFormat::FileRefOnly,
@@ -122,37 +122,35 @@ impl PayloadFormat {
             (false, false) => PayloadFormat::Unknown,
         }
     }
-
-    /// Legacy workers can run a job only when the payload embeds the bytes.
-    pub fn readable_by_legacy_worker(self) -> bool {
-        matches!(self, PayloadFormat::FileRefAndB64 | PayloadFormat::B64Only)
-    }
 }
 
 impl JobPayload {
-    pub fn format(&self) -> PayloadFormat {
+    pub(crate) fn format(&self) -> PayloadFormat {
         PayloadFormat::from_presence(
             self.file_ref.is_some(),
-            self.file_bytes_b64
-                .as_deref()
-                .is_some_and(|s| !s.is_empty()),
+            embeds_file(self.file_bytes_b64.as_deref()),
         )
     }
 }
 
-/// Labels a raw payload JSON without trusting its shape (used on payloads of other producers).
-pub fn format_of_json(value: &Value) -> PayloadFormat {
-    let has_ref = value.get("file_ref").is_some_and(|v| v.is_object());
-    let has_b64 = value
-        .get("file_bytes_b64")
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty());
-    PayloadFormat::from_presence(has_ref, has_b64)
+/// The one definition of "legacy": a payload embeds the file when its `file_bytes_b64` is a
+/// non-empty string; only such a payload can be run by a legacy worker. The drain's Lua checks in
+/// `operator::drain` implement it inside Redis, and a test runs them and [`is_legacy_payload`] on
+/// one table of payloads on a real redis-server.
+pub(crate) fn embeds_file(file_bytes_b64: Option<&str>) -> bool {
+    file_bytes_b64.is_some_and(|s| !s.is_empty())
+}
+
+/// [`embeds_file`] on a payload as stored (JSON text, any producer, shape not trusted): a top-level
+/// `file_bytes_b64` member that is a non-empty string.
+pub fn is_legacy_payload(raw: &str) -> bool {
+    serde_json::from_str::<Value>(raw)
+        .is_ok_and(|v| embeds_file(v.get("file_bytes_b64").and_then(Value::as_str)))
 }
 
 /// The file name as stored: base name only, runs of characters outside `[A-Za-z0-9._-]` become
 /// `_`, leading/trailing `._-` stripped, at most 200 characters, `upload.bin` when nothing is left.
-pub fn safe_file_name(name: &str) -> String {
+pub(crate) fn safe_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let mut out = String::with_capacity(base.len());
     let mut in_run = false;
@@ -175,7 +173,7 @@ pub fn safe_file_name(name: &str) -> String {
 }
 
 /// DXF/DWG jobs need the render step (and go to the render queue when one is configured).
-pub fn render_required(file_name: &str, content_type: Option<&str>) -> bool {
+pub(crate) fn render_required(file_name: &str, content_type: Option<&str>) -> bool {
     let lower = file_name.to_ascii_lowercase();
     if lower.ends_with(".dxf") || lower.ends_with(".dwg") {
         return true;
@@ -269,22 +267,17 @@ mod tests {
             PayloadFormat::from_presence(false, false).label(),
             "unknown"
         );
-        assert_eq!(
-            format_of_json(
-                &json!({"file_ref":{"backend":"local","path":"a"},"file_bytes_b64":"QQ=="})
-            ),
-            PayloadFormat::FileRefAndB64
-        );
-        assert_eq!(
-            format_of_json(&json!({"file_bytes_b64":""})),
-            PayloadFormat::Unknown
-        );
-        assert_eq!(
-            format_of_json(&json!({"file_ref":null,"file_bytes_b64":"QQ=="})),
-            PayloadFormat::B64Only
-        );
-        assert!(!PayloadFormat::FileRefOnly.readable_by_legacy_worker());
-        assert!(PayloadFormat::FileRefAndB64.readable_by_legacy_worker());
+        assert!(is_legacy_payload(
+            r#"{"file_ref":{"backend":"local","path":"a"},"file_bytes_b64":"QQ=="}"#
+        ));
+        assert!(is_legacy_payload(
+            r#"{"file_ref":null,"file_bytes_b64":"QQ=="}"#
+        ));
+        assert!(!is_legacy_payload(r#"{"file_bytes_b64":""}"#));
+        assert!(!is_legacy_payload(
+            r#"{"file_ref":{"backend":"local","path":"a"}}"#
+        ));
+        assert!(!is_legacy_payload("not json"));
     }
 
     #[test]

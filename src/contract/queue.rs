@@ -118,7 +118,7 @@ impl ArqQueue {
         }
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -150,11 +150,6 @@ impl ArqQueue {
             .await
             .map_err(|e| self.err(e))?;
         Ok(added == 1)
-    }
-
-    /// Ids whose score is due (<= now), oldest first, at most `limit`.
-    pub async fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<String>, QueueError> {
-        self.due_page(now_ms, 0, limit).await
     }
 
     async fn due_page(
@@ -287,7 +282,7 @@ impl ArqQueue {
 
     /// Gives a claimed job back without finishing it (ARQ's "cancelled, will be run again"):
     /// the in-progress key goes, the job stays queued, optionally deferred by `defer_ms`.
-    pub async fn release(&self, job_id: &str, defer_ms: i64) -> Result<(), QueueError> {
+    pub(crate) async fn release(&self, job_id: &str, defer_ms: i64) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.atomic().del(arq_keys::in_progress(job_id)).ignore();
@@ -341,7 +336,7 @@ impl ArqQueue {
     }
 
     /// Writes `{queue}:health-check` like an ARQ worker (a status line, expiring after `ttl_ms`).
-    pub async fn record_health(&self, line: &str, ttl_ms: u64) -> Result<(), QueueError> {
+    pub(crate) async fn record_health(&self, line: &str, ttl_ms: u64) -> Result<(), QueueError> {
         let mut conn = self.conn.clone();
         redis::cmd("SET")
             .arg(arq_keys::health_check(&self.name))
@@ -354,7 +349,7 @@ impl ArqQueue {
     }
 
     /// Removes a queued job that has not started (used by cancel): returns whether it was removed.
-    pub async fn remove_if_not_started(&self, job_id: &str) -> Result<bool, QueueError> {
+    pub(crate) async fn remove_if_not_started(&self, job_id: &str) -> Result<bool, QueueError> {
         const REMOVE: &str = r#"
 -- KEYS: in_progress, queue, job
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end

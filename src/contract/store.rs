@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::arq::JobRecord;
@@ -44,7 +44,7 @@ fn redis_err(action: &'static str) -> impl FnOnce(redis::RedisError) -> StoreErr
     move |source| StoreError::Redis { action, source }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Pending,
@@ -55,7 +55,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",
             JobStatus::InProgress => "in_progress",
@@ -65,7 +65,7 @@ impl JobStatus {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Some(match s.trim().to_ascii_lowercase().as_str() {
             "pending" => JobStatus::Pending,
             "in_progress" => JobStatus::InProgress,
@@ -154,7 +154,7 @@ pub struct NewJob {
 }
 
 /// Seconds since the epoch as the float string the Python system writes.
-pub fn epoch_seconds_string() -> String {
+pub(crate) fn epoch_seconds_string() -> String {
     format!("{:.6}", now_ms() as f64 / 1000.0)
 }
 
@@ -248,7 +248,7 @@ impl JobStore {
         &self.keys
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -307,7 +307,7 @@ impl JobStore {
     }
 
     /// Best-effort removal of everything `submit` writes.
-    pub async fn cleanup(&self, job_id: &str, tenant_id: &str, queue_name: &str) {
+    pub(crate) async fn cleanup(&self, job_id: &str, tenant_id: &str, queue_name: &str) {
         let mut conn = self.conn.clone();
         let res: redis::RedisResult<()> = redis::pipe()
             .atomic()
@@ -447,7 +447,10 @@ impl JobStore {
     }
 
     /// The payload JSON of a job (`None` once expired).
-    pub async fn load_payload_raw(&self, job_id: &str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn load_payload_raw(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn.clone();
         conn.get(self.keys.payload(job_id))
             .await
@@ -527,7 +530,7 @@ impl JobStore {
     }
 
     /// Worker: records callback progress fields in the job hash.
-    pub async fn set_fields(
+    pub(crate) async fn set_fields(
         &self,
         job_id: &str,
         fields: &[(&str, String)],

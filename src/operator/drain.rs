@@ -12,6 +12,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::contract::keys::Keys;
+use crate::contract::scan::Scan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
@@ -50,8 +51,18 @@ pub struct ActiveFigures {
     pub file_ref_only: u64,
 }
 
-/// Lua check of a batch of payload keys. A payload is legacy when it has a `"file_bytes_b64"`
-/// member whose value is a non-empty string. Returns
+/// `contract::payload::is_legacy_payload` in Lua, for the checks below: a `"file_bytes_b64"`
+/// member whose value is a non-empty string, found in the text (no JSON decode, so the cost per
+/// payload stays a scan of its text, stopping at the member). Unlike the Rust definition it would
+/// also count such a member nested in another object, which no producer writes.
+/// `tests/local/drain_redis.rs` runs both on one table of payloads.
+const IS_LEGACY: &str = r#"
+local function is_legacy(v)
+  return string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') ~= nil
+end
+"#;
+
+/// Lua check of a batch of payload keys ([`IS_LEGACY`] first). Returns
 /// {legacy, legacy_without_expiry, max_legacy_pttl, bytes}.
 const CHECK_BATCH: &str = r#"
 local legacy, no_expiry, max_pttl, bytes = 0, 0, -1, 0
@@ -59,7 +70,7 @@ for _, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
   if v then
     bytes = bytes + #v
-    if string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') then
+    if is_legacy(v) then
       legacy = legacy + 1
       local pttl = redis.call('PTTL', key)
       if pttl == -1 then
@@ -73,13 +84,13 @@ end
 return {legacy, no_expiry, max_pttl, bytes}
 "#;
 
-/// Lua check of the active set: counts active jobs whose payload exists and has no
-/// non-empty `file_bytes_b64`. KEYS: payload keys of the active jobs.
+/// Lua check of the active set ([`IS_LEGACY`] first): counts active jobs whose payload exists and
+/// is not legacy. KEYS: payload keys of the active jobs.
 const CHECK_ACTIVE: &str = r#"
 local file_ref_only = 0
 for _, key in ipairs(KEYS) do
   local v = redis.call('GET', key)
-  if v and not string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') then
+  if v and not is_legacy(v) then
     file_ref_only = file_ref_only + 1
   end
 end
@@ -94,48 +105,36 @@ pub async fn observe_legacy_payloads(
 ) -> Result<DrainFigures, DrainError> {
     let started = Instant::now();
     let pattern = keys.payload_pattern();
-    let script = Script::new(CHECK_BATCH);
+    let script = Script::new(&format!("{IS_LEGACY}{CHECK_BATCH}"));
     let mut figures = DrainFigures::default();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(batch.max(1))
-            .query_async(conn)
+    let mut scan = Scan::keys(&pattern, batch);
+    while let Some(found) = scan
+        .next_batch(conn)
+        .await
+        .map_err(|source| DrainError::Redis {
+            action: "scanning payload keys",
+            source,
+        })?
+    {
+        let mut inv = script.prepare_invoke();
+        for k in &found {
+            inv.key(k);
+        }
+        let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
+            .invoke_async(conn)
             .await
             .map_err(|source| DrainError::Redis {
-                action: "scanning payload keys",
+                action: "checking a batch of payloads",
                 source,
             })?;
-        if !found.is_empty() {
-            let mut inv = script.prepare_invoke();
-            for k in &found {
-                inv.key(k);
-            }
-            let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
-                .invoke_async(conn)
-                .await
-                .map_err(|source| DrainError::Redis {
-                    action: "checking a batch of payloads",
-                    source,
-                })?;
-            figures.scanned += found.len() as u64;
-            figures.legacy += legacy;
-            figures.legacy_without_expiry += no_expiry;
-            figures.bytes_inspected += bytes;
-            figures.batches += 1;
-            if max_pttl >= 0 {
-                let m = max_pttl as u64;
-                figures.max_legacy_pttl_ms =
-                    Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+        figures.scanned += found.len() as u64;
+        figures.legacy += legacy;
+        figures.legacy_without_expiry += no_expiry;
+        figures.bytes_inspected += bytes;
+        figures.batches += 1;
+        if max_pttl >= 0 {
+            let m = max_pttl as u64;
+            figures.max_legacy_pttl_ms = Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
         }
     }
     figures.elapsed = started.elapsed();
@@ -148,40 +147,31 @@ pub async fn observe_active_jobs(
     keys: &Keys,
     batch: usize,
 ) -> Result<ActiveFigures, DrainError> {
-    let script = Script::new(CHECK_ACTIVE);
+    let script = Script::new(&format!("{IS_LEGACY}{CHECK_ACTIVE}"));
     let mut figures = ActiveFigures::default();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(keys.active())
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(batch.max(1))
-            .query_async(conn)
+    let active = keys.active();
+    let mut scan = Scan::set_members(&active, batch);
+    while let Some(ids) = scan
+        .next_batch(conn)
+        .await
+        .map_err(|source| DrainError::Redis {
+            action: "scanning active jobs",
+            source,
+        })?
+    {
+        let mut inv = script.prepare_invoke();
+        for id in &ids {
+            inv.key(keys.payload(id));
+        }
+        let n: u64 = inv
+            .invoke_async(conn)
             .await
             .map_err(|source| DrainError::Redis {
-                action: "scanning active jobs",
+                action: "checking active job payloads",
                 source,
             })?;
-        if !ids.is_empty() {
-            let mut inv = script.prepare_invoke();
-            for id in &ids {
-                inv.key(keys.payload(id));
-            }
-            let n: u64 = inv
-                .invoke_async(conn)
-                .await
-                .map_err(|source| DrainError::Redis {
-                    action: "checking active job payloads",
-                    source,
-                })?;
-            figures.active += ids.len() as u64;
-            figures.file_ref_only += n;
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
+        figures.active += ids.len() as u64;
+        figures.file_ref_only += n;
     }
     Ok(figures)
 }

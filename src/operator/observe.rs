@@ -39,6 +39,7 @@ use super::{
 };
 use crate::contract::keys::Keys;
 use crate::contract::redact::redact_url;
+use crate::contract::scan::Scan;
 
 /// ConfigMap key with the Redis URL the API and workers use (the drain's default).
 pub const KEY_REDIS_URL: &str = "DEDUP2D_REDIS_URL";
@@ -266,31 +267,17 @@ async fn read_heartbeats(
     let pattern = keys.worker_heartbeat_pattern();
     let key_prefix = keys.worker_heartbeat("");
     let mut out = BTreeMap::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_BATCH)
-            .query_async(conn)
-            .await?;
-        if !found.is_empty() {
-            let values: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&found).query_async(conn).await?;
-            for (key, value) in found.iter().zip(values) {
-                let (Some(host), Some(value)) = (key.strip_prefix(&key_prefix), value) else {
-                    continue;
-                };
-                out.insert(host.to_string(), heartbeat_formats(&value));
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            return Ok(out);
+    let mut scan = Scan::keys(&pattern, SCAN_BATCH);
+    while let Some(found) = scan.next_batch(conn).await? {
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&found).query_async(conn).await?;
+        for (key, value) in found.iter().zip(values) {
+            let (Some(host), Some(value)) = (key.strip_prefix(&key_prefix), value) else {
+                continue;
+            };
+            out.insert(host.to_string(), heartbeat_formats(&value));
         }
     }
+    Ok(out)
 }
 
 // ----- pure mapping ---------------------------------------------------------------------------

@@ -132,7 +132,7 @@ async fn lead_and_run(
         .in_current_span(),
     );
 
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(crate::shutdown::signal());
     let result = loop {
         let controller =
             controller::run(client.clone(), settings.namespace.clone(), metrics.clone());
@@ -155,21 +155,6 @@ async fn lead_and_run(
     }
     mirror.abort();
     result
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
 }
 
 #[cfg(test)]

@@ -36,10 +36,6 @@ impl LocalStorage {
         Ok(LocalStorage { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn relative_path<'r>(&self, file_ref: &'r FileRef) -> Result<&'r str, StorageError> {
         file_ref.validate()?;
         match file_ref {

@@ -30,7 +30,7 @@ pub enum Op {
 }
 
 impl Op {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Op::Upload => "upload",
             Op::Download => "download",
@@ -53,7 +53,7 @@ pub struct StorageMetrics {
 
 impl StorageMetrics {
     /// Creates the metrics and registers them (prometheus-client appends `_total` to counters).
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self::unregistered();
         registry.register(
             "dedup2d_file_uploads",
@@ -88,7 +88,7 @@ impl StorageMetrics {
         }
     }
 
-    pub fn record(&self, backend: &'static str, op: Op, ok: bool, started: Instant) {
+    pub(crate) fn record(&self, backend: &'static str, op: Op, ok: bool, started: Instant) {
         let status = if ok { "success" } else { "error" };
         let family = match op {
             Op::Upload => &self.uploads,

@@ -78,7 +78,7 @@ pub trait FileStorage: Send + Sync {
 }
 
 /// Builds the configured backend, wrapped with metrics.
-pub fn from_config(
+pub(crate) fn from_config(
     config: &StorageConfig,
     metrics: Arc<StorageMetrics>,
 ) -> Result<Arc<dyn FileStorage>, StorageError> {

@@ -91,14 +91,6 @@ impl S3Storage {
         })
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The object path of a `file_ref`, after checking bucket, prefix and key syntax.
     fn object_path(&self, file_ref: &FileRef) -> Result<ObjectPath, StorageError> {
         file_ref.validate()?;

@@ -17,7 +17,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::contract::callback::{is_private, CallbackPolicy};
+use crate::contract::callback::{is_private, CallbackPolicy, CallbackRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallbackConfigError {
@@ -143,15 +143,9 @@ impl CallbackSender {
         &self.settings
     }
 
-    /// Delivers `payload` (the `{job_id, tenant_id, status, started_at, finished_at, result,
-    /// error}` document) to `url`. Never fails: the outcome says what happened.
-    pub async fn send(
-        &self,
-        url: &str,
-        job_id: &str,
-        tenant_id: Option<&str>,
-        payload: &Value,
-    ) -> CallbackOutcome {
+    /// Delivers `record` to `url`. Never fails: the outcome says what happened.
+    pub async fn send(&self, url: &str, record: &CallbackRecord) -> CallbackOutcome {
+        let (job_id, tenant_id) = (record.job_id.as_str(), record.tenant_id.as_deref());
         let url = match self.settings.policy.validate(url) {
             Ok(u) => u,
             Err(e) => {
@@ -163,7 +157,7 @@ impl CallbackSender {
                 }
             }
         };
-        let body = canonical_json(payload);
+        let body = canonical_json(&serde_json::to_value(record).expect("a record serializes"));
         let mut backoff = self.settings.backoff_base;
         let mut last_status = None;
         let mut last_error = None;

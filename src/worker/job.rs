@@ -15,6 +15,7 @@ use super::callback::CallbackSender;
 use super::engine::{SearchEngine, SearchRequest};
 use super::input::{self, FileSource, JobInput};
 use super::metrics::{FormatLabels, OutcomeLabels, WorkerMetrics};
+use crate::contract::callback::CallbackRecord;
 use crate::contract::payload::FileRef;
 use crate::contract::store::{JobStatus, JobStore, StoreError};
 use crate::storage::FileStorage;
@@ -187,19 +188,16 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
             .as_ref()
             .and_then(|i| i.tenant_id.clone())
             .or(tenant_from_hash);
-        let body = json!({
-            "job_id": job_id,
-            "tenant_id": tenant,
-            "status": status.as_str(),
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "result": result,
-            "error": error,
-        });
-        let outcome = ctx
-            .callbacks
-            .send(&url, job_id, tenant.as_deref(), &body)
-            .await;
+        let record = CallbackRecord {
+            job_id: job_id.to_string(),
+            tenant_id: tenant,
+            status,
+            started_at,
+            finished_at,
+            result,
+            error,
+        };
+        let outcome = ctx.callbacks.send(&url, &record).await;
         ctx.metrics
             .webhooks
             .get_or_create(&OutcomeLabels {

@@ -1,0 +1,223 @@
+//! The drain observer against a real `redis-server`.
+
+use crate::support::redis::RedisServer;
+use dedup2d::contract::keys::Keys;
+use dedup2d::contract::payload::{is_legacy_payload, FileRef, JobPayload};
+use dedup2d::contract::scan::Scan;
+use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads, DrainError};
+use redis::AsyncCommands;
+use serde_json::json;
+
+fn legacy_payload(b64: &str) -> String {
+    json!({"tenant_id":"t","file_name":"a.dxf","file_ref":{"backend":"local","path":"j/a"},
+           "file_bytes_b64": b64})
+    .to_string()
+}
+
+fn ref_only_payload() -> String {
+    json!({"tenant_id":"t","file_name":"a.dxf","file_ref":{"backend":"local","path":"j/a"}})
+        .to_string()
+}
+
+#[tokio::test]
+async fn counts_legacy_payloads_and_their_largest_ttl() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    for (id, ttl) in [("l1", 100u64), ("l2", 300), ("l3", 200)] {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:{id}"), legacy_payload("QUJD"), ttl)
+            .await
+            .unwrap();
+    }
+    let _: () = conn
+        .set("dedup2d:payload:forever", legacy_payload("QQ=="))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:r{i}"), ref_only_payload(), 60)
+            .await
+            .unwrap();
+    }
+    // Not legacy: empty or null b64, a file name that merely mentions the field.
+    let empty = json!({"file_ref":{"backend":"local","path":"x"},"file_bytes_b64":""}).to_string();
+    let null = json!({"file_ref":{"backend":"local","path":"x"},"file_bytes_b64":null}).to_string();
+    let tricky =
+        json!({"file_name":"\"file_bytes_b64\": \"x\"","file_ref":{"backend":"local","path":"x"}})
+            .to_string();
+    for (k, v) in [("e", empty), ("n", null), ("t", tricky)] {
+        let _: () = conn
+            .set_ex(format!("dedup2d:payload:{k}"), v, 60)
+            .await
+            .unwrap();
+    }
+    // Another prefix and other key kinds are not payloads of ours.
+    let _: () = conn
+        .set_ex("other:payload:x", legacy_payload("QUJD"), 900)
+        .await
+        .unwrap();
+    let _: () = conn
+        .set_ex("dedup2d:result:l1", legacy_payload("QUJD"), 900)
+        .await
+        .unwrap();
+
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 3)
+        .await
+        .unwrap();
+    assert_eq!(f.scanned, 12);
+    assert_eq!(f.legacy, 4);
+    assert_eq!(f.legacy_without_expiry, 1);
+    let max = f.max_legacy_pttl_ms.unwrap();
+    assert!((299_000..=300_000).contains(&max), "max pttl {max}");
+    assert!(f.batches >= 2, "bounded batches: {}", f.batches);
+    assert!(f.bytes_inspected > 0);
+
+    // Once the legacy payloads are gone the count is zero.
+    let _: () = conn
+        .del(&[
+            "dedup2d:payload:l1",
+            "dedup2d:payload:l2",
+            "dedup2d:payload:l3",
+            "dedup2d:payload:forever",
+        ])
+        .await
+        .unwrap();
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 100)
+        .await
+        .unwrap();
+    assert_eq!((f.legacy, f.max_legacy_pttl_ms), (0, None));
+}
+
+#[tokio::test]
+async fn counts_active_jobs_an_old_worker_could_not_read() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("p");
+    for i in 0..7 {
+        let id = format!("a{i}");
+        let body = if i < 3 {
+            legacy_payload("QUJD")
+        } else {
+            ref_only_payload()
+        };
+        let _: () = conn.set_ex(keys.payload(&id), body, 60).await.unwrap();
+        let _: () = conn.sadd(keys.active(), &id).await.unwrap();
+    }
+    // An active id whose payload expired cannot be sent to anyone: not counted as file_ref-only.
+    let _: () = conn.sadd(keys.active(), "gone").await.unwrap();
+    let f = observe_active_jobs(&mut conn, &keys, 2).await.unwrap();
+    assert_eq!(f.active, 8);
+    assert_eq!(f.file_ref_only, 4);
+}
+
+#[tokio::test]
+async fn redis_down_is_an_error_not_a_zero() {
+    let mut redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let _: () = conn
+        .set_ex("dedup2d:payload:l", legacy_payload("QUJD"), 60)
+        .await
+        .unwrap();
+    redis.kill();
+    let err = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DrainError::Redis { .. }));
+    assert!(err.to_string().contains("scanning payload keys"), "{err}");
+}
+
+/// The one SCAN helper walks many keys, and a set large enough for `COUNT` to apply, in several
+/// small steps and sees each element; an empty walk yields no batch.
+#[tokio::test]
+async fn scan_walks_keys_and_set_members_in_bounded_batches() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.set(format!("dedup2d:payload:{i}"), "{}").ignore();
+        pipe.sadd("dedup2d:active", format!("job-{i}")).ignore();
+    }
+    for i in 0..100 {
+        pipe.set(format!("dedup2d:job:{i}"), "{}").ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+
+    for (mut scan, want_prefix) in [
+        (Scan::keys("dedup2d:payload:*", 100), "dedup2d:payload:"),
+        (Scan::set_members("dedup2d:active", 100), "job-"),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        let mut batches = 0;
+        while let Some(batch) = scan.next_batch(&mut conn).await.unwrap() {
+            assert!(!batch.is_empty() && batch.len() < 1500, "{}", batch.len());
+            batches += 1;
+            seen.extend(batch);
+        }
+        assert_eq!(seen.len(), 1500, "{want_prefix}");
+        assert!(seen.iter().all(|k| k.starts_with(want_prefix)));
+        assert!(batches >= 5, "{want_prefix}: {batches} batches");
+    }
+    let mut none = Scan::keys("nothing:*", 100);
+    assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
+    assert_eq!(none.next_batch(&mut conn).await.unwrap(), None);
+}
+
+/// The drain's Lua checks agree with the one Rust definition (`is_legacy_payload`) on one table of
+/// payloads, each alone in a real redis-server: counted as legacy by the payload scan exactly when
+/// legacy, as file_ref-only by the active-set check exactly when not.
+#[tokio::test]
+async fn lua_checks_agree_with_the_rust_legacy_predicate() {
+    let ours = |b64: Option<&str>| {
+        let payload = JobPayload {
+            tenant_id: "t".into(),
+            file_name: "a.dxf".into(),
+            content_type: None,
+            file_ref: Some(FileRef::Local { path: "j/a".into() }),
+            query_geom: None,
+            request_params: Default::default(),
+            callback_url: None,
+            render_required: true,
+            file_bytes_b64: b64.map(String::from),
+            extra: Default::default(),
+        };
+        serde_json::to_string(&payload).unwrap()
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(String, bool)> = vec![
+        (ours(Some("QUJD")), true),
+        (ours(None), false),
+        (ours(Some("")), false),
+        (legacy_payload("QQ=="), true),
+        (ref_only_payload(), false),
+        (r#"{"file_bytes_b64":"QUJD"}"#.into(), true),
+        ("{\"file_bytes_b64\" :\n \"QQ==\"}".into(), true),
+        (r#"{"file_bytes_b64":"\u0041"}"#.into(), true),
+        (r#"{"file_bytes_b64":""}"#.into(), false),
+        (r#"{"file_bytes_b64":null}"#.into(), false),
+        (r#"{"file_bytes_b64":42}"#.into(), false),
+        (r#"{"file_name":"file_bytes_b64.dxf"}"#.into(), false),
+        (r#"{"note":"\"file_bytes_b64\": \"x\""}"#.into(), false),
+    ];
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("dedup2d");
+    for (raw, legacy) in &cases {
+        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {raw}");
+        let _: () = conn.set("dedup2d:payload:j", raw).await.unwrap();
+        let _: () = conn.sadd("dedup2d:active", "j").await.unwrap();
+        let scan = observe_legacy_payloads(&mut conn, &keys, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            (scan.scanned, scan.legacy),
+            (1, u64::from(*legacy)),
+            "Lua scan: {raw}"
+        );
+        let active = observe_active_jobs(&mut conn, &keys, 100).await.unwrap();
+        assert_eq!(
+            active.file_ref_only,
+            u64::from(!*legacy),
+            "Lua active check: {raw}"
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! The tests that need no Kubernetes cluster: the wire contract on a real `redis-server` with the
+//! Python `arq` peers, the drain scans, the API, the worker and the storage backends (local and a
+//! real S3-compatible server) as processes, and the CLI's errors. `cargo test --test local`, or
+//! `hack/test.sh local`; they must pass without `KUBECONFIG`.
+
+#[path = "../support"]
+mod support {
+    pub mod api;
+    pub mod job_store;
+    pub mod peer_scripts;
+    pub mod peers;
+    pub mod poll;
+    pub mod process;
+    pub mod redis;
+    pub mod s3;
+    pub mod worker;
+}
+
+mod api_http;
+mod api_worker_s3;
+mod cli_errors;
+mod contract_redis;
+mod drain_redis;
+mod storage_backends;
+mod worker_callback;
+mod worker_fleet;
+mod worker_jobs;

@@ -1,0 +1,102 @@
+//! A private `redis-server` per test on a free loopback port. A missing binary is a test failure
+//! with an install hint, never a skip.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::process::{free_port, which};
+
+/// A `redis-server` owned by one test; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let bin = std::env::var_os("DEDUP2D_REDIS_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| which("redis-server"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "redis-server not found on PATH. Install it (Debian: `apt-get install -y redis-server`) \
+                     or run the tests through `.ci/run`, which installs it."
+                )
+            });
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no", "--protected-mode", "yes"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut server = RedisServer {
+                child,
+                port,
+                _dir: tempfile::tempdir().unwrap(),
+            };
+            if server.wait_ready(Duration::from_secs(10)) {
+                server._dir = dir;
+                return server;
+            }
+            let _ = server.child.kill();
+        }
+        panic!("redis-server did not become ready on a loopback port");
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub async fn manager(&self) -> redis::aio::ConnectionManager {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .expect("connect to the test redis")
+    }
+
+    /// Stops the server (for "Redis down" tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
