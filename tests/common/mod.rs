@@ -193,4 +193,5 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
 pub mod api;
 pub mod cluster;
 pub mod s3;
+pub mod schema;
 pub mod worker;

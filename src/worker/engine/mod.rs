@@ -1,14 +1,15 @@
-//! The dedup search behind the worker: a `SearchEngine` trait whose result has the shape of the
-//! Python pipeline's response (`success, total_matches, duplicates[], similar[], final_level,
-//! timing, warnings`), so API clients and webhooks see the same document whichever worker ran.
+//! The dedup search behind the worker: a `SearchEngine` trait whose result (`result.rs`) has the
+//! shape of the Python API's response model, so API clients, the old API and webhooks see the
+//! same document whichever worker ran.
 
 pub mod exact;
+pub mod result;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use exact::ExactEngine;
+pub use result::{MatchItem, SearchResult, Timing, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -94,45 +95,6 @@ pub struct SearchRequest<'a> {
     pub data: &'a [u8],
     pub query_geom: Option<&'a Value>,
     pub params: &'a SearchParams,
-}
-
-/// One candidate drawing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Match {
-    /// The job that uploaded the candidate (the drawing's id in this system).
-    pub drawing_id: String,
-    pub file_hash: String,
-    pub file_name: String,
-    pub size_bytes: u64,
-    pub similarity: f64,
-    /// `duplicate`, `similar` or `different`.
-    pub verdict: &'static str,
-    /// 1 = content hash, 4 = geometric precision (as in the Python pipeline).
-    pub match_level: u8,
-    /// When the candidate was indexed (epoch seconds).
-    pub indexed_at: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Timing {
-    pub total_ms: f64,
-    pub hash_ms: f64,
-    pub index_ms: f64,
-}
-
-/// The result document stored at `{prefix}:result:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SearchResult {
-    pub success: bool,
-    pub total_matches: usize,
-    pub duplicates: Vec<Match>,
-    pub similar: Vec<Match>,
-    pub final_level: Option<u8>,
-    pub timing: Timing,
-    pub warnings: Vec<String>,
-    /// The query file's content hash (lets a client find this drawing later).
-    pub file_hash: String,
-    pub engine: &'static str,
 }
 
 /// A dedup search implementation.
