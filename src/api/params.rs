@@ -138,7 +138,6 @@ pub fn search_params(q: &HashMap<String, String>) -> Result<SearchParams, ApiErr
         "enable_ml": parse_bool(q, "enable_ml", false)?,
         "enable_geometric": parse_bool(q, "enable_geometric", false)?,
         "enable_precision": parse_bool(q, "enable_precision", true)?,
-        "preset": q.get("preset").map(|s| s.trim().to_string()),
         "precision_profile": parse_choice(q, "precision_profile", &PRECISION_PROFILES)?,
         "version_gate": q.get("version_gate").map(|s| s.trim().to_string()),
         "precision_top_n": parse_int(q, "precision_top_n", 20, 1, 1000)?,
