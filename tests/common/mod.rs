@@ -194,4 +194,5 @@ pub mod api;
 pub mod cluster;
 pub mod s3;
 pub mod schema;
+pub mod vision_stub;
 pub mod worker;
