@@ -23,6 +23,9 @@ const OUR_QUEUE: &str = "ours:queue";
 const DXF: &str =
     "0\nSECTION\n2\nENTITIES\n0\nLINE\n8\n0\n10\n0\n20\n0\n11\n10\n21\n0\n0\nENDSEC\n0\nEOF\n";
 
+/// File name, content type, bytes, geometry, preset.
+type Upload<'a> = (&'a str, &'a str, &'a [u8], Option<Value>, Option<&'a str>);
+
 struct Legacy(Child);
 
 impl Drop for Legacy {
@@ -93,7 +96,7 @@ async fn python_and_rust_workers_give_equal_results_with_the_same_vision_service
     let store = w::store(redis.manager().await);
 
     let loose_geom = Some(json!({"entities": [], "meta": {}}));
-    let uploads: Vec<(&str, &str, &[u8], Option<Value>, Option<&str>)> = vec![
+    let uploads: Vec<Upload> = vec![
         ("scan.png", "image/png", b"\x89PNG not really", None, None),
         (
             "part.dxf",

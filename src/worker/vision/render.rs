@@ -179,7 +179,7 @@ pub fn render_once(data: &[u8], cfg: &RenderConfig, text: bool) -> Result<Render
             cfg.dpi
         )));
     }
-    if !(cfg.margin_ratio >= 0.0) {
+    if cfg.margin_ratio.is_nan() || cfg.margin_ratio < 0.0 {
         return Err(RenderError::Settings(format!(
             "margin_ratio must be >= 0, got {}",
             cfg.margin_ratio
