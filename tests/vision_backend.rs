@@ -118,6 +118,11 @@ async fn success_passes_the_vision_answer_through_with_the_python_enrichment() {
         (d["vendor_rank"].clone(), d["confidence"].clone()),
         (json!(1), json!(0.95))
     );
+    assert_eq!(
+        d.get("diff_image_base64"),
+        Some(&Value::Null),
+        "an explicit null stays"
+    );
     for k in [
         "fine_part_type",
         "coarse_part_type",

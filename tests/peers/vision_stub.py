@@ -55,7 +55,8 @@ def default_answer(upload):
     def item(n, sim, verdict, level):
         return {"drawing_id": f"{n}", "file_hash": f"{digest[:16]}{n}", "file_name": f"{stem}_v{n}.png",
                 "similarity": sim, "confidence": round(sim - 0.02, 4), "match_level": level, "verdict": verdict,
-                "levels": {"l1": {"passed": True}, "l2": {"score": sim}}, "vendor_rank": n}
+                "levels": {"l1": {"passed": True}, "l2": {"score": sim}}, "vendor_rank": n,
+                "diff_image_base64": None}
 
     return {"success": True, "total_matches": 2,
             "duplicates": [item(1, 0.97, "duplicate", 2)], "similar": [item(2, 0.86, "similar", 2)],

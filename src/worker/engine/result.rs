@@ -2,9 +2,10 @@
 //! (`Dedup2DSearchResponse` and `Dedup2DMatchItem`), so the old API can validate a result our
 //! worker wrote. The contract is `docs/schemas/dedup2d-search-result.schema.json`.
 //!
-//! Optional model fields are left out when unset (the Python model reads a missing field as
-//! `None`); fields an engine or the dedupcad-vision service adds beyond the model are kept in
-//! `extra` and written back unchanged, so a vision answer passes through whole.
+//! Optional model fields are [`Passed`]: absent, an explicit `null` or a value, each written back
+//! as it came (the Python model reads absent and `null` alike); fields an engine or the
+//! dedupcad-vision service adds beyond the model are kept in `extra` and written back unchanged,
+//! so a vision answer passes through whole.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -29,6 +30,17 @@ impl Verdict {
             Verdict::Different
         }
     }
+}
+
+/// An optional field that keeps the difference between absent (`None`) and an explicit `null`
+/// (`Some(None)`), so a document read and written again is unchanged.
+pub type Passed<T> = Option<Option<T>>;
+
+/// Deserializes a present field (even `null`) as `Some`.
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Passed<T>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// The levels of the progressive search, as the Python pipeline numbers them.
@@ -59,25 +71,53 @@ pub struct MatchItem {
     #[serde(default)]
     pub is_coarse_label: Option<bool>,
     pub similarity: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub visual_similarity: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision_score: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision_breakdown: Option<Map<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision_diff_similarity: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub precision_diff: Option<Map<String, Value>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub visual_similarity: Passed<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub precision_score: Passed<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub precision_breakdown: Passed<Map<String, Value>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub precision_diff_similarity: Passed<f64>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub precision_diff: Passed<Map<String, Value>>,
     pub confidence: f64,
     pub match_level: i64,
     pub verdict: Verdict,
     /// Per-level evidence, keyed `l1`..`l4`.
     pub levels: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_image_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff_regions: Option<Vec<Value>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub diff_image_base64: Passed<String>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub diff_regions: Passed<Vec<Value>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -197,7 +237,8 @@ mod tests {
             "level_stats": {}, "warnings": [], "error": null, "search_id": "s-1",
             "duplicates": [{"drawing_id": "7", "file_hash": "h", "file_name": "a.png",
                 "similarity": 0.97, "confidence": 0.9, "match_level": 2,
-                "verdict": "duplicate", "levels": {"l2": {"score": 0.97}}, "vendor": [1]}]
+                "verdict": "duplicate", "levels": {"l2": {"score": 0.97}}, "vendor": [1],
+                "diff_image_base64": null}]
         });
         let parsed: SearchResult = serde_json::from_value(doc.clone()).unwrap();
         let back = serde_json::to_value(&parsed).unwrap();
@@ -205,6 +246,21 @@ mod tests {
         assert_eq!(back["duplicates"][0]["vendor"], json!([1]));
         assert_eq!(back["timing"]["note"], json!("x"));
         assert!(back["duplicates"][0].get("precision_score").is_none());
+        assert_eq!(
+            back["duplicates"][0].get("diff_image_base64"),
+            Some(&Value::Null)
+        );
+        // Whole round trip: only the always-written label fields are added.
+        let mut expected = doc.clone();
+        for k in [
+            "fine_part_type",
+            "coarse_part_type",
+            "decision_source",
+            "is_coarse_label",
+        ] {
+            expected["duplicates"][0][k] = Value::Null;
+        }
+        assert_eq!(back, expected);
         assert_eq!(back["duplicates"][0]["fine_part_type"], Value::Null);
         assert!(back.get("engine").is_none());
     }
