@@ -2,10 +2,9 @@
 //! (`Dedup2DSearchResponse` and `Dedup2DMatchItem`), so the old API can validate a result our
 //! worker wrote. The contract is `docs/schemas/dedup2d-search-result.schema.json`.
 //!
-//! Optional model fields are [`Passed`]: absent, an explicit `null` or a value, each written back
-//! as it came (the Python model reads absent and `null` alike); fields an engine or the
-//! dedupcad-vision service adds beyond the model are kept in `extra` and written back unchanged,
-//! so a vision answer passes through whole.
+//! The model's optional match fields other than the labels ([`PASSED_THROUGH`]) and every field
+//! beyond the model live in `extra`, as raw JSON written back unchanged (an explicit `null`
+//! stays one), so a vision answer passes through whole.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -32,17 +31,6 @@ impl Verdict {
     }
 }
 
-/// An optional field that keeps the difference between absent (`None`) and an explicit `null`
-/// (`Some(None)`), so a document read and written again is unchanged.
-pub type Passed<T> = Option<Option<T>>;
-
-/// Deserializes a present field (even `null`) as `Some`.
-fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Passed<T>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
-}
-
 /// The levels of the progressive search, as the Python pipeline numbers them.
 pub mod level {
     /// L1: content hash.
@@ -54,6 +42,18 @@ pub mod level {
     /// L4: geometric precision.
     pub const PRECISION: i64 = 4;
 }
+
+/// The optional `Dedup2DMatchItem` fields kept in `MatchItem::extra` (set by the precision pass
+/// or by the vision service).
+pub const PASSED_THROUGH: [&str; 7] = [
+    "visual_similarity",
+    "precision_score",
+    "precision_breakdown",
+    "precision_diff_similarity",
+    "precision_diff",
+    "diff_image_base64",
+    "diff_regions",
+];
 
 /// One candidate drawing (`Dedup2DMatchItem`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,53 +71,11 @@ pub struct MatchItem {
     #[serde(default)]
     pub is_coarse_label: Option<bool>,
     pub similarity: f64,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub visual_similarity: Passed<f64>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub precision_score: Passed<f64>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub precision_breakdown: Passed<Map<String, Value>>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub precision_diff_similarity: Passed<f64>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub precision_diff: Passed<Map<String, Value>>,
     pub confidence: f64,
     pub match_level: i64,
     pub verdict: Verdict,
     /// Per-level evidence, keyed `l1`..`l4`.
     pub levels: Map<String, Value>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub diff_image_base64: Passed<String>,
-    #[serde(
-        default,
-        deserialize_with = "present",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub diff_regions: Passed<Vec<Value>>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -145,19 +103,17 @@ impl MatchItem {
             decision_source: None,
             is_coarse_label: None,
             similarity,
-            visual_similarity: None,
-            precision_score: None,
-            precision_breakdown: None,
-            precision_diff_similarity: None,
-            precision_diff: None,
             confidence: similarity,
             match_level,
             verdict,
             levels,
-            diff_image_base64: None,
-            diff_regions: None,
             extra: Map::new(),
         }
+    }
+
+    /// A number in `extra` (`None` when absent, null or not a number).
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.extra.get(key).and_then(Value::as_f64)
     }
 }
 

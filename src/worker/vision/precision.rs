@@ -164,16 +164,13 @@ pub fn apply(
         missing += 1;
     }
     for m in &mut matches {
-        if m.precision_score.flatten().is_some() {
+        if m.number("precision_score").is_some() {
             continue;
         }
         let visual = m.similarity;
-        m.visual_similarity = Some(Some(
-            m.visual_similarity
-                .flatten()
-                .filter(|v| *v != 0.0)
-                .unwrap_or(visual),
-        ));
+        let kept = m.number("visual_similarity").filter(|v| *v != 0.0);
+        m.extra
+            .insert("visual_similarity".into(), json!(kept.unwrap_or(visual)));
         m.similarity = visual_w * visual;
     }
     let (mut dups, mut sims) = (Vec::new(), Vec::new());
