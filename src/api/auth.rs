@@ -74,6 +74,48 @@ impl ApiKeys {
     }
 }
 
+/// `ADMIN_TOKEN` (the Python API's variable): the `X-Admin-Token` that may change tenant
+/// configs. Held as a digest; with none configured, changes are refused (fail closed).
+#[derive(Debug, Clone, Default)]
+pub struct AdminToken(Option<[u8; 32]>);
+
+pub const ENV_ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+
+/// Why an admin request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRefusal {
+    Missing,
+    Invalid,
+    NotConfigured,
+}
+
+impl AdminToken {
+    pub fn new(token: Option<&str>) -> Self {
+        AdminToken(
+            token
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| Sha256::digest(t.as_bytes()).into()),
+        )
+    }
+
+    pub fn from_env() -> Self {
+        Self::new(std::env::var(ENV_ADMIN_TOKEN).ok().as_deref())
+    }
+
+    pub fn check(&self, presented: Option<&str>) -> Result<(), AdminRefusal> {
+        let presented = presented.map(str::trim).filter(|p| !p.is_empty());
+        let Some(expected) = self.0 else {
+            return Err(AdminRefusal::NotConfigured);
+        };
+        let presented = presented.ok_or(AdminRefusal::Missing)?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        (digest == expected)
+            .then_some(())
+            .ok_or(AdminRefusal::Invalid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +127,18 @@ mod tests {
         let keys = ApiKeys::from_keys(["test".to_string(), "# comment".into(), "".into()]).unwrap();
         assert_eq!(keys.tenant_of("test").as_deref(), Some("9f86d081884c7d65"));
         assert_eq!(keys.tenant_of("nope"), None);
+    }
+
+    #[test]
+    fn admin_token_checks() {
+        let t = AdminToken::new(Some("s3cret"));
+        assert_eq!(t.check(Some("s3cret")), Ok(()));
+        assert_eq!(t.check(Some("other")), Err(AdminRefusal::Invalid));
+        assert_eq!(t.check(None), Err(AdminRefusal::Missing));
+        assert_eq!(
+            AdminToken::new(Some(" ")).check(Some(" ")),
+            Err(AdminRefusal::NotConfigured)
+        );
     }
 
     #[test]

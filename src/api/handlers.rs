@@ -13,13 +13,14 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::params::{list_params, search_params};
+use super::presets;
 use super::ApiState;
 use crate::contract::payload::{render_required, JobPayload};
 use crate::contract::store::{CancelOutcome, JobView, NewJob};
 
 type Shared = State<Arc<ApiState>>;
 
-fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -128,7 +129,13 @@ pub(crate) async fn search(
     form: Multipart,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
-    let params = search_params(&query)?;
+    let mut params = search_params(&query)?;
+    let defaults = state
+        .tenant_configs
+        .get(&tenant_id)
+        .await
+        .map_err(super::config_routes::redis_down)?;
+    presets::resolve(&query, &defaults, &mut params.request_params)?;
     let callback_url = match &params.callback_url {
         None => None,
         Some(raw) => Some(

@@ -3,16 +3,21 @@
 //! start-up from `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64` / `..._BYTES_B64_MAX_BYTES`.
 
 pub mod auth;
+mod config_routes;
 pub mod error;
 mod handlers;
 pub mod metrics;
 pub mod params;
+pub mod presets;
+pub mod tenant_config;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+
 use axum::Router;
+use tenant_config::TenantConfigStore;
 
 use crate::contract::callback::CallbackPolicy;
 use crate::contract::config::{Config, PayloadSettings};
@@ -38,6 +43,10 @@ pub(crate) struct ApiState {
     /// Delete an upload when its job ends (`DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH`).
     pub cleanup_on_finish: bool,
     pub metrics: metrics::ApiMetrics,
+    /// Per-tenant default settings (`/2d/config`).
+    pub tenant_configs: TenantConfigStore,
+    /// `ADMIN_TOKEN`: who may change tenant configs.
+    pub admin_token: auth::AdminToken,
 }
 
 impl ApiState {
@@ -77,6 +86,8 @@ pub(crate) fn state(
         max_upload_bytes,
         cleanup_on_finish: config.storage.cleanup_on_finish(),
         metrics,
+        tenant_configs: TenantConfigStore::from_env(conn),
+        admin_token: auth::AdminToken::from_env(),
     }
 }
 
@@ -86,6 +97,13 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/dedup/2d/search", post(handlers::search))
         .route("/api/v1/dedup/2d/jobs", get(handlers::list_jobs))
+        .route("/api/v1/dedup/2d/presets", get(config_routes::presets))
+        .route(
+            "/api/v1/dedup/2d/config",
+            get(config_routes::get_config)
+                .put(config_routes::put_config)
+                .delete(config_routes::delete_config),
+        )
         .route("/api/v1/dedup/2d/jobs/{job_id}", get(handlers::get_job))
         .route(
             "/api/v1/dedup/2d/jobs/{job_id}/cancel",

@@ -172,14 +172,15 @@ pub(crate) fn safe_file_name(name: &str) -> String {
     }
 }
 
-/// DXF/DWG jobs need the render step (and go to the render queue when one is configured).
+/// DXF/DWG jobs need the render step (and go to the render queue when one is configured):
+/// the Python `is_cad_file` rule (suffix, or a content type naming dxf/dwg, or `application/acad`).
 pub(crate) fn render_required(file_name: &str, content_type: Option<&str>) -> bool {
     let lower = file_name.to_ascii_lowercase();
     if lower.ends_with(".dxf") || lower.ends_with(".dwg") {
         return true;
     }
     let ct = content_type.unwrap_or("").to_ascii_lowercase();
-    ct.contains("dxf") || ct.contains("dwg")
+    ct.contains("dxf") || ct.contains("dwg") || ct == "application/acad"
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub struct WorkerMetrics {
     /// `dedup2d_webhook_deliveries_total{outcome}`: success, failed, skipped.
     pub webhooks: Family<OutcomeLabels, Counter>,
     pub storage: Arc<StorageMetrics>,
+    /// The dedupcad-vision client's metrics (`dedupcad_vision_*`).
+    pub vision: super::vision::metrics::VisionMetrics,
 }
 
 impl Default for WorkerMetrics {
@@ -62,6 +64,7 @@ impl WorkerMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let storage = Arc::new(StorageMetrics::register(&mut registry));
+        let vision = super::vision::metrics::VisionMetrics::register(&mut registry);
         let m = WorkerMetrics {
             registry: Registry::default(),
             legacy_b64_fallback: Counter::default(),
@@ -72,6 +75,7 @@ impl WorkerMetrics {
             payload_formats: Family::default(),
             webhooks: Family::default(),
             storage,
+            vision,
         };
         // prometheus-client appends `_total` to counters itself.
         registry.register(

@@ -12,6 +12,7 @@ pub mod input;
 pub mod job;
 pub mod metrics;
 pub mod settings;
+pub mod vision;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,7 +63,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let ctx = Arc::new(job::JobContext {
         store,
         storage,
-        engine: Arc::new(engine::ExactEngine::new(conn.clone(), keys.clone())),
+        engine: search_engine(&settings, &conn, &keys, &metrics)?,
         callbacks: callback::CallbackSender::new(settings.callbacks.clone())
             .context("cannot build the webhook HTTP client")?,
         metrics: metrics.clone(),
@@ -136,6 +137,25 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let _ = http.await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The dedupcad-vision backend when `DEDUPCAD_VISION_URL` is set, else the built-in engine.
+fn search_engine(
+    settings: &WorkerSettings,
+    conn: &redis::aio::ConnectionManager,
+    keys: &crate::contract::keys::Keys,
+    metrics: &metrics::WorkerMetrics,
+) -> anyhow::Result<Arc<dyn engine::SearchEngine>> {
+    Ok(match &settings.vision {
+        Some(v) => {
+            tracing::info!(url = %redact_url(v.base_url.as_str()), "search backend: dedupcad-vision");
+            Arc::new(vision::VisionEngine::new(
+                v.clone(),
+                metrics.vision.clone(),
+            )?)
+        }
+        None => Arc::new(engine::ExactEngine::new(conn.clone(), keys.clone())),
+    })
 }
 
 /// Queue depth for `/metrics` and ARQ's `{queue}:health-check` line, until `stop`.

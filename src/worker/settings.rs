@@ -17,6 +17,8 @@ pub enum SettingsError {
     Callback(#[from] CallbackConfigError),
     #[error("{var}={value:?} is not a socket address like 0.0.0.0:9090")]
     BadAddr { var: &'static str, value: String },
+    #[error(transparent)]
+    Vision(#[from] super::vision::VisionConfigError),
     #[error("cannot determine the hostname: set HOSTNAME ({0})")]
     Hostname(String),
 }
@@ -40,6 +42,9 @@ pub struct WorkerSettings {
     /// `DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS` (0): an artificial pause at the start of every job,
     /// for fault-injection tests and demos (SIGKILL/SIGTERM mid-job). Leave 0 in production.
     pub debug_job_delay: Duration,
+    /// `DEDUPCAD_VISION_URL` and the rest of the dedupcad-vision backend's settings; `None`
+    /// runs the built-in engine.
+    pub vision: Option<super::vision::VisionSettings>,
     /// `HOSTNAME`, else the system hostname: the heartbeat key (`{prefix}:worker:{hostname}`).
     pub hostname: String,
 }
@@ -82,6 +87,7 @@ impl WorkerSettings {
             heartbeat_interval,
             max_tries: int(env, "DEDUP2D_WORKER_MAX_TRIES", 5)?.max(1),
             debug_job_delay: millis("DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS", 0, 0)?,
+            vision: super::vision::VisionSettings::from_map(env)?,
             hostname: hostname(env)?,
         })
     }

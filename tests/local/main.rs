@@ -13,15 +13,21 @@ mod support {
     pub mod process;
     pub mod redis;
     pub mod s3;
+    pub mod schema;
+    pub mod vision_stub;
     pub mod worker;
 }
 
 mod api_http;
+mod api_presets;
 mod api_worker_s3;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
+mod mixed_fleet_vision;
+mod result_schema;
 mod storage_backends;
+mod vision_backend;
 mod worker_callback;
 mod worker_fleet;
 mod worker_jobs;

@@ -2,8 +2,10 @@
 `file_bytes_b64`, as the Python workers before the file_ref change did.
 
 usage: legacy_worker.py REDIS_URL QUEUE KEY_PREFIX [--max-jobs N] [--burst]
-                        [--received-log FILE] [--completion-wait S]
-Writes the job hash/result like the Python system: result {"success": true, "sha256": ..., "size": ...}.
+                        [--received-log FILE] [--completion-wait S] [--vision-url URL]
+Writes the job hash/result like the Python system: result {"success": true, "sha256": ..., "size": ...};
+with --vision-url, the result is what the Python worker's dedupcad-vision pipeline makes of the job
+(legacy_vision.py), and a failure of that pipeline fails the job with its message.
 --received-log appends one JSON line per job it was handed: {"job_id", "keys" (the payload's keys),
 "file_bytes_b64" (whether it carried a non-empty one), "pid", "at"}, so a test can tell which
 payloads the legacy fleet ever saw. --completion-wait lets running jobs finish for S seconds after
@@ -17,6 +19,7 @@ import json
 import os
 import time
 
+import legacy_vision
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
 
@@ -30,6 +33,7 @@ def main() -> None:
     p.add_argument("--burst", action="store_true")
     p.add_argument("--received-log")
     p.add_argument("--completion-wait", type=int, default=0)
+    p.add_argument("--vision-url")
     a = p.parse_args()
     prefix = a.prefix
 
@@ -56,7 +60,15 @@ def main() -> None:
             await redis.srem(f"{prefix}:active", job_id)
             raise RuntimeError(err)
         data = base64.b64decode(b64)
-        result = {"success": True, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "worker": "python-legacy"}
+        if a.vision_url:
+            try:
+                result = await asyncio.to_thread(legacy_vision.run, a.vision_url, payload, data)
+            except Exception as e:  # the Python worker fails the job with str(e)
+                await redis.hset(job_key, mapping={"status": "failed", "finished_at": str(time.time()), "error": str(e)})
+                await redis.srem(f"{prefix}:active", job_id)
+                return {"status": "failed"}
+        else:
+            result = {"success": True, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "worker": "python-legacy"}
         await redis.setex(f"{prefix}:result:{job_id}", 3600, json.dumps(result))
         await redis.hset(job_key, mapping={"status": "completed", "finished_at": str(time.time()), "error": ""})
         await redis.srem(f"{prefix}:active", job_id)

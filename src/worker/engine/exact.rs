@@ -11,9 +11,11 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
 use sha2::{Digest, Sha256};
 
-use super::{EngineError, Match, SearchEngine, SearchRequest, SearchResult, Timing};
+use super::result::{level, level_stat, MatchItem, SearchResult, Timing, Verdict};
+use super::{EngineError, SearchEngine, SearchRequest};
 use crate::contract::keys::Keys;
 
 /// Uploads remembered per content hash.
@@ -104,39 +106,50 @@ impl SearchEngine for ExactEngine {
                     Vec::new()
                 })
             };
-            let duplicates: Vec<Match> = records
+            let duplicates: Vec<MatchItem> = records
                 .into_iter()
                 .rev()
                 .filter(|r| r.job_id != req.job_id)
                 .take(req.params.max_results)
-                .map(|r| Match {
-                    drawing_id: r.job_id,
-                    file_hash: hash.clone(),
-                    file_name: r.file_name,
-                    size_bytes: r.size,
-                    similarity: 1.0,
-                    verdict: "duplicate",
-                    match_level: 1,
-                    indexed_at: r.indexed_at_ms as f64 / 1000.0,
+                .map(|r| {
+                    let mut m = MatchItem::new(
+                        r.job_id,
+                        hash.clone(),
+                        r.file_name,
+                        1.0,
+                        Verdict::Duplicate,
+                        level::HASH,
+                        json!({"method": "sha256", "match": true}),
+                    );
+                    m.extra.insert("size_bytes".into(), json!(r.size));
+                    m.extra
+                        .insert("indexed_at".into(), json!(r.indexed_at_ms as f64 / 1000.0));
+                    m
                 })
                 .collect();
             if req.query_geom.is_some() {
                 warnings.push("query_geom_ignored:exact_engine".to_string());
             }
+            let mut level_stats = Map::new();
+            level_stats.insert("l1".into(), level_stat(duplicates.len(), 0, index_ms));
             Ok(SearchResult {
                 success: true,
                 total_matches: duplicates.len(),
-                final_level: (!duplicates.is_empty()).then_some(1),
+                // L1 is the only level this engine runs, match or not.
+                final_level: level::HASH,
                 duplicates,
                 similar: Vec::new(),
-                timing: Timing {
-                    total_ms: ms(start),
-                    hash_ms,
-                    index_ms,
-                },
+                timing: Timing::levels(
+                    ms(start),
+                    [index_ms, 0.0, 0.0, 0.0],
+                    &[("hash_ms", hash_ms), ("index_ms", index_ms)],
+                ),
+                level_stats,
                 warnings,
-                file_hash: hash,
-                engine: self.name(),
+                error: None,
+                file_hash: Some(hash),
+                engine: Some(self.name().to_string()),
+                extra: Map::new(),
             })
         })
     }

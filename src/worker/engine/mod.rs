@@ -1,19 +1,22 @@
-//! The dedup search behind the worker: a `SearchEngine` trait whose result has the shape of the
-//! Python pipeline's response (`success, total_matches, duplicates[], similar[], final_level,
-//! timing, warnings`), so API clients and webhooks see the same document whichever worker ran.
+//! The dedup search behind the worker: a `SearchEngine` trait whose result (`result.rs`) has the
+//! shape of the Python API's response model, so API clients, the old API and webhooks see the
+//! same document whichever worker ran.
 
 pub mod exact;
+pub mod result;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Map, Value};
 
 pub use exact::ExactEngine;
+pub use result::{MatchItem, SearchResult, Timing, Verdict};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("Invalid request_params: {0}")]
     InvalidParams(String),
+    #[error(transparent)]
+    Vision(#[from] crate::worker::vision::VisionFailure),
     #[error("search index unavailable: {0}")]
     Index(#[from] redis::RedisError),
 }
@@ -26,6 +29,8 @@ pub struct SearchParams {
     pub max_results: usize,
     pub duplicate_threshold: f64,
     pub similar_threshold: f64,
+    /// The rest of the Python pipeline's parameters, read as its worker reads them.
+    pub options: SearchOptions,
 }
 
 impl Default for SearchParams {
@@ -35,6 +40,79 @@ impl Default for SearchParams {
             max_results: 50,
             duplicate_threshold: 0.95,
             similar_threshold: 0.8,
+            options: SearchOptions::default(),
+        }
+    }
+}
+
+/// The flags and precision (L4) settings of a search, with the Python worker's defaults and its
+/// lenient reading (`bool(v)`, `int(v or default)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    pub compute_diff: bool,
+    pub enable_ml: bool,
+    pub enable_geometric: bool,
+    pub enable_precision: bool,
+    pub precision_profile: Option<String>,
+    pub version_gate: Option<String>,
+    pub precision_top_n: i64,
+    pub precision_visual_weight: f64,
+    pub precision_geom_weight: f64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            compute_diff: true,
+            enable_ml: false,
+            enable_geometric: false,
+            enable_precision: true,
+            precision_profile: None,
+            version_gate: None,
+            precision_top_n: 20,
+            precision_visual_weight: 0.3,
+            precision_geom_weight: 0.7,
+        }
+    }
+}
+
+/// Python truthiness of a JSON value (`bool(v)`); `default` when the key is absent.
+fn truthy(v: Option<&Value>, default: bool) -> bool {
+    match v {
+        None => default,
+        Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+impl SearchOptions {
+    fn from_request_params(p: &Map<String, Value>) -> Self {
+        let d = SearchOptions::default();
+        // `v or default`: a missing, null, zero or empty value takes the default.
+        let num = |k: &str, default: f64| {
+            p.get(k)
+                .filter(|v| truthy(Some(v), false))
+                .and_then(|v| {
+                    v.as_f64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                })
+                .unwrap_or(default)
+        };
+        let text = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
+        SearchOptions {
+            compute_diff: truthy(p.get("compute_diff"), d.compute_diff),
+            enable_ml: truthy(p.get("enable_ml"), d.enable_ml),
+            enable_geometric: truthy(p.get("enable_geometric"), d.enable_geometric),
+            enable_precision: truthy(p.get("enable_precision"), d.enable_precision),
+            precision_profile: text("precision_profile"),
+            version_gate: text("version_gate"),
+            precision_top_n: num("precision_top_n", d.precision_top_n as f64) as i64,
+            precision_visual_weight: num("precision_visual_weight", d.precision_visual_weight),
+            precision_geom_weight: num("precision_geom_weight", d.precision_geom_weight),
         }
     }
 }
@@ -80,6 +158,7 @@ impl SearchParams {
             max_results: max_results as usize,
             duplicate_threshold,
             similar_threshold,
+            options: SearchOptions::from_request_params(params),
         })
     }
 }
@@ -94,45 +173,6 @@ pub struct SearchRequest<'a> {
     pub data: &'a [u8],
     pub query_geom: Option<&'a Value>,
     pub params: &'a SearchParams,
-}
-
-/// One candidate drawing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Match {
-    /// The job that uploaded the candidate (the drawing's id in this system).
-    pub drawing_id: String,
-    pub file_hash: String,
-    pub file_name: String,
-    pub size_bytes: u64,
-    pub similarity: f64,
-    /// `duplicate`, `similar` or `different`.
-    pub verdict: &'static str,
-    /// 1 = content hash, 4 = geometric precision (as in the Python pipeline).
-    pub match_level: u8,
-    /// When the candidate was indexed (epoch seconds).
-    pub indexed_at: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Timing {
-    pub total_ms: f64,
-    pub hash_ms: f64,
-    pub index_ms: f64,
-}
-
-/// The result document stored at `{prefix}:result:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SearchResult {
-    pub success: bool,
-    pub total_matches: usize,
-    pub duplicates: Vec<Match>,
-    pub similar: Vec<Match>,
-    pub final_level: Option<u8>,
-    pub timing: Timing,
-    pub warnings: Vec<String>,
-    /// The query file's content hash (lets a client find this drawing later).
-    pub file_hash: String,
-    pub engine: &'static str,
 }
 
 /// A dedup search implementation.
@@ -164,6 +204,15 @@ mod tests {
         .unwrap();
         assert_eq!((p.max_results, p.mode.as_str()), (7, "fast"));
         assert_eq!(p.duplicate_threshold, 1.0);
+        let o = parse(
+            json!({"compute_diff": false, "enable_ml": "yes", "precision_top_n": 0,
+            "precision_geom_weight": "0.5", "version_gate": "auto", "enable_precision": null}),
+        )
+        .unwrap()
+        .options;
+        assert!(!o.compute_diff && o.enable_ml && !o.enable_precision);
+        assert_eq!((o.precision_top_n, o.precision_geom_weight), (20, 0.5));
+        assert_eq!(o.version_gate.as_deref(), Some("auto"));
         for bad in [
             json!({"max_results": 0}),
             json!({"max_results": 2.5}),
