@@ -47,14 +47,17 @@ hack/check-links.sh
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "core crate purity: no kube client/runtime, redis, tokio, axum or hyper (hack/check-core-purity.sh)"
+hack/check-core-purity.sh
+
 step "cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "gitops: Argo CD health/actions and kstatus (hack/gitops.sh)"
 hack/gitops.sh
 
 step "cargo build (tests)"
-cargo test --locked --all-targets --no-run
+cargo test --workspace --locked --all-targets --no-run
 
 if [ "$OWN_CLUSTER" = 1 ]; then
   step "local Kubernetes control plane: up"
@@ -76,7 +79,7 @@ step "helm chart: lint, unit tests, kubeconform, server dry-run (hack/chart.sh)"
 hack/chart.sh
 
 step "cargo test"
-cargo test --locked --all-targets -- --test-threads="${DEDUP2D_TEST_THREADS:-4}"
+cargo test --workspace --locked --all-targets -- --test-threads="${DEDUP2D_TEST_THREADS:-4}"
 
 step "container image: reproducible build, config, run under runc (hack/image.sh check)"
 hack/image.sh check

@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::{
     conditions::{self as cond, set_condition, CondStatus},
     crd::{
         Dedup2DRolloutSpec as Spec, Dedup2DRolloutStatus as Status, DrainStrategy, Evidence,

@@ -522,7 +522,7 @@ mod tests {
     use kube::core::cel::Validator;
     use serde_json::{json, Value};
 
-    const COMMITTED: &str = include_str!("../../crds/dedup2d.io_dedup2drollouts.yaml");
+    const COMMITTED: &str = include_str!("../../../crds/dedup2d.io_dedup2drollouts.yaml");
 
     #[test]
     fn committed_crd_matches_generated() {
@@ -530,7 +530,7 @@ mod tests {
         if std::env::var_os("DEDUP2D_BLESS").is_some() {
             let path = concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/crds/dedup2d.io_dedup2drollouts.yaml"
+                "/../../crds/dedup2d.io_dedup2drollouts.yaml"
             );
             std::fs::write(path, &generated).unwrap();
             return;
@@ -539,7 +539,7 @@ mod tests {
             COMMITTED == generated,
             "crds/dedup2d.io_dedup2drollouts.yaml is stale; regenerate it with\n    \
              cargo run -- crd > crds/dedup2d.io_dedup2drollouts.yaml\nor\n    \
-             DEDUP2D_BLESS=1 cargo test --lib operator::crd"
+             DEDUP2D_BLESS=1 cargo test -p dedup2d-core --lib crd"
         );
     }
 

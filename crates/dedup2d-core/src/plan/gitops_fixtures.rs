@@ -11,18 +11,18 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use kube::api::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::sim::*;
 use super::tests::{round, until_phase};
 use super::*;
-use crate::operator::crd::{Dedup2DRollout, OnFailure, REQUEST_ANNOTATION};
+use crate::crd::{Dedup2DRollout, OnFailure, REQUEST_ANNOTATION};
 
 const NAME: &str = "file-ref-migration";
 const NAMESPACE: &str = "dedup2d";
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/gitops/testdata")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/gitops/testdata")
 }
 
 /// The object as the API server would hold it: the world's spec, generation and request annotation,
@@ -321,7 +321,7 @@ fn committed_gitops_fixtures_match_the_planner() {
     assert!(
         problems.is_empty(),
         "docs/gitops/testdata is stale: {}\nregenerate it with\n    \
-         DEDUP2D_BLESS=1 cargo test --lib operator::plan::gitops_fixtures\n\
+         DEDUP2D_BLESS=1 cargo test -p dedup2d-core --lib plan::gitops_fixtures\n\
          and re-run hack/gitops.sh",
         problems.join(", ")
     );

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
-use crate::operator::{
+use crate::{
     crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
     snapshot::{ConfigObs, DrainFigures},
 };
@@ -491,7 +491,7 @@ impl World {
         // between the status write and the Event cannot lose it for good.
         let told: Vec<(Phase, Phase)> = d.transitions().collect();
         let kept = &d.status.transitions;
-        assert!(kept.len() <= crate::operator::crd::MAX_TRANSITIONS);
+        assert!(kept.len() <= crate::crd::MAX_TRANSITIONS);
         let recorded: Vec<(Phase, Phase)> = kept[kept.len().saturating_sub(told.len())..]
             .iter()
             .map(|t| (t.from, t.to))
