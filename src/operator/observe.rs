@@ -142,47 +142,12 @@ pub async fn observe(
         .map_err(kube_err("the namespace's Dedup2DRollouts"))?;
     let conflicts = conflicts(rollout, &others.items);
 
-    let secret = match spec
-        .drain
-        .redis
-        .as_ref()
-        .and_then(|r| r.url_secret_ref.as_ref())
-    {
-        Some(r) => Some(
-            Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(kube_err(format!("Secret {}", r.name)))?,
-        ),
-        None => None,
-    };
-    let (heartbeats, drain) =
-        match redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())) {
-            Err(why) => (
-                Heartbeats::Unavailable(why.clone()),
-                DrainObs::Unreachable(why),
-            ),
-            Ok(target) => match tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
-                .await
-            {
-                Ok(Ok((beats, figures))) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
-                Ok(Err(why)) => (
-                    Heartbeats::Unavailable(why.clone()),
-                    DrainObs::Unreachable(why),
-                ),
-                Err(_) => {
-                    let why = format!(
-                        "Redis at {} did not answer within {}s",
-                        redact_url(&target.url),
-                        REDIS_BUDGET.as_secs()
-                    );
-                    (
-                        Heartbeats::Unavailable(why.clone()),
-                        DrainObs::Unreachable(why),
-                    )
-                }
-            },
-        };
+    let secret = redis_url_secret(client, &ns, spec).await?;
+    let (heartbeats, drain) = observe_redis_in_budget(
+        redis,
+        redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())),
+    )
+    .await;
 
     Ok(Observed {
         generation: rollout.metadata.generation.unwrap_or(0),
@@ -197,6 +162,54 @@ pub async fn observe(
         drain,
         conflicts,
     })
+}
+
+/// The Secret named by `spec.drain.redis.urlSecretRef`: `None` when there is no reference,
+/// `Some(None)` when the Secret does not exist.
+async fn redis_url_secret(
+    client: &Client,
+    ns: &str,
+    spec: &Dedup2DRolloutSpec,
+) -> Result<Option<Option<Secret>>, ObserveError> {
+    let Some(r) = spec
+        .drain
+        .redis
+        .as_ref()
+        .and_then(|r| r.url_secret_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&r.name)
+        .await
+        .map_err(kube_err(format!("Secret {}", r.name)))?;
+    Ok(Some(secret))
+}
+
+/// Heartbeats and drain figures from Redis within [`REDIS_BUDGET`], or why there are none.
+async fn observe_redis_in_budget(
+    redis: &RedisPool,
+    target: Result<RedisTarget, String>,
+) -> (Heartbeats, DrainObs) {
+    let unavailable = |why: String| {
+        (
+            Heartbeats::Unavailable(why.clone()),
+            DrainObs::Unreachable(why),
+        )
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(why) => return unavailable(why),
+    };
+    match tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target)).await {
+        Ok(Ok((beats, figures))) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
+        Ok(Err(why)) => unavailable(why),
+        Err(_) => unavailable(format!(
+            "Redis at {} did not answer within {}s",
+            redact_url(&target.url),
+            REDIS_BUDGET.as_secs()
+        )),
+    }
 }
 
 async fn read_deployment(

@@ -264,6 +264,10 @@ pub enum OnFailure {
     Pause,
 }
 
+// The declaration order is the one source of the phase list and of the forward order: the forward
+// phases come first, in the order a rollout goes through them, then the backward ones from
+// `RollingBack` on. A variant's name is its wire string (serde, `Display`, `FromStr`, `as_str`).
+// (Not a doc comment: the doc comment is the CRD schema's description.)
 /// Phases of a rollout, forward then backward. See docs/design.md §5.
 #[derive(
     JsonSchema,
@@ -278,6 +282,11 @@ pub enum OnFailure {
     Ord,
     Hash,
     Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumCount,
+    strum::VariantArray,
 )]
 pub enum Phase {
     #[default]
@@ -297,47 +306,30 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, forward ones first, in declaration order.
-    pub const ALL: [Phase; 12] = [
-        Phase::Pending,
-        Phase::DualWriteOn,
-        Phase::UpgradingWorkers,
-        Phase::UpgradingApi,
-        Phase::Soaking,
-        Phase::DualWriteOff,
-        Phase::Draining,
-        Phase::AwaitingFinalize,
-        Phase::Completed,
-        Phase::RollingBack,
-        Phase::RolledBack,
-        Phase::Failed,
-    ];
+    pub const ALL: [Phase; <Phase as strum::EnumCount>::COUNT] = {
+        let variants = <Phase as strum::VariantArray>::VARIANTS;
+        let mut all = [Phase::Pending; <Phase as strum::EnumCount>::COUNT];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = variants[i];
+            i += 1;
+        }
+        all
+    };
+
+    /// The phase's name, as written in status and used as a condition reason.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 
     /// Phases after which nothing happens until a spec edit or a request.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Completed | Phase::RolledBack | Phase::Failed)
     }
 
-    /// Position in the forward order (`None` for the backward phases).
+    /// Position in the forward order (`None` for the backward phases): the declaration order.
     pub fn forward_rank(self) -> Option<u8> {
-        use Phase::*;
-        Some(match self {
-            Pending => 0,
-            DualWriteOn => 1,
-            UpgradingWorkers => 2,
-            UpgradingApi => 3,
-            Soaking => 4,
-            DualWriteOff => 5,
-            Draining => 6,
-            AwaitingFinalize => 7,
-            Completed => 8,
-            RollingBack | RolledBack | Failed => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
+        (self < Phase::RollingBack).then_some(self as u8)
     }
 }
 

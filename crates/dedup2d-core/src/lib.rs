@@ -8,4 +8,5 @@ pub mod crd;
 pub mod duration;
 pub mod managed;
 pub mod plan;
+pub mod reason;
 pub mod snapshot;
