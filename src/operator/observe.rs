@@ -62,6 +62,30 @@ pub enum ObserveError {
     },
 }
 
+/// Why the Redis side of an observation has no figures. Its message goes into the `Stalled`
+/// condition and `RollbackSafe`, so URLs in it are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid Redis URL {url}: {source}")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("reading worker heartbeats: {0}")]
+    Heartbeats(#[source] redis::RedisError),
+    #[error(transparent)]
+    Drain(#[from] drain::DrainError),
+    #[error("Redis at {url} did not answer within {}s", budget.as_secs())]
+    Timeout { url: String, budget: Duration },
+}
+
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ObserveError {
     let what = what.into();
     move |source| ObserveError::Kube { what, source }
@@ -74,12 +98,14 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
-    async fn get(&self, url: &str) -> Result<ConnectionManager, String> {
+    async fn get(&self, url: &str) -> Result<ConnectionManager, RedisError> {
         if let Some(c) = self.conns.lock().await.get(url) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("invalid Redis URL {}: {e}", redact_url(url)))?;
+        let client = redis::Client::open(url).map_err(|source| RedisError::InvalidUrl {
+            url: redact_url(url),
+            source,
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -87,7 +113,10 @@ impl RedisPool {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact_url(url)))?;
+            .map_err(|source| RedisError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
         self.conns
             .lock()
             .await
@@ -201,14 +230,17 @@ async fn observe_redis_in_budget(
         Ok(target) => target,
         Err(why) => return unavailable(why),
     };
-    match tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target)).await {
-        Ok(Ok((beats, figures))) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
-        Ok(Err(why)) => unavailable(why),
-        Err(_) => unavailable(format!(
-            "Redis at {} did not answer within {}s",
-            redact_url(&target.url),
-            REDIS_BUDGET.as_secs()
-        )),
+    let observed = tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::Timeout {
+                url: redact_url(&target.url),
+                budget: REDIS_BUDGET,
+            })
+        });
+    match observed {
+        Ok((beats, figures)) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
+        Err(why) => unavailable(why.to_string()),
     }
 }
 
@@ -242,23 +274,19 @@ async fn read_deployment(
     Ok(Some(deployment_obs(&d, &pod_list)))
 }
 
-/// Scan heartbeats, legacy payloads and active jobs. `Err` is a message for the Stalled condition.
+/// Scan heartbeats, legacy payloads and active jobs.
 async fn observe_redis(
     redis: &RedisPool,
     target: &RedisTarget,
-) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), String> {
+) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), RedisError> {
     let mut conn = redis.get(&target.url).await?;
     let keys = Keys::new(&target.prefix);
     let scanned_at = Timestamp::now();
     let beats = read_heartbeats(&mut conn, &keys)
         .await
-        .map_err(|e| format!("reading worker heartbeats: {e}"))?;
-    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
-    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RedisError::Heartbeats)?;
+    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH).await?;
+    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH).await?;
     tracing::debug!(
         scanned = legacy.scanned,
         legacy = legacy.legacy,
