@@ -292,6 +292,7 @@ async fn observe_redis(
         legacy = legacy.legacy,
         batches = legacy.batches,
         bytes_inspected = legacy.bytes_inspected,
+        max_legacy_pttl_ms = ?legacy.max_legacy_pttl_ms,
         elapsed_ms = legacy.elapsed.as_millis() as u64,
         active = active.active,
         "redis drain scan"
@@ -360,7 +361,6 @@ pub fn drain_figures(
         scanned_at,
         legacy_payloads: legacy.legacy,
         legacy_without_expiry: legacy.legacy_without_expiry,
-        max_legacy_pttl_ms: legacy.max_legacy_pttl_ms,
         active_without_b64: active.file_ref_only,
     }
 }

@@ -1,6 +1,10 @@
 //! The `Dedup2DRollout` custom resource (group `dedup2d.io`, version `v1alpha1`): spec, status and the
 //! validation the API server enforces (OpenAPI schema plus CEL rules with messages a person understands).
 //!
+//! Doc comments on the types here are the schema's descriptions, so a field or variant whose
+//! description the CRD leaves out carries `#[allow(missing_docs)]` rather than a doc comment that
+//! would change the committed CRD.
+//!
 //! `dedup2d crd` prints [`crd_yaml`]; `crds/dedup2d.io_dedup2drollouts.yaml` is that output, committed,
 //! and a test fails when the two differ.
 
@@ -236,6 +240,7 @@ pub struct RedisRef {
 }
 
 /// A key of a Secret in the rollout's namespace.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SecretKeyRef {
     #[schemars(length(max = 253))]
@@ -269,6 +274,7 @@ pub enum OnFailure {
 // `RollingBack` on. A variant's name is its wire string (serde, `Display`, `FromStr`, `as_str`).
 // (Not a doc comment: the doc comment is the CRD schema's description.)
 /// Phases of a rollout, forward then backward. See docs/design.md §5.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(
     JsonSchema,
     Serialize,
@@ -328,12 +334,13 @@ impl Phase {
     }
 
     /// Position in the forward order (`None` for the backward phases): the declaration order.
-    pub fn forward_rank(self) -> Option<u8> {
+    pub(crate) fn forward_rank(self) -> Option<u8> {
         (self < Phase::RollingBack).then_some(self as u8)
     }
 }
 
 /// Observed state of a rollout. Everything the operator needs to resume after a restart is here.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Dedup2DRolloutStatus {
@@ -410,9 +417,10 @@ pub struct Dedup2DRolloutStatus {
 }
 
 /// How many transitions `status.transitions` keeps.
-pub const MAX_TRANSITIONS: usize = 10;
+pub(crate) const MAX_TRANSITIONS: usize = 10;
 
 /// One phase transition, as its Event tells it.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionRecord {
@@ -446,6 +454,7 @@ pub struct FieldRecord {
 }
 
 /// Counts for one worker Deployment.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
@@ -463,6 +472,7 @@ pub struct WorkerStatus {
 }
 
 /// Why the rollout is held until a person acts.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
@@ -482,6 +492,7 @@ pub enum RollbackLevel {
 }
 
 /// A rollback and why it started.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackRecord {
@@ -493,6 +504,7 @@ pub struct RollbackRecord {
 }
 
 /// A one-shot request that has been handled.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HandledRequest {
@@ -569,7 +581,7 @@ mod tests {
     fn errors(obj: &Value, old: Option<&Value>) -> Vec<String> {
         match Validator::new().validate(&schema(), obj, old) {
             Ok(()) => vec![],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            Err(e) => e.iter().map(std::string::ToString::to_string).collect(),
         }
     }
 

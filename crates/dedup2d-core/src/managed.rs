@@ -67,7 +67,7 @@ pub fn managers(
     // Oldest first, ours before others at equal times, so later inserts win.
     sorted.sort_by_key(|e| {
         (
-            e.time.as_ref().map(|t| t.0.as_second()).unwrap_or(0),
+            e.time.as_ref().map_or(0, |t| t.0.as_second()),
             e.manager.as_deref() != Some(ours),
         )
     });

@@ -69,7 +69,7 @@ const NEXT_SCAN: Duration = Duration::from_secs(1);
 const STALLED_POLL: Duration = Duration::from_secs(30);
 /// How often to re-observe a finished or paused rollout, so `RollbackSafe` (the active file_ref-only jobs a
 /// full rollback would wait for) stays current without a Redis scan every few seconds.
-pub const IDLE_POLL: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_POLL: Duration = Duration::from_secs(120);
 
 /// One write the adapter performs (server-side apply). Each corresponds to [`FieldRecord`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,41 +78,98 @@ pub enum Action {
     None,
     /// Set one container image of a worker Deployment's pod template.
     SetWorkerImage {
+        /// The worker Deployment.
         deployment: String,
+        /// The resolved container.
         container: String,
+        /// The target (or, rolling back, the recorded previous) image.
         image: String,
     },
     /// Set one container image of the API Deployment's pod template.
     SetApiImage {
+        /// The API Deployment.
         deployment: String,
+        /// The resolved container.
         container: String,
+        /// The target (or, rolling back, the recorded previous) image.
         image: String,
     },
     /// Set `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64` and `..._MAX_BYTES` in the API's ConfigMap.
     SetConfig {
+        /// The API's ConfigMap.
         config_map: String,
+        /// `"1"` (dual-write on) or `"0"`.
         include_b64: String,
+        /// `spec.dualWrite.maxBytes`.
         max_bytes: String,
     },
     /// Set the `dedup2d.io/payload-config` pod-template annotation of the API Deployment (restarts its pods).
-    SetApiRestartAnnotation { deployment: String, value: String },
+    SetApiRestartAnnotation {
+        /// The API Deployment.
+        deployment: String,
+        /// [`payload_config_hash`] of the values in effect.
+        value: String,
+    },
+}
+
+impl Action {
+    /// The fields this action writes, by [`field_id`], with the values: what the status must
+    /// record before the action is taken (record-then-act), what the actor applies, and what the
+    /// simulator changes.
+    pub fn writes(&self) -> Vec<(String, String)> {
+        match self {
+            Action::None => vec![],
+            Action::SetWorkerImage {
+                deployment,
+                container,
+                image,
+            }
+            | Action::SetApiImage {
+                deployment,
+                container,
+                image,
+            } => vec![(field_id::image(deployment, container), image.clone())],
+            Action::SetConfig {
+                config_map,
+                include_b64,
+                max_bytes,
+            } => vec![
+                (
+                    field_id::config_key(config_map, KEY_INCLUDE_B64),
+                    include_b64.clone(),
+                ),
+                (
+                    field_id::config_key(config_map, KEY_MAX_BYTES),
+                    max_bytes.clone(),
+                ),
+            ],
+            Action::SetApiRestartAnnotation { deployment, value } => {
+                vec![(field_id::restart_annotation(deployment), value.clone())]
+            }
+        }
+    }
 }
 
 /// Normal or Warning, as for Kubernetes Events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// Progress as planned.
     Normal,
+    /// A rollback, a failure, a hold or an ignored request.
     Warning,
 }
 
 /// Something worth a Kubernetes Event: every phase transition, handled requests, holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanEvent {
+    /// Normal or Warning.
     pub kind: EventKind,
+    /// The Event reason (a wire string of the `reason` enums).
     pub reason: String,
     /// With the reason, what tells Events apart (repeats of one pair are counted on one Event):
     /// the target phase for a transition, the annotation value for a request, else the reason.
     pub action: String,
+    /// The Event note.
     pub message: String,
     /// `(from, to)` when this event is a phase transition.
     pub transition: Option<(Phase, Phase)>,
@@ -157,9 +214,13 @@ impl Decision {
 /// A request parsed from the `dedup2d.io/request` annotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
+    /// `promote`: end the soak early, or finalize a drained rollout.
     Promote,
+    /// `abort`: quick rollback.
     Abort,
+    /// `abort-full`: full rollback.
     AbortFull,
+    /// `retry`: lift a hold or restart a finished rollout.
     Retry,
 }
 
@@ -190,12 +251,14 @@ pub fn payload_config_hash(include_b64: &str, max_bytes: &str) -> String {
 pub mod field_id {
     use super::*;
 
+    /// The image of one container of a Deployment's pod template.
     pub fn image(deployment: &str, container: &str) -> String {
         format!("Deployment/{deployment}/containers/{container}/image")
     }
-    pub fn config_key(config_map: &str, key: &str) -> String {
+    pub(crate) fn config_key(config_map: &str, key: &str) -> String {
         format!("ConfigMap/{config_map}/data/{key}")
     }
+    /// The payload-config annotation of a Deployment's pod template.
     pub fn restart_annotation(deployment: &str) -> String {
         format!("Deployment/{deployment}/template/annotations/{PAYLOAD_CONFIG_ANNOTATION}")
     }

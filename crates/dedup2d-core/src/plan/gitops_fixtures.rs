@@ -288,7 +288,7 @@ fn committed_gitops_fixtures_match_the_planner() {
     let dir = dir();
     let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
+            rd.filter_map(std::result::Result::ok)
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
                     let stem = name.strip_suffix(".json")?.to_string();
@@ -346,7 +346,7 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
     let want_phases: std::collections::BTreeSet<String> = Phase::ALL
         .iter()
         .filter(|p| **p != Phase::Failed)
-        .map(|p| p.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(phases, want_phases);
     let want_stalls: std::collections::BTreeSet<String> = [
@@ -362,7 +362,7 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
         "RolledBack",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     assert_eq!(stalls, want_stalls);
 }
@@ -385,7 +385,7 @@ fn fixtures_pass_the_crd_cel_rules() {
         let obj: serde_json::Value = serde_json::from_str(&case.doc).unwrap();
         let errors: Vec<String> = match Validator::new().validate(&schema, &obj, None) {
             Ok(()) => vec![],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            Err(e) => e.iter().map(std::string::ToString::to_string).collect(),
         };
         if name == "stalled-invalid-spec" {
             assert!(

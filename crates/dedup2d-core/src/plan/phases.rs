@@ -161,8 +161,7 @@ impl<'a> Planner<'a> {
             );
         }
         let soak = parse_duration(&self.spec.dual_write.soak)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let elapsed = self.active_elapsed();
         if elapsed >= soak {
             let message = format!("soaked {}", self.spec.dual_write.soak);
@@ -222,12 +221,6 @@ impl<'a> Planner<'a> {
                 return Step::Stall {
                     reason: StallReason::RedisUnreachable,
                     message: format!("Redis unreachable, drain on hold: {why}"),
-                }
-            }
-            DrainObs::NotScanned => {
-                return Step::Wait {
-                    message: "waiting for a Redis scan".into(),
-                    requeue: DRAIN_POLL,
                 }
             }
             DrainObs::Figures(f) => f,

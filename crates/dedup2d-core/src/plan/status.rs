@@ -209,9 +209,6 @@ impl Planner<'_> {
                 StallReason::RedisUnreachable.as_str(),
                 why.clone(),
             ),
-            DrainObs::NotScanned => {
-                Cond::new(CondStatus::Unknown, "NotScanned", "no Redis scan yet")
-            }
         }
     }
 
