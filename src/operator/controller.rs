@@ -162,6 +162,18 @@ impl Context {
     }
 }
 
+/// The API for `K` in namespace `ns`, or in every namespace.
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Run the controller until SIGTERM/SIGINT. `namespace`: only rollouts (and targets) there.
 /// Reconciles are recorded in `metrics`.
 pub async fn run(
@@ -169,16 +181,6 @@ pub async fn run(
     namespace: Option<String>,
     metrics: Arc<OperatorMetrics>,
 ) -> Result<(), RunError> {
-    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let ns = namespace.as_deref();
     let rollouts: Api<Dedup2DRollout> = api(&client, ns);
     rollouts
@@ -190,49 +192,8 @@ pub async fn run(
         "dedup2d operator starting"
     );
 
-    let guarded: Api<GuardedRollout> = api(&client, ns);
-    let controller = Controller::new(guarded, watcher::Config::default());
-    let store = controller.store();
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
     let ctx = Arc::new(Context::new(client.clone(), metrics));
-    controller
-        .watches(
-            api::<Deployment>(&client, ns),
-            watcher::Config::default(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
-            },
-        )
-        .watches(api::<Pod>(&client, ns), watcher::Config::default(), move |p| {
-            let Some(deployment) = pod_deployment(&p) else {
-                return vec![];
-            };
-            targeting(&s2, p.namespace().as_deref(), |r| {
-                targets_deployment(r, &deployment)
-            })
-        })
-        .watches(
-            api::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
-            move |c| {
-                let name = c.name_any();
-                targeting(&s3, c.namespace().as_deref(), |r| r.spec.api.config_map == name)
-            },
-        )
-        .watches(
-            api::<GuardedRollout>(&client, ns),
-            watcher::Config::default(),
-            move |changed| {
-                let Ok(changed) = &changed.0 else {
-                    return vec![];
-                };
-                // A new phase or the deletion of one rollout can end another's conflict.
-                targeting(&s4, changed.namespace().as_deref(), |r| {
-                    r.name_any() != changed.name_any() && share_a_deployment(r, changed)
-                })
-            },
-        )
+    watching_targets(&client, ns)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -247,6 +208,61 @@ pub async fn run(
         .await;
     info!("dedup2d operator stopped");
     Ok(())
+}
+
+/// The controller over (guarded) rollouts, also woken by the Deployments, Pods and ConfigMaps they
+/// target and by the other rollouts that share a Deployment with them.
+fn watching_targets(client: &Client, ns: Option<&str>) -> Controller<GuardedRollout> {
+    let controller = Controller::new(
+        api::<GuardedRollout>(client, ns),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    controller
+        .watches(
+            api::<Deployment>(client, ns),
+            watcher::Config::default(),
+            move |d| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
+            },
+        )
+        .watches(
+            api::<Pod>(client, ns),
+            watcher::Config::default(),
+            move |p| {
+                let Some(deployment) = pod_deployment(&p) else {
+                    return vec![];
+                };
+                targeting(&s2, p.namespace().as_deref(), |r| {
+                    targets_deployment(r, &deployment)
+                })
+            },
+        )
+        .watches(
+            api::<ConfigMap>(client, ns),
+            watcher::Config::default(),
+            move |c| {
+                let name = c.name_any();
+                targeting(&s3, c.namespace().as_deref(), |r| {
+                    r.spec.api.config_map == name
+                })
+            },
+        )
+        .watches(
+            api::<GuardedRollout>(client, ns),
+            watcher::Config::default(),
+            move |changed| {
+                let Ok(changed) = &changed.0 else {
+                    return vec![];
+                };
+                // A new phase or the deletion of one rollout can end another's conflict.
+                targeting(&s4, changed.namespace().as_deref(), |r| {
+                    r.name_any() != changed.name_any() && share_a_deployment(r, changed)
+                })
+            },
+        )
 }
 
 /// Rollouts in namespace `ns` for which `pred` holds (ones that did not deserialize never match).
