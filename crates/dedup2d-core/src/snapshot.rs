@@ -98,7 +98,7 @@ impl PodObs {
 
 /// Why a target's container cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContainerError {
+pub(crate) enum ContainerError {
     #[error("Deployment {deployment} has no container named {container}")]
     /// The Deployment has no container of that name.
     NotFound {
@@ -119,7 +119,7 @@ pub enum ContainerError {
 
 impl DeploymentObs {
     /// The container a target means: the named one, or the only one.
-    pub fn resolve_container(&self, wanted: Option<&str>) -> Result<String, ContainerError> {
+    pub(crate) fn resolve_container(&self, wanted: Option<&str>) -> Result<String, ContainerError> {
         match wanted {
             Some(name) => self
                 .containers
@@ -149,7 +149,7 @@ impl DeploymentObs {
     /// `kubectl rollout status`'s test: the controller saw the latest spec, every replica is updated,
     /// no replica of an older ReplicaSet is counted, and the updated ones are available. The Progressing
     /// condition alone is stale right after a patch, so it is not used.
-    pub fn rollout_complete(&self) -> bool {
+    pub(crate) fn rollout_complete(&self) -> bool {
         self.observed_generation >= self.generation
             && !self.progress_deadline_exceeded
             && self.updated_replicas == self.replicas
@@ -159,7 +159,7 @@ impl DeploymentObs {
 
     /// Fully rolled *and* every pod that exists (terminating ones included) satisfies `is_new`.
     /// Terminating pods are not counted in `status.replicas`, so the pods are checked one by one.
-    pub fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
+    pub(crate) fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
         self.rollout_complete() && self.pods.iter().all(is_new)
     }
 }
