@@ -43,7 +43,7 @@ peers_venv
 THREADS="--test-threads=${DEDUP2D_TEST_THREADS:-4}"
 if [ "$GROUP" = local ]; then
   step "cargo test (unit tests, tests/local; no cluster)"
-  env -u KUBECONFIG -u KUBERNETES_SERVICE_HOST cargo test --locked --lib --bins --test local -- "$THREADS"
+  env -u KUBECONFIG -u KUBERNETES_SERVICE_HOST cargo test --workspace --locked --lib --bins --test local -- "$THREADS"
   step "done"
   exit 0
 fi
@@ -72,14 +72,17 @@ if [ "$GROUP" = all ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check
 
+  step "core crate purity: no kube client/runtime, redis, tokio, axum or hyper (hack/check-core-purity.sh)"
+  hack/check-core-purity.sh
+
   step "cargo clippy"
-  cargo clippy --all-targets --locked -- -D warnings
+  cargo clippy --workspace --all-targets --locked -- -D warnings
 
   step "gitops: Argo CD health/actions and kstatus (hack/gitops.sh)"
   hack/gitops.sh
 
   step "cargo build (tests)"
-  cargo test --locked --all-targets --no-run
+  cargo test --workspace --locked --all-targets --no-run
 fi
 
 if [ "$OWN_CLUSTER" = 1 ]; then
@@ -109,7 +112,7 @@ step "helm chart: lint, unit tests, kubeconform, server dry-run (hack/chart.sh)"
 hack/chart.sh
 
 step "cargo test"
-cargo test --locked --all-targets -- "$THREADS"
+cargo test --workspace --locked --all-targets -- "$THREADS"
 
 step "container image: reproducible build, config, run under runc (hack/image.sh check)"
 hack/image.sh check

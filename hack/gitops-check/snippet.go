@@ -201,7 +201,7 @@ func loadTestdata(dir string) (map[string]Doc, error) {
 		return nil, err
 	}
 	if len(paths) == 0 {
-		return nil, fmt.Errorf("no documents in %s/testdata (generate them: DEDUP2D_BLESS=1 cargo test --lib operator::plan::gitops_fixtures)", dir)
+		return nil, fmt.Errorf("no documents in %s/testdata (generate them: DEDUP2D_BLESS=1 cargo test -p dedup2d-core --lib plan::gitops_fixtures)", dir)
 	}
 	docs := map[string]Doc{}
 	for _, p := range paths {

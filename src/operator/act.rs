@@ -73,22 +73,14 @@ pub async fn apply(client: &Client, ns: &str, action: &Action) -> Result<(), Act
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
     match action {
         Action::None => Ok(()),
-        Action::SetWorkerImage {
-            deployment,
-            container,
-            image,
-        }
-        | Action::SetApiImage {
-            deployment,
-            container,
-            image,
-        } => {
-            let field = field_id::image(deployment, container);
-            apply_deployment(client, ns, deployment, &ssa, (&field, image)).await
-        }
-        Action::SetApiRestartAnnotation { deployment, value } => {
-            let field = field_id::restart_annotation(deployment);
-            apply_deployment(client, ns, deployment, &ssa, (&field, value)).await
+        Action::SetWorkerImage { deployment, .. }
+        | Action::SetApiImage { deployment, .. }
+        | Action::SetApiRestartAnnotation { deployment, .. } => {
+            // one field each: an image or the restart annotation of the pod template
+            for (field, value) in action.writes() {
+                apply_deployment(client, ns, deployment, &ssa, (&field, &value)).await?;
+            }
+            Ok(())
         }
         Action::SetConfig {
             config_map,

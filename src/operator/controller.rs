@@ -23,6 +23,7 @@ use k8s_openapi::{
 };
 use kube::{
     api::ListParams,
+    core::{error_boundary::InvalidObject, DeserializeGuard},
     runtime::{
         controller::Action as Requeue,
         events::Reporter,
@@ -61,17 +62,51 @@ pub enum ReconcileError {
     },
 }
 
-impl ReconcileError {
-    /// A small fixed label for `dedup2d_reconcile_errors_total{reason}`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ReconcileError::Observe(_) => "Observe",
-            ReconcileError::Act(ActError::StaleRollout(_)) => "Conflict",
-            ReconcileError::Act(_) => "Act",
-            ReconcileError::Read { .. } => "Read",
-        }
+/// What kind of step a reconcile failed in: the reason of its Warning Event and the label of
+/// `dedup2d_reconcile_errors_total{reason}` (a small fixed set; the variant's name is the string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr)]
+pub enum ErrorCategory {
+    /// Reading the targets from the API server.
+    Observe,
+    /// The rollout changed under a write.
+    Conflict,
+    /// A status write or a server-side apply.
+    Act,
+    /// Reading the rollout itself.
+    Read,
+}
+
+impl ErrorCategory {
+    /// The wire string (the variant's name).
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
+
+impl ReconcileError {
+    /// The error's category.
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            ReconcileError::Observe(_) => ErrorCategory::Observe,
+            ReconcileError::Act(ActError::StaleRollout(_)) => ErrorCategory::Conflict,
+            ReconcileError::Act(_) => ErrorCategory::Act,
+            ReconcileError::Read { .. } => ErrorCategory::Read,
+        }
+    }
+
+    /// A small fixed label for `dedup2d_reconcile_errors_total{reason}`: the category.
+    pub fn reason(&self) -> &'static str {
+        self.category().as_str()
+    }
+}
+
+/// The reason of the Warning Event for a rollout that cannot be deserialized (it is skipped; the
+/// others are reconciled as usual).
+pub const INVALID_OBJECT_REASON: &str = "InvalidObject";
+
+/// A rollout as the watch delivers it: deserialized, or the error and the object's metadata, so one
+/// malformed object cannot break the watch for the others.
+pub type GuardedRollout = DeserializeGuard<Dedup2DRollout>;
 
 /// The operator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +142,7 @@ pub struct Context {
     /// Rollout Events (transitions at least once).
     pub events: Announcer,
     /// Consecutive failures per rollout, for the backoff.
-    failures: Mutex<HashMap<ObjectRef<Dedup2DRollout>, u32>>,
+    failures: Mutex<HashMap<ObjectRef<GuardedRollout>, u32>>,
     pub metrics: Arc<OperatorMetrics>,
 }
 
@@ -127,23 +162,27 @@ impl Context {
     }
 }
 
-/// Run the controller until SIGTERM/SIGINT. `namespace`: only rollouts (and targets) there.
+/// The API for `K` in namespace `ns`, or in every namespace.
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the controller until the caller drops it (`serve` does, on the shutdown signal or a lost Lease;
+/// a reconcile cut short is safe: every write is recorded before it is made). `namespace`: only
+/// rollouts (and targets) there.
 /// Reconciles are recorded in `metrics`.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
     metrics: Arc<OperatorMetrics>,
 ) -> Result<(), RunError> {
-    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        }
-    }
     let ns = namespace.as_deref();
     let rollouts: Api<Dedup2DRollout> = api(&client, ns);
     rollouts
@@ -155,46 +194,8 @@ pub async fn run(
         "dedup2d operator starting"
     );
 
-    let controller = Controller::new(rollouts, watcher::Config::default());
-    let store = controller.store();
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
     let ctx = Arc::new(Context::new(client.clone(), metrics));
-    controller
-        .watches(
-            api::<Deployment>(&client, ns),
-            watcher::Config::default(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
-            },
-        )
-        .watches(api::<Pod>(&client, ns), watcher::Config::default(), move |p| {
-            let Some(deployment) = pod_deployment(&p) else {
-                return vec![];
-            };
-            targeting(&s2, p.namespace().as_deref(), |r| {
-                targets_deployment(r, &deployment)
-            })
-        })
-        .watches(
-            api::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
-            move |c| {
-                let name = c.name_any();
-                targeting(&s3, c.namespace().as_deref(), |r| r.spec.api.config_map == name)
-            },
-        )
-        .watches(
-            api::<Dedup2DRollout>(&client, ns),
-            watcher::Config::default(),
-            move |changed| {
-                // A new phase or the deletion of one rollout can end another's conflict.
-                targeting(&s4, changed.namespace().as_deref(), |r| {
-                    r.name_any() != changed.name_any() && share_a_deployment(r, &changed)
-                })
-            },
-        )
-        .shutdown_on_signal()
+    watching_targets(&client, ns)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
@@ -210,17 +211,75 @@ pub async fn run(
     Ok(())
 }
 
-/// Rollouts in namespace `ns` for which `pred` holds.
+/// The controller over (guarded) rollouts, also woken by the Deployments, Pods and ConfigMaps they
+/// target and by the other rollouts that share a Deployment with them.
+fn watching_targets(client: &Client, ns: Option<&str>) -> Controller<GuardedRollout> {
+    let controller = Controller::new(
+        api::<GuardedRollout>(client, ns),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    controller
+        .watches(
+            api::<Deployment>(client, ns),
+            watcher::Config::default(),
+            move |d| {
+                let (ns, name) = (d.namespace(), d.name_any());
+                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
+            },
+        )
+        .watches(
+            api::<Pod>(client, ns),
+            watcher::Config::default(),
+            move |p| {
+                let Some(deployment) = pod_deployment(&p) else {
+                    return vec![];
+                };
+                targeting(&s2, p.namespace().as_deref(), |r| {
+                    targets_deployment(r, &deployment)
+                })
+            },
+        )
+        .watches(
+            api::<ConfigMap>(client, ns),
+            watcher::Config::default(),
+            move |c| {
+                let name = c.name_any();
+                targeting(&s3, c.namespace().as_deref(), |r| {
+                    r.spec.api.config_map == name
+                })
+            },
+        )
+        .watches(
+            api::<GuardedRollout>(client, ns),
+            watcher::Config::default(),
+            move |changed| {
+                let Ok(changed) = &changed.0 else {
+                    return vec![];
+                };
+                // A new phase or the deletion of one rollout can end another's conflict.
+                targeting(&s4, changed.namespace().as_deref(), |r| {
+                    r.name_any() != changed.name_any() && share_a_deployment(r, changed)
+                })
+            },
+        )
+}
+
+/// Rollouts in namespace `ns` for which `pred` holds (ones that did not deserialize never match).
 fn targeting(
-    store: &Store<Dedup2DRollout>,
+    store: &Store<GuardedRollout>,
     ns: Option<&str>,
     pred: impl Fn(&Dedup2DRollout) -> bool,
-) -> Vec<ObjectRef<Dedup2DRollout>> {
+) -> Vec<ObjectRef<GuardedRollout>> {
     store
         .state()
         .iter()
-        .filter(|r| r.namespace().as_deref() == ns && pred(r))
-        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .filter(|g| {
+            g.0.as_ref()
+                .is_ok_and(|r| r.namespace().as_deref() == ns && pred(r))
+        })
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
 }
 
@@ -250,9 +309,18 @@ pub fn pod_deployment(pod: &Pod) -> Option<String> {
 }
 
 /// One reconcile of one rollout.
-async fn reconcile(obj: Arc<Dedup2DRollout>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
+async fn reconcile(obj: Arc<GuardedRollout>, ctx: Arc<Context>) -> Result<Requeue, ReconcileError> {
     let ns = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
+    if let Err(invalid) = &obj.0 {
+        warn!(rollout = %format!("{ns}/{name}"), error = %invalid, "skipping a Dedup2DRollout that does not deserialize");
+        let reference = obj.object_ref(&());
+        let message = invalid_object_message(invalid);
+        ctx.events
+            .warn(&reference, INVALID_OBJECT_REASON, &message)
+            .await;
+        return Ok(Requeue::await_change());
+    }
     let span = tracing::info_span!("reconcile", rollout = %format!("{ns}/{name}"));
     let started = Instant::now();
     let result = reconcile_steps(&ctx, &ns, &name).instrument(span).await;
@@ -373,8 +441,18 @@ async fn persist_status(
     Ok(())
 }
 
-/// Back off exponentially per rollout (1 s doubling to 60 s); errors never crash the operator.
-fn error_policy(obj: Arc<Dedup2DRollout>, err: &ReconcileError, ctx: Arc<Context>) -> Requeue {
+/// The Event message for a rollout that does not deserialize.
+pub fn invalid_object_message(invalid: &InvalidObject) -> String {
+    format!(
+        "this Dedup2DRollout cannot be read and is skipped until it changes: {}",
+        invalid.error
+    )
+}
+
+/// Back off exponentially per rollout (1 s doubling to 60 s) and publish a Warning Event whose
+/// reason is the error's category. The Events recorder folds repeats of one reason into one Event
+/// series, and the backoff bounds how often that is written; errors never crash the operator.
+fn error_policy(obj: Arc<GuardedRollout>, err: &ReconcileError, ctx: Arc<Context>) -> Requeue {
     let key = ObjectRef::from_obj(obj.as_ref());
     let n = {
         let mut failures = ctx.failures.lock().unwrap();
@@ -390,6 +468,11 @@ fn error_policy(obj: Arc<Dedup2DRollout>, err: &ReconcileError, ctx: Arc<Context
         retry_in_ms = delay.as_millis() as u64,
         "reconcile failed"
     );
+    let reference = obj.object_ref(&());
+    let (reason, message) = (err.category(), format!("reconcile failed: {err}"));
+    tokio::spawn(async move {
+        ctx.events.warn(&reference, reason.as_str(), &message).await;
+    });
     Requeue::requeue(delay)
 }
 
@@ -403,6 +486,74 @@ pub fn backoff(attempt: u32) -> Duration {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn rollout_json(workers: serde_json::Value) -> serde_json::Value {
+        json!({
+            "apiVersion": "dedup2d.io/v1alpha1",
+            "kind": "Dedup2DRollout",
+            "metadata": {"name": "r1", "namespace": "team-a", "uid": "u-1"},
+            "spec": {
+                "workers": workers,
+                "api": {"deployment": "api", "configMap": "cfg"}
+            }
+        })
+    }
+
+    #[test]
+    fn a_rollout_that_does_not_deserialize_is_kept_with_its_metadata_and_a_reason() {
+        let good: GuardedRollout = serde_json::from_value(rollout_json(
+            json!([{"deployment": "worker", "image": "reg/w:2"}]),
+        ))
+        .unwrap();
+        assert!(good.0.is_ok(), "{:?}", good.0);
+
+        // workers must be a list: the watch still delivers the object, as an error
+        let bad: GuardedRollout =
+            serde_json::from_value(rollout_json(json!("not-a-list"))).unwrap();
+        let invalid = bad.0.as_ref().unwrap_err();
+        assert_eq!(bad.name_any(), "r1");
+        assert_eq!(bad.namespace().as_deref(), Some("team-a"));
+        let reference = bad.object_ref(&());
+        assert_eq!(reference.kind.as_deref(), Some("Dedup2DRollout"));
+        assert_eq!(reference.uid.as_deref(), Some("u-1"));
+        let message = invalid_object_message(invalid);
+        assert!(
+            message.contains("skipped") && message.contains("Expected a sequence"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_rollout_never_matches_a_watched_target() {
+        let store_writer = {
+            let mut w = kube::runtime::reflector::store::Writer::<GuardedRollout>::default();
+            for (name, workers) in [
+                (
+                    "good",
+                    json!([{"deployment": "worker", "image": "reg/w:2"}]),
+                ),
+                ("bad", json!(7)),
+            ] {
+                let mut v = rollout_json(workers);
+                v["metadata"]["name"] = json!(name);
+                w.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(v).unwrap()));
+            }
+            w
+        };
+        let store = store_writer.as_reader();
+        let found = targeting(&store, Some("team-a"), |r| targets_deployment(r, "api"));
+        let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+    }
+
+    #[test]
+    fn an_error_category_is_its_metrics_label_and_event_reason() {
+        let stale = ReconcileError::Act(ActError::StaleRollout("team-a/r1".into()));
+        assert_eq!(stale.category(), ErrorCategory::Conflict);
+        assert_eq!(stale.reason(), "Conflict");
+        let missing = ReconcileError::Act(ActError::Missing("Deployment api".into()));
+        assert_eq!(missing.category().to_string(), "Act");
+    }
 
     #[test]
     fn a_refused_startup_list_names_the_namespace_and_the_grant() {

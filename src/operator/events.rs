@@ -9,7 +9,10 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use k8s_openapi::{api::core::v1::Event as CoreEvent, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::{Event as CoreEvent, ObjectReference},
+    jiff::Timestamp,
+};
 use kube::{
     api::ListParams,
     runtime::{
@@ -192,22 +195,48 @@ impl Announcer {
         let reference = rollout.object_ref(&());
         let mut all_sent = true;
         for e in events {
-            let event = Event {
-                type_: match e.kind {
-                    EventKind::Normal => EventType::Normal,
-                    EventKind::Warning => EventType::Warning,
-                },
-                reason: e.reason.clone(),
-                note: Some(e.message.chars().take(1000).collect()),
-                action: e.action.clone(),
-                secondary: None,
+            let type_ = match e.kind {
+                EventKind::Normal => EventType::Normal,
+                EventKind::Warning => EventType::Warning,
             };
-            if let Err(err) = self.recorder.publish(&event, &reference).await {
-                warn!(reason = %e.reason, error = %err, "could not publish Event");
-                all_sent = false;
-            }
+            all_sent &= self
+                .send(&reference, type_, &e.reason, &e.action, &e.message)
+                .await;
         }
         all_sent
+    }
+
+    /// Publish a Warning Event about an object the planner did not decide on (a reconcile error, a
+    /// rollout that does not deserialize): the reason is also the action, so repeats of one reason
+    /// count on one Event series.
+    pub async fn warn(&self, reference: &ObjectReference, reason: &str, message: &str) {
+        self.send(reference, EventType::Warning, reason, reason, message)
+            .await;
+    }
+
+    /// One Event through the shared recorder; false (logged) if it failed.
+    async fn send(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        message: &str,
+    ) -> bool {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(message.chars().take(1000).collect()),
+            action: action.into(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, reference).await {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(reason, error = %err, "could not publish Event");
+                false
+            }
+        }
     }
 }
 

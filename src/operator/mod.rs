@@ -1,17 +1,14 @@
-//! The rollout operator: the `Dedup2DRollout` CRD, the observed-world snapshot, and the pure planner
-//! that decides the next step. The adapters (observer, actor, reconciler, drain scan) sit around these.
+//! The rollout operator's adapters (observer, actor, reconciler, drain scan, Events, metrics, leader
+//! election) around the pure core in the `dedup2d-core` crate: the `Dedup2DRollout` CRD, the
+//! observed-world snapshot and the planner, re-exported here at their old paths.
+
+pub use dedup2d_core::{conditions, crd, duration, managed, plan, snapshot};
 
 pub mod act;
-pub mod conditions;
 pub mod controller;
-pub mod crd;
 pub mod drain;
-pub mod duration;
 pub mod events;
 pub mod leader;
-pub mod managed;
 pub mod metrics;
 pub mod observe;
-pub mod plan;
 pub mod serve;
-pub mod snapshot;

@@ -63,6 +63,30 @@ pub enum ObserveError {
     },
 }
 
+/// Why the Redis side of an observation has no figures. Its message goes into the `Stalled`
+/// condition and `RollbackSafe`, so URLs in it are redacted.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid Redis URL {url}: {source}")]
+    InvalidUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("cannot connect to Redis at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("reading worker heartbeats: {0}")]
+    Heartbeats(#[source] redis::RedisError),
+    #[error(transparent)]
+    Drain(#[from] drain::DrainError),
+    #[error("Redis at {url} did not answer within {}s", budget.as_secs())]
+    Timeout { url: String, budget: Duration },
+}
+
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ObserveError {
     let what = what.into();
     move |source| ObserveError::Kube { what, source }
@@ -75,12 +99,14 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
-    async fn get(&self, url: &str) -> Result<ConnectionManager, String> {
+    async fn get(&self, url: &str) -> Result<ConnectionManager, RedisError> {
         if let Some(c) = self.conns.lock().await.get(url) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| format!("invalid Redis URL {}: {e}", redact_url(url)))?;
+        let client = redis::Client::open(url).map_err(|source| RedisError::InvalidUrl {
+            url: redact_url(url),
+            source,
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(Duration::from_secs(10)))
@@ -88,7 +114,10 @@ impl RedisPool {
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| format!("cannot connect to Redis at {}: {e}", redact_url(url)))?;
+            .map_err(|source| RedisError::Connect {
+                url: redact_url(url),
+                source,
+            })?;
         self.conns
             .lock()
             .await
@@ -143,47 +172,12 @@ pub async fn observe(
         .map_err(kube_err("the namespace's Dedup2DRollouts"))?;
     let conflicts = conflicts(rollout, &others.items);
 
-    let secret = match spec
-        .drain
-        .redis
-        .as_ref()
-        .and_then(|r| r.url_secret_ref.as_ref())
-    {
-        Some(r) => Some(
-            Api::<Secret>::namespaced(client.clone(), &ns)
-                .get_opt(&r.name)
-                .await
-                .map_err(kube_err(format!("Secret {}", r.name)))?,
-        ),
-        None => None,
-    };
-    let (heartbeats, drain) =
-        match redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())) {
-            Err(why) => (
-                Heartbeats::Unavailable(why.clone()),
-                DrainObs::Unreachable(why),
-            ),
-            Ok(target) => match tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
-                .await
-            {
-                Ok(Ok((beats, figures))) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
-                Ok(Err(why)) => (
-                    Heartbeats::Unavailable(why.clone()),
-                    DrainObs::Unreachable(why),
-                ),
-                Err(_) => {
-                    let why = format!(
-                        "Redis at {} did not answer within {}s",
-                        redact_url(&target.url),
-                        REDIS_BUDGET.as_secs()
-                    );
-                    (
-                        Heartbeats::Unavailable(why.clone()),
-                        DrainObs::Unreachable(why),
-                    )
-                }
-            },
-        };
+    let secret = redis_url_secret(client, &ns, spec).await?;
+    let (heartbeats, drain) = observe_redis_in_budget(
+        redis,
+        redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())),
+    )
+    .await;
 
     Ok(Observed {
         generation: rollout.metadata.generation.unwrap_or(0),
@@ -198,6 +192,57 @@ pub async fn observe(
         drain,
         conflicts,
     })
+}
+
+/// The Secret named by `spec.drain.redis.urlSecretRef`: `None` when there is no reference,
+/// `Some(None)` when the Secret does not exist.
+async fn redis_url_secret(
+    client: &Client,
+    ns: &str,
+    spec: &Dedup2DRolloutSpec,
+) -> Result<Option<Option<Secret>>, ObserveError> {
+    let Some(r) = spec
+        .drain
+        .redis
+        .as_ref()
+        .and_then(|r| r.url_secret_ref.as_ref())
+    else {
+        return Ok(None);
+    };
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(&r.name)
+        .await
+        .map_err(kube_err(format!("Secret {}", r.name)))?;
+    Ok(Some(secret))
+}
+
+/// Heartbeats and drain figures from Redis within [`REDIS_BUDGET`], or why there are none.
+async fn observe_redis_in_budget(
+    redis: &RedisPool,
+    target: Result<RedisTarget, String>,
+) -> (Heartbeats, DrainObs) {
+    let unavailable = |why: String| {
+        (
+            Heartbeats::Unavailable(why.clone()),
+            DrainObs::Unreachable(why),
+        )
+    };
+    let target = match target {
+        Ok(target) => target,
+        Err(why) => return unavailable(why),
+    };
+    let observed = tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(RedisError::Timeout {
+                url: redact_url(&target.url),
+                budget: REDIS_BUDGET,
+            })
+        });
+    match observed {
+        Ok((beats, figures)) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
+        Err(why) => unavailable(why.to_string()),
+    }
 }
 
 async fn read_deployment(
@@ -230,28 +275,25 @@ async fn read_deployment(
     Ok(Some(deployment_obs(&d, &pod_list)))
 }
 
-/// Scan heartbeats, legacy payloads and active jobs. `Err` is a message for the Stalled condition.
+/// Scan heartbeats, legacy payloads and active jobs.
 async fn observe_redis(
     redis: &RedisPool,
     target: &RedisTarget,
-) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), String> {
+) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), RedisError> {
     let mut conn = redis.get(&target.url).await?;
     let keys = Keys::new(&target.prefix);
     let scanned_at = Timestamp::now();
     let beats = read_heartbeats(&mut conn, &keys)
         .await
-        .map_err(|e| format!("reading worker heartbeats: {e}"))?;
-    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
-    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+        .map_err(RedisError::Heartbeats)?;
+    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH).await?;
+    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH).await?;
     tracing::debug!(
         scanned = legacy.scanned,
         legacy = legacy.legacy,
         batches = legacy.batches,
         bytes_inspected = legacy.bytes_inspected,
+        max_legacy_pttl_ms = ?legacy.max_legacy_pttl_ms,
         elapsed_ms = legacy.elapsed.as_millis() as u64,
         active = active.active,
         "redis drain scan"
@@ -306,7 +348,6 @@ pub fn drain_figures(
         scanned_at,
         legacy_payloads: legacy.legacy,
         legacy_without_expiry: legacy.legacy_without_expiry,
-        max_legacy_pttl_ms: legacy.max_legacy_pttl_ms,
         active_without_b64: active.file_ref_only,
     }
 }

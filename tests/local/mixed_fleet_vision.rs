@@ -10,11 +10,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::peers::{peer, python};
+use crate::support::redis::RedisServer;
 use crate::support::schema::{assert_valid, SEARCH_RESULT};
 use crate::support::vision_stub::VisionStub;
 use crate::support::worker::{self as w, WorkerProc};
-use crate::support::peers::{peer, python};
-use crate::support::redis::RedisServer;
 use dedup2d::contract::store::{JobStatus, NewJob};
 use serde_json::{json, Map, Value};
 

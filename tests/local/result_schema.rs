@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::api::{ApiProcess, KEY_A};
+use crate::support::redis::RedisServer;
 use crate::support::schema::{assert_valid, violations, JOB_RESPONSE, SEARCH_RESULT};
 use crate::support::worker::{self as w, WorkerProc};
-use crate::support::redis::RedisServer;
 use dedup2d::api::auth::tenant_id;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::store::{JobStore, NewJob};

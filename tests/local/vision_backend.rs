@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
+use crate::support::redis::RedisServer;
 use crate::support::schema::{assert_valid, SEARCH_RESULT};
 use crate::support::vision_stub::VisionStub;
 use crate::support::worker::{self as w, metric, WorkerProc};
-use crate::support::redis::RedisServer;
 use dedup2d::contract::store::{JobStatus, JobStore, JobView};
 use serde_json::{json, Value};
 

@@ -6,24 +6,25 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
+pub(crate) const READY: &str = "Ready";
+pub(crate) const RECONCILING: &str = "Reconciling";
+/// The kstatus condition: `True` when the rollout cannot progress without a change.
 pub const STALLED: &str = "Stalled";
-pub const WORKERS_UPGRADED: &str = "WorkersUpgraded";
-pub const DUAL_WRITE: &str = "DualWrite";
-pub const DRAINED: &str = "Drained";
-pub const ROLLBACK_SAFE: &str = "RollbackSafe";
+pub(crate) const WORKERS_UPGRADED: &str = "WorkersUpgraded";
+pub(crate) const DUAL_WRITE: &str = "DualWrite";
+pub(crate) const DRAINED: &str = "Drained";
+pub(crate) const ROLLBACK_SAFE: &str = "RollbackSafe";
 
 /// A condition status value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CondStatus {
+pub(crate) enum CondStatus {
     True,
     False,
     Unknown,
 }
 
 impl CondStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CondStatus::True => "True",
             CondStatus::False => "False",
@@ -31,7 +32,7 @@ impl CondStatus {
         }
     }
 
-    pub fn from_bool(b: bool) -> Self {
+    pub(crate) fn from_bool(b: bool) -> Self {
         if b {
             CondStatus::True
         } else {
@@ -41,7 +42,7 @@ impl CondStatus {
 }
 
 /// Insert or update the condition `type_`. The transition time is `now` only when the status changes.
-pub fn set_condition(
+pub(crate) fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     status: CondStatus,

@@ -4,14 +4,14 @@
 //! it to re-state every field `dedup2d-operator` already owns on an object in each server-side apply
 //! (an apply that leaves out a field its manager owns would remove that field).
 //!
-//! Field ids are the planner's ([`super::plan::field_id`]).
+//! Field ids are the planner's ([`crate::plan::field_id`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use serde_json::Value;
 
-use super::{crd::PAYLOAD_CONFIG_ANNOTATION, plan::field_id};
+use crate::{crd::PAYLOAD_CONFIG_ANNOTATION, plan::field_id};
 
 /// The operator-relevant fields of one `fieldsV1` tree of a Deployment: container images and the
 /// payload-config pod-template annotation.
@@ -67,7 +67,7 @@ pub fn managers(
     // Oldest first, ours before others at equal times, so later inserts win.
     sorted.sort_by_key(|e| {
         (
-            e.time.as_ref().map(|t| t.0.as_second()).unwrap_or(0),
+            e.time.as_ref().map_or(0, |t| t.0.as_second()),
             e.manager.as_deref() != Some(ours),
         )
     });

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
-use crate::operator::{
+use crate::{
     crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
     snapshot::{ConfigObs, DrainFigures},
 };
@@ -294,10 +294,6 @@ impl World {
                 scanned_at: ts(self.now),
                 legacy_payloads: live.len() as u64,
                 legacy_without_expiry: live.iter().filter(|e| e.is_none()).count() as u64,
-                max_legacy_pttl_ms: live
-                    .iter()
-                    .filter_map(|e| e.map(|e| ((e - self.now) * 1000) as u64))
-                    .max(),
                 active_without_b64: self.active_file_ref_only,
             })
         } else {
@@ -471,7 +467,7 @@ impl World {
         let prev = before.clone().unwrap_or_default();
         // Invariant 5: a write happens only for a field already recorded (with that value) in the
         // persisted status, and the recorded previous value is the value before the rollout.
-        for (field, value) in action_fields(&self.spec, &d.action) {
+        for (field, value) in d.action.writes() {
             let rec = prev.fields.iter().find(|r| r.field == field);
             let rec =
                 rec.unwrap_or_else(|| panic!("{:?} writes {field} before recording it", d.action));
@@ -491,7 +487,7 @@ impl World {
         // between the status write and the Event cannot lose it for good.
         let told: Vec<(Phase, Phase)> = d.transitions().collect();
         let kept = &d.status.transitions;
-        assert!(kept.len() <= crate::operator::crd::MAX_TRANSITIONS);
+        assert!(kept.len() <= crate::crd::MAX_TRANSITIONS);
         let recorded: Vec<(Phase, Phase)> = kept[kept.len().saturating_sub(told.len())..]
             .iter()
             .map(|t| (t.from, t.to))
@@ -631,7 +627,11 @@ impl World {
                 self.request = Some(format!("promote:{round}"));
             }
             let d = self.reconcile();
-            if d.status.phase.is_some_and(|p| p.is_terminal()) && d.action == Action::None {
+            if d.status
+                .phase
+                .is_some_and(super::super::crd::Phase::is_terminal)
+                && d.action == Action::None
+            {
                 return d.status.phase.unwrap();
             }
             for i in 0..=self.workers.len() {
@@ -653,41 +653,4 @@ impl World {
 
 pub fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap()
-}
-
-/// The fields an action writes, with the values.
-pub fn action_fields(spec: &Dedup2DRolloutSpec, action: &Action) -> Vec<(String, String)> {
-    match action {
-        Action::None => vec![],
-        Action::SetWorkerImage {
-            deployment,
-            container,
-            image,
-        }
-        | Action::SetApiImage {
-            deployment,
-            container,
-            image,
-        } => {
-            vec![(field_id::image(deployment, container), image.clone())]
-        }
-        Action::SetConfig {
-            config_map,
-            include_b64,
-            max_bytes,
-        } => vec![
-            (
-                field_id::config_key(config_map, KEY_INCLUDE_B64),
-                include_b64.clone(),
-            ),
-            (
-                field_id::config_key(config_map, KEY_MAX_BYTES),
-                max_bytes.clone(),
-            ),
-        ],
-        Action::SetApiRestartAnnotation { deployment, value } => {
-            let _ = spec;
-            vec![(field_id::restart_annotation(deployment), value.clone())]
-        }
-    }
 }

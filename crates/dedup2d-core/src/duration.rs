@@ -1,18 +1,21 @@
 //! Go-style durations (`30s`, `10m`, `1h30m`, `500ms`, `0`) as written in `spec.dualWrite.soak`.
 //!
-//! The CRD checks the shape with [`DURATION_PATTERN`] (a CEL `matches`), so the API server rejects a bad
+//! The CRD checks the shape with `DURATION_PATTERN` (a CEL `matches`), so the API server rejects a bad
 //! value with a readable message; [`parse_duration`] is what the planner uses to read it.
 
 use std::time::Duration;
 
 /// RE2 pattern accepted by the CRD: `0`, or one or more `<digits><unit>` with unit `h`, `m`, `s` or `ms`.
-pub const DURATION_PATTERN: &str = "^(0|([0-9]+(h|ms|m|s))+)$";
+#[cfg(test)]
+pub(crate) const DURATION_PATTERN: &str = "^(0|([0-9]+(h|ms|m|s))+)$";
 
 /// A duration string that does not have the accepted shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {input:?}: expected e.g. 30s, 10m, 1h30m or 500ms ({why})")]
 pub struct DurationError {
+    /// The text that did not parse.
     pub input: String,
+    /// What is wrong with it.
     pub why: &'static str,
 }
 
@@ -64,6 +67,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crd_rule_on_the_soak_holds_this_pattern() {
+        let crd = <crate::crd::Dedup2DRollout as kube::CustomResourceExt>::crd();
+        let text = serde_json::to_string(&crd).unwrap();
+        assert!(
+            text.contains(DURATION_PATTERN),
+            "the CEL rule lost {DURATION_PATTERN}"
+        );
+    }
 
     #[test]
     fn parses_go_style_durations() {

@@ -11,18 +11,18 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use kube::api::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::sim::*;
 use super::tests::{round, until_phase};
 use super::*;
-use crate::operator::crd::{Dedup2DRollout, OnFailure, REQUEST_ANNOTATION};
+use crate::crd::{Dedup2DRollout, OnFailure, REQUEST_ANNOTATION};
 
 const NAME: &str = "file-ref-migration";
 const NAMESPACE: &str = "dedup2d";
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/gitops/testdata")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/gitops/testdata")
 }
 
 /// The object as the API server would hold it: the world's spec, generation and request annotation,
@@ -288,7 +288,7 @@ fn committed_gitops_fixtures_match_the_planner() {
     let dir = dir();
     let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
+            rd.filter_map(std::result::Result::ok)
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
                     let stem = name.strip_suffix(".json")?.to_string();
@@ -321,7 +321,7 @@ fn committed_gitops_fixtures_match_the_planner() {
     assert!(
         problems.is_empty(),
         "docs/gitops/testdata is stale: {}\nregenerate it with\n    \
-         DEDUP2D_BLESS=1 cargo test --lib operator::plan::gitops_fixtures\n\
+         DEDUP2D_BLESS=1 cargo test -p dedup2d-core --lib plan::gitops_fixtures\n\
          and re-run hack/gitops.sh",
         problems.join(", ")
     );
@@ -346,7 +346,7 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
     let want_phases: std::collections::BTreeSet<String> = Phase::ALL
         .iter()
         .filter(|p| **p != Phase::Failed)
-        .map(|p| p.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert_eq!(phases, want_phases);
     let want_stalls: std::collections::BTreeSet<String> = [
@@ -362,7 +362,7 @@ fn fixtures_cover_every_phase_but_failed_and_every_stall_reason() {
         "RolledBack",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(std::string::ToString::to_string)
     .collect();
     assert_eq!(stalls, want_stalls);
 }
@@ -385,7 +385,7 @@ fn fixtures_pass_the_crd_cel_rules() {
         let obj: serde_json::Value = serde_json::from_str(&case.doc).unwrap();
         let errors: Vec<String> = match Validator::new().validate(&schema, &obj, None) {
             Ok(()) => vec![],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            Err(e) => e.iter().map(std::string::ToString::to_string).collect(),
         };
         if name == "stalled-invalid-spec" {
             assert!(

@@ -1,6 +1,10 @@
 //! The `Dedup2DRollout` custom resource (group `dedup2d.io`, version `v1alpha1`): spec, status and the
 //! validation the API server enforces (OpenAPI schema plus CEL rules with messages a person understands).
 //!
+//! Doc comments on the types here are the schema's descriptions, so a field or variant whose
+//! description the CRD leaves out carries `#[allow(missing_docs)]` rather than a doc comment that
+//! would change the committed CRD.
+//!
 //! `dedup2d crd` prints [`crd_yaml`]; `crds/dedup2d.io_dedup2drollouts.yaml` is that output, committed,
 //! and a test fails when the two differ.
 
@@ -236,6 +240,7 @@ pub struct RedisRef {
 }
 
 /// A key of a Secret in the rollout's namespace.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SecretKeyRef {
     #[schemars(length(max = 253))]
@@ -264,7 +269,12 @@ pub enum OnFailure {
     Pause,
 }
 
+// The declaration order is the one source of the phase list and of the forward order: the forward
+// phases come first, in the order a rollout goes through them, then the backward ones from
+// `RollingBack` on. A variant's name is its wire string (serde, `Display`, `FromStr`, `as_str`).
+// (Not a doc comment: the doc comment is the CRD schema's description.)
 /// Phases of a rollout, forward then backward. See docs/design.md §5.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(
     JsonSchema,
     Serialize,
@@ -278,6 +288,11 @@ pub enum OnFailure {
     Ord,
     Hash,
     Default,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::EnumCount,
+    strum::VariantArray,
 )]
 pub enum Phase {
     #[default]
@@ -297,51 +312,35 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, forward ones first, in declaration order.
-    pub const ALL: [Phase; 12] = [
-        Phase::Pending,
-        Phase::DualWriteOn,
-        Phase::UpgradingWorkers,
-        Phase::UpgradingApi,
-        Phase::Soaking,
-        Phase::DualWriteOff,
-        Phase::Draining,
-        Phase::AwaitingFinalize,
-        Phase::Completed,
-        Phase::RollingBack,
-        Phase::RolledBack,
-        Phase::Failed,
-    ];
+    pub const ALL: [Phase; <Phase as strum::EnumCount>::COUNT] = {
+        let variants = <Phase as strum::VariantArray>::VARIANTS;
+        let mut all = [Phase::Pending; <Phase as strum::EnumCount>::COUNT];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = variants[i];
+            i += 1;
+        }
+        all
+    };
+
+    /// The phase's name, as written in status and used as a condition reason.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 
     /// Phases after which nothing happens until a spec edit or a request.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Completed | Phase::RolledBack | Phase::Failed)
     }
 
-    /// Position in the forward order (`None` for the backward phases).
-    pub fn forward_rank(self) -> Option<u8> {
-        use Phase::*;
-        Some(match self {
-            Pending => 0,
-            DualWriteOn => 1,
-            UpgradingWorkers => 2,
-            UpgradingApi => 3,
-            Soaking => 4,
-            DualWriteOff => 5,
-            Draining => 6,
-            AwaitingFinalize => 7,
-            Completed => 8,
-            RollingBack | RolledBack | Failed => return None,
-        })
-    }
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
+    /// Position in the forward order (`None` for the backward phases): the declaration order.
+    pub(crate) fn forward_rank(self) -> Option<u8> {
+        (self < Phase::RollingBack).then_some(self as u8)
     }
 }
 
 /// Observed state of a rollout. Everything the operator needs to resume after a restart is here.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Dedup2DRolloutStatus {
@@ -418,9 +417,10 @@ pub struct Dedup2DRolloutStatus {
 }
 
 /// How many transitions `status.transitions` keeps.
-pub const MAX_TRANSITIONS: usize = 10;
+pub(crate) const MAX_TRANSITIONS: usize = 10;
 
 /// One phase transition, as its Event tells it.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionRecord {
@@ -454,6 +454,7 @@ pub struct FieldRecord {
 }
 
 /// Counts for one worker Deployment.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerStatus {
@@ -471,6 +472,7 @@ pub struct WorkerStatus {
 }
 
 /// Why the rollout is held until a person acts.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Hold {
@@ -490,6 +492,7 @@ pub enum RollbackLevel {
 }
 
 /// A rollback and why it started.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RollbackRecord {
@@ -501,6 +504,7 @@ pub struct RollbackRecord {
 }
 
 /// A one-shot request that has been handled.
+#[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HandledRequest {
@@ -522,7 +526,7 @@ mod tests {
     use kube::core::cel::Validator;
     use serde_json::{json, Value};
 
-    const COMMITTED: &str = include_str!("../../crds/dedup2d.io_dedup2drollouts.yaml");
+    const COMMITTED: &str = include_str!("../../../crds/dedup2d.io_dedup2drollouts.yaml");
 
     #[test]
     fn committed_crd_matches_generated() {
@@ -530,7 +534,7 @@ mod tests {
         if std::env::var_os("DEDUP2D_BLESS").is_some() {
             let path = concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/crds/dedup2d.io_dedup2drollouts.yaml"
+                "/../../crds/dedup2d.io_dedup2drollouts.yaml"
             );
             std::fs::write(path, &generated).unwrap();
             return;
@@ -539,7 +543,7 @@ mod tests {
             COMMITTED == generated,
             "crds/dedup2d.io_dedup2drollouts.yaml is stale; regenerate it with\n    \
              cargo run -- crd > crds/dedup2d.io_dedup2drollouts.yaml\nor\n    \
-             DEDUP2D_BLESS=1 cargo test --lib operator::crd"
+             DEDUP2D_BLESS=1 cargo test -p dedup2d-core --lib crd"
         );
     }
 
@@ -577,7 +581,7 @@ mod tests {
     fn errors(obj: &Value, old: Option<&Value>) -> Vec<String> {
         match Validator::new().validate(&schema(), obj, old) {
             Ok(()) => vec![],
-            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+            Err(e) => e.iter().map(std::string::ToString::to_string).collect(),
         }
     }
 

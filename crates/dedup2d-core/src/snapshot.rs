@@ -17,10 +17,10 @@ pub const KEY_TTL_SECONDS: &str = "DEDUP2D_ASYNC_TTL_SECONDS";
 /// Default payload TTL when neither the spec nor the ConfigMap says.
 pub const DEFAULT_TTL_SECONDS: i64 = 3600;
 /// The capability a worker heartbeat must list to count as able to read `file_ref` payloads.
-pub const FILE_REF_FORMAT: &str = "file_ref";
+pub(crate) const FILE_REF_FORMAT: &str = "file_ref";
 
 /// Everything observed for one reconcile of one rollout.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
     /// `metadata.generation` of the rollout.
     pub generation: i64,
@@ -43,14 +43,19 @@ pub struct Observed {
 /// One Deployment as the rollout-status test and the planner need it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeploymentObs {
+    /// The Deployment's name.
     pub name: String,
+    /// `metadata.generation`.
     pub generation: i64,
+    /// `status.observedGeneration`.
     pub observed_generation: i64,
     /// `spec.replicas` (defaulted to 1 by the observer when absent).
     pub replicas: i32,
     /// `status.replicas` (pods of all ReplicaSets, terminating ones not counted).
     pub status_replicas: i32,
+    /// `status.updatedReplicas`.
     pub updated_replicas: i32,
+    /// `status.availableReplicas`.
     pub available_replicas: i32,
     /// The Progressing condition's reason is `ProgressDeadlineExceeded`.
     pub progress_deadline_exceeded: bool,
@@ -69,17 +74,20 @@ pub struct DeploymentObs {
 /// One pod of a Deployment.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PodObs {
+    /// The pod's name (its hostname, which names its heartbeat).
     pub name: String,
     /// Containers: (name, image) from the pod spec.
     pub containers: Vec<(String, String)>,
     /// Pod annotations (copied from the template it was created from).
     pub annotations: BTreeMap<String, String>,
+    /// The Ready condition is True.
     pub ready: bool,
     /// `metadata.deletionTimestamp` is set; the pod may still be running and consuming jobs.
     pub terminating: bool,
 }
 
 impl PodObs {
+    /// The image of `container` in this pod's spec.
     pub fn image(&self, container: &str) -> Option<&str> {
         self.containers
             .iter()
@@ -90,19 +98,28 @@ impl PodObs {
 
 /// Why a target's container cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ContainerError {
+pub(crate) enum ContainerError {
     #[error("Deployment {deployment} has no container named {container}")]
+    /// The Deployment has no container of that name.
     NotFound {
+        /// The Deployment.
         deployment: String,
+        /// The container asked for.
         container: String,
     },
     #[error("Deployment {deployment} has {count} containers; name one in the rollout's `container` field")]
-    Ambiguous { deployment: String, count: usize },
+    /// No container named and the pod template has more than one.
+    Ambiguous {
+        /// The Deployment.
+        deployment: String,
+        /// How many containers it has.
+        count: usize,
+    },
 }
 
 impl DeploymentObs {
     /// The container a target means: the named one, or the only one.
-    pub fn resolve_container(&self, wanted: Option<&str>) -> Result<String, ContainerError> {
+    pub(crate) fn resolve_container(&self, wanted: Option<&str>) -> Result<String, ContainerError> {
         match wanted {
             Some(name) => self
                 .containers
@@ -132,7 +149,7 @@ impl DeploymentObs {
     /// `kubectl rollout status`'s test: the controller saw the latest spec, every replica is updated,
     /// no replica of an older ReplicaSet is counted, and the updated ones are available. The Progressing
     /// condition alone is stale right after a patch, so it is not used.
-    pub fn rollout_complete(&self) -> bool {
+    pub(crate) fn rollout_complete(&self) -> bool {
         self.observed_generation >= self.generation
             && !self.progress_deadline_exceeded
             && self.updated_replicas == self.replicas
@@ -142,7 +159,7 @@ impl DeploymentObs {
 
     /// Fully rolled *and* every pod that exists (terminating ones included) satisfies `is_new`.
     /// Terminating pods are not counted in `status.replicas`, so the pods are checked one by one.
-    pub fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
+    pub(crate) fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
         self.rollout_complete() && self.pods.iter().all(is_new)
     }
 }
@@ -150,8 +167,11 @@ impl DeploymentObs {
 /// The API's ConfigMap values the rollout reads and writes (raw strings, as found).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ConfigObs {
+    /// `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64`.
     pub include_b64: Option<String>,
+    /// `DEDUP2D_JOB_PAYLOAD_BYTES_B64_MAX_BYTES`.
     pub max_bytes: Option<String>,
+    /// `DEDUP2D_ASYNC_TTL_SECONDS`.
     pub ttl_seconds: Option<String>,
 }
 
@@ -171,13 +191,11 @@ impl Default for Heartbeats {
 }
 
 /// The Redis drain scan result, or why there is none.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum DrainObs {
-    /// The observer did not scan this time (not needed in this phase).
-    #[default]
-    NotScanned,
     /// Redis could not be reached; the planner holds any step that needs these figures.
     Unreachable(String),
+    /// What the scan found.
     Figures(DrainFigures),
 }
 
@@ -190,15 +208,13 @@ pub struct DrainFigures {
     pub legacy_payloads: u64,
     /// Of those, payloads without an expiry.
     pub legacy_without_expiry: u64,
-    /// Largest remaining TTL of a legacy payload, in milliseconds.
-    pub max_legacy_pttl_ms: Option<u64>,
     /// Active jobs (`{prefix}:active`) whose payload lacks `file_bytes_b64`.
     pub active_without_b64: u64,
 }
 
 /// Is a ConfigMap value for `DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64` "on"? (trimmed, case-insensitive
 /// 1/true/yes/on, as the API reads it; absent is off).
-pub fn include_b64_is_on(value: Option<&str>) -> bool {
+pub(crate) fn include_b64_is_on(value: Option<&str>) -> bool {
     value.is_some_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),

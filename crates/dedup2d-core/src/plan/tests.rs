@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::sim::*;
 use super::*;
-use crate::operator::crd::{DrainStrategy, OnFailure};
+use crate::crd::{DrainStrategy, OnFailure};
 
 /// Reconcile, then let every controller finish, then one second passes.
 pub(super) fn round(w: &mut World) -> Decision {

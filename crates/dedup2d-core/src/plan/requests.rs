@@ -1,0 +1,234 @@
+//! What a person asks for: spec edits (a new `metadata.generation`) and the `dedup2d.io/request`
+//! annotation, each handled once and recorded in `status.lastRequest`.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{EventKind, EventReason, PlanEvent, Planner, Request, TransitionReason};
+use crate::crd::{HandledRequest, Phase, RollbackLevel};
+
+/// What the operator did with a request (`status.lastRequest.outcome`, the Event message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// A promote request ended the soak early.
+    SoakEnded,
+    /// A promote request finalized a drained rollout.
+    Finalized,
+    /// An abort request started a quick rollback.
+    QuickRollbackStarted,
+    /// An abort-full request started a full rollback.
+    FullRollbackStarted,
+    /// A retry request lifted the hold with this reason.
+    Resumed {
+        /// The hold's recorded reason.
+        after: String,
+    },
+    /// A retry request restarted a rolled-back or failed rollout.
+    Restarted,
+    /// Ignored: not a request this operator knows.
+    Unknown,
+    /// Ignored: promote outside Soaking and AwaitingFinalize.
+    PromoteNotApplicable(Phase),
+    /// Ignored: an abort while rolling back or rolled back.
+    AlreadyRollingBack(Phase),
+    /// Ignored: an abort-full while a full rollback runs or ran.
+    AlreadyFullRollback(Phase),
+    /// Ignored: a retry with no hold and nothing finished to restart.
+    NothingToRetry,
+}
+
+impl RequestOutcome {
+    /// The request changed nothing (a Warning Event).
+    pub fn is_ignored(&self) -> bool {
+        matches!(
+            self,
+            RequestOutcome::Unknown
+                | RequestOutcome::PromoteNotApplicable(_)
+                | RequestOutcome::AlreadyRollingBack(_)
+                | RequestOutcome::AlreadyFullRollback(_)
+                | RequestOutcome::NothingToRetry
+        )
+    }
+}
+
+impl fmt::Display for RequestOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestOutcome::SoakEnded => f.write_str("soak ended"),
+            RequestOutcome::Finalized => f.write_str("finalized"),
+            RequestOutcome::QuickRollbackStarted => f.write_str("quick rollback started"),
+            RequestOutcome::FullRollbackStarted => f.write_str("full rollback started"),
+            RequestOutcome::Resumed { after } => write!(f, "resumed after {after}"),
+            RequestOutcome::Restarted => f.write_str("rollout restarted"),
+            RequestOutcome::Unknown => f.write_str(
+                "ignored: unknown request (use promote, abort, abort-full or retry[:nonce])",
+            ),
+            RequestOutcome::PromoteNotApplicable(p) => write!(
+                f,
+                "ignored: promote applies in Soaking or AwaitingFinalize, not {p}"
+            ),
+            RequestOutcome::AlreadyRollingBack(p) => write!(f, "ignored: already {p}"),
+            RequestOutcome::AlreadyFullRollback(p) => {
+                write!(f, "ignored: a full rollback is already {p}")
+            }
+            RequestOutcome::NothingToRetry => f.write_str("ignored: nothing to retry"),
+        }
+    }
+}
+
+impl Planner<'_> {
+    /// A new `metadata.generation`: lift holds, and go back to the phase whose result the edit undid.
+    pub(super) fn on_spec_change(&mut self) {
+        let gen = self.obs.generation;
+        let before = self.st.observed_generation.replace(gen);
+        if before.is_none() || before == Some(gen) {
+            return;
+        }
+        if self.st.hold.take().is_some() {
+            self.event(
+                EventKind::Normal,
+                EventReason::HoldLifted,
+                "the spec changed",
+            );
+        }
+        let targets_met = self.all_workers_upgraded() && self.api_image_rolled();
+        match self.phase {
+            Phase::Completed | Phase::RolledBack | Phase::Failed if !targets_met => {
+                self.st.rollback = None;
+                self.st.finished_at = None;
+                self.transition(
+                    Phase::Pending,
+                    TransitionReason::SpecChanged,
+                    "new targets: starting again",
+                );
+            }
+            p if !targets_met && p.forward_rank().is_some_and(|r| r > 2) => {
+                let to = self.upgrade_start();
+                self.transition(
+                    to,
+                    TransitionReason::SpecChanged,
+                    "new targets: upgrading again",
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Handle a new `dedup2d.io/request` value once and record it.
+    pub(super) fn handle_request(&mut self) {
+        let Some(value) = self.obs.request.clone() else {
+            return;
+        };
+        if self
+            .st
+            .last_request
+            .as_ref()
+            .is_some_and(|r| r.request == value)
+        {
+            return;
+        }
+        let outcome = match Request::parse(&value) {
+            None => RequestOutcome::Unknown,
+            Some(Request::Promote) => self.promote(),
+            Some(Request::Abort) => self.abort(),
+            Some(Request::AbortFull) => self.abort_full(),
+            Some(Request::Retry) => self.retry(),
+        };
+        let kind = if outcome.is_ignored() {
+            EventKind::Warning
+        } else {
+            EventKind::Normal
+        };
+        // Each request its own Event (a count on the first one would hide this outcome).
+        self.events.push(PlanEvent {
+            kind,
+            reason: EventReason::Request.to_string(),
+            action: match value.trim() {
+                "" => EventReason::Request.to_string(),
+                v => v.chars().take(128).collect(), // the Events API limit
+            },
+            message: format!("request {value:?}: {outcome}"),
+            transition: None,
+        });
+        self.st.last_request = Some(HandledRequest {
+            request: value,
+            handled_at: Time(self.stamp),
+            outcome: outcome.to_string(),
+        });
+    }
+
+    fn promote(&mut self) -> RequestOutcome {
+        match self.phase {
+            Phase::Soaking => {
+                self.transition(
+                    Phase::DualWriteOff,
+                    TransitionReason::Promoted,
+                    "soak ended early by a promote request",
+                );
+                RequestOutcome::SoakEnded
+            }
+            Phase::AwaitingFinalize => {
+                self.transition(
+                    Phase::Completed,
+                    TransitionReason::Promoted,
+                    "finalized by a promote request",
+                );
+                RequestOutcome::Finalized
+            }
+            p => RequestOutcome::PromoteNotApplicable(p),
+        }
+    }
+
+    fn abort(&mut self) -> RequestOutcome {
+        if matches!(self.phase, Phase::RollingBack | Phase::RolledBack) {
+            return RequestOutcome::AlreadyRollingBack(self.phase);
+        }
+        self.start_rollback(
+            RollbackLevel::Quick,
+            TransitionReason::AbortRequested,
+            "abort requested",
+        );
+        RequestOutcome::QuickRollbackStarted
+    }
+
+    fn abort_full(&mut self) -> RequestOutcome {
+        let level = self.st.rollback.as_ref().map(|r| r.level);
+        if matches!(self.phase, Phase::RollingBack | Phase::RolledBack)
+            && level == Some(RollbackLevel::Full)
+        {
+            return RequestOutcome::AlreadyFullRollback(self.phase);
+        }
+        self.start_rollback(
+            RollbackLevel::Full,
+            TransitionReason::AbortRequested,
+            "full abort requested",
+        );
+        RequestOutcome::FullRollbackStarted
+    }
+
+    fn retry(&mut self) -> RequestOutcome {
+        if let Some(hold) = self.st.hold.take() {
+            // Re-apply our values where someone else changed them.
+            for r in &mut self.st.fields {
+                if self
+                    .world
+                    .get(&r.field)
+                    .is_some_and(|v| v.as_deref() != Some(r.written.as_str()))
+                {
+                    r.confirmed = false;
+                }
+            }
+            self.st.phase_started_at = Some(Time(self.stamp));
+            self.st.phase_paused_seconds = 0;
+            RequestOutcome::Resumed { after: hold.reason }
+        } else if matches!(self.phase, Phase::RolledBack | Phase::Failed) {
+            self.st.rollback = None;
+            self.st.finished_at = None;
+            self.transition(Phase::Pending, TransitionReason::Retry, "retry requested");
+            RequestOutcome::Restarted
+        } else {
+            RequestOutcome::NothingToRetry
+        }
+    }
+}
