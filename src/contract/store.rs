@@ -215,15 +215,68 @@ return {out}
 "#;
 
 const MARK_STARTED: &str = r#"
--- KEYS: job. ARGV: started_at, ttl_s. Returns the status the job had.
+-- KEYS: job, active. ARGV: started_at, ttl_s, job_id. Returns what the job was (see StartState).
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'none' then return 'missing' end
+if t ~= 'hash' then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  return 'type:' .. t
+end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'completed' or st == 'failed' or st == 'canceled' then return st end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'started_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return st
+return 'started'
 "#;
+
+const FAIL_UNSTARTED: &str = r#"
+-- KEYS: job, active. ARGV: job_id, finished_at, error, ttl_s. Fails a job that cannot run,
+-- without creating a job hash that is not there. Returns what the job was (see StartState).
+redis.call('SREM', KEYS[2], ARGV[1])
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'none' then return 'missing' end
+if t ~= 'hash' then return 'type:' .. t end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'completed' or st == 'failed' or st == 'canceled' then return st end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 'started'
+"#;
+
+/// What a worker found when it went to start a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartState {
+    /// The job hash is gone (expired, or never written).
+    Missing,
+    /// The job key holds another Redis type; the job cannot be tracked and is taken off the
+    /// active set.
+    WrongType(String),
+    /// The job had already finished.
+    Finished(JobStatus),
+    /// A cancel came before the start.
+    CancelRequested,
+    /// The job is now ours (`in_progress`; for [`JobStore::fail_unstarted`]: now `failed`).
+    Started,
+}
+
+impl StartState {
+    /// Pure: the scripts' reply to a state.
+    fn from_reply(reply: &str) -> Self {
+        match reply {
+            "missing" => StartState::Missing,
+            "cancel_requested" => StartState::CancelRequested,
+            "started" => StartState::Started,
+            other => match other.strip_prefix("type:") {
+                Some(t) => StartState::WrongType(t.to_string()),
+                None => JobStatus::parse(other)
+                    .filter(|s| s.is_finished())
+                    .map_or(StartState::Missing, StartState::Finished),
+            },
+        }
+    }
+}
 
 /// The job store of one key prefix.
 #[derive(Clone)]
@@ -466,18 +519,46 @@ impl JobStore {
         }
     }
 
-    /// Worker: marks a job `in_progress` unless it finished or a cancel was requested.
-    /// Returns the status it found (`missing`, a finished status, `cancel_requested`, or the
-    /// previous unfinished status).
-    pub async fn mark_started(&self, job_id: &str, started_at: f64) -> Result<String, StoreError> {
+    /// Worker: marks a job `in_progress` unless it finished, a cancel was requested, or its key
+    /// is not a hash.
+    pub async fn mark_started(
+        &self,
+        job_id: &str,
+        started_at: f64,
+    ) -> Result<StartState, StoreError> {
         let mut conn = self.conn.clone();
-        Script::new(MARK_STARTED)
+        let reply: String = Script::new(MARK_STARTED)
             .key(self.keys.job(job_id))
+            .key(self.keys.active())
             .arg(format!("{started_at:.6}"))
+            .arg(self.ttl_seconds)
+            .arg(job_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("marking a job started"))?;
+        Ok(StartState::from_reply(&reply))
+    }
+
+    /// Worker: fails a job that cannot run at all (its ARQ record is unusable or its tries are
+    /// used up) and frees its slot; a missing job hash is not created. `Started` means it is
+    /// now `failed` with `reason`.
+    pub async fn fail_unstarted(
+        &self,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<StartState, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: String = Script::new(FAIL_UNSTARTED)
+            .key(self.keys.job(job_id))
+            .key(self.keys.active())
+            .arg(job_id)
+            .arg(epoch_seconds_string())
+            .arg(reason)
             .arg(self.ttl_seconds)
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_err("marking a job started"))
+            .map_err(redis_err("failing a job that cannot run"))?;
+        Ok(StartState::from_reply(&reply))
     }
 
     pub async fn is_cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
@@ -550,5 +631,28 @@ impl JobStore {
         conn.scard(self.keys.active())
             .await
             .map_err(redis_err("counting active jobs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_state_replies() {
+        assert_eq!(StartState::from_reply("missing"), StartState::Missing);
+        assert_eq!(StartState::from_reply("started"), StartState::Started);
+        assert_eq!(
+            StartState::from_reply("cancel_requested"),
+            StartState::CancelRequested
+        );
+        assert_eq!(
+            StartState::from_reply("failed"),
+            StartState::Finished(JobStatus::Failed)
+        );
+        assert_eq!(
+            StartState::from_reply("type:string"),
+            StartState::WrongType("string".into())
+        );
     }
 }

@@ -151,6 +151,17 @@ pub fn parse(raw: Option<&str>) -> Result<JobInput, InputError> {
     })
 }
 
+/// The upload a payload names, read leniently (only `file_ref` has to make sense), so the
+/// upload of a job whose payload is otherwise malformed is still cleaned up.
+pub fn file_ref_of(raw: &str) -> Option<FileRef> {
+    #[derive(serde::Deserialize)]
+    struct OnlyRef {
+        file_ref: Option<Map<String, Value>>,
+    }
+    let only: OnlyRef = serde_json::from_str(raw).ok()?;
+    parse_ref(&only.file_ref?).ok()
+}
+
 fn parse_ref(r: &Map<String, Value>) -> Result<FileRef, InputError> {
     let backend = match r.get("backend") {
         Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
@@ -187,6 +198,16 @@ fn parse_ref(r: &Map<String, Value>) -> Result<FileRef, InputError> {
     };
     file_ref.validate()?;
     Ok(file_ref)
+}
+
+impl JobInput {
+    /// The upload this job names, if any.
+    pub fn file_ref(&self) -> Option<&FileRef> {
+        match &self.source {
+            FileSource::Ref(r) => Some(r),
+            FileSource::Base64(_) => None,
+        }
+    }
 }
 
 /// Reads the bytes of a checked payload.

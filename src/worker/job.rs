@@ -16,7 +16,7 @@ use super::engine::{SearchEngine, SearchRequest};
 use super::input::{self, FileSource, JobInput};
 use super::metrics::{FormatLabels, OutcomeLabels, WorkerMetrics};
 use crate::contract::payload::FileRef;
-use crate::contract::store::{JobStatus, JobStore, StoreError};
+use crate::contract::store::{JobStatus, JobStore, StartState, StoreError};
 use crate::storage::FileStorage;
 
 /// Everything a job needs, shared by all running jobs.
@@ -69,64 +69,78 @@ enum Outcome {
     CancelRequested,
 }
 
+/// A job's final record, decided from its outcome (pure).
+struct Final {
+    end: JobEnd,
+    status: JobStatus,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+impl Final {
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Done(result) => Final {
+                end: JobEnd::Completed,
+                status: JobStatus::Completed,
+                result: Some(result),
+                error: None,
+            },
+            Outcome::Failed(reason) => Final {
+                end: JobEnd::Failed(reason.clone()),
+                status: JobStatus::Failed,
+                result: None,
+                error: Some(reason),
+            },
+            Outcome::CancelRequested => Final {
+                end: JobEnd::Canceled,
+                status: JobStatus::Canceled,
+                result: None,
+                error: None,
+            },
+        }
+    }
+}
+
+/// What the job hash says about the job, for when the payload cannot be read.
+#[derive(Default)]
+struct HashFacts {
+    tenant_id: Option<String>,
+    callback_url: Option<String>,
+}
+
+/// The reason of a job whose key holds another Redis type.
+pub fn wrong_type_reason(kind: &str) -> String {
+    format!("job hash holds a Redis {kind}, not a hash; the job cannot be tracked")
+}
+
 /// Runs job `job_id`. Errors are Redis failures while recording state; the caller leaves the job
 /// claimable so it runs again.
 pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
     let started_at = now();
-    let found = ctx.store.mark_started(job_id, started_at).await?;
-    let view = ctx.store.get(job_id).await?;
-    match found.as_str() {
-        "missing" => {
+    match ctx.store.mark_started(job_id, started_at).await? {
+        StartState::Started => {}
+        StartState::Missing => {
             tracing::warn!(job_id, "job hash is gone (expired?); nothing to run");
             return Ok(JobEnd::Missing);
         }
-        "cancel_requested" => {
-            let finished = now();
-            ctx.store
-                .mark_result(job_id, JobStatus::Canceled, None, finished, None, None)
-                .await?;
-            if view
-                .as_ref()
-                .and_then(|v| v.callback_url.as_ref())
-                .is_some()
-            {
-                ctx.store
-                    .set_fields(
-                        job_id,
-                        &[
-                            ("callback_status", "skipped".into()),
-                            ("callback_finished_at", format!("{finished:.6}")),
-                            ("callback_last_error", "canceled_before_start".into()),
-                        ],
-                    )
-                    .await?;
-                ctx.metrics
-                    .webhooks
-                    .get_or_create(&OutcomeLabels { outcome: "skipped" })
-                    .inc();
-            }
-            // The payload may still name an upload to clean up.
-            if let Ok(input) = input::parse(ctx.store.load_payload_raw(job_id).await?.as_deref()) {
-                cleanup(ctx, job_id, &input).await;
-            }
-            return Ok(JobEnd::Canceled);
+        StartState::WrongType(kind) => {
+            let reason = wrong_type_reason(&kind);
+            tracing::warn!(job_id, reason, "job failed");
+            return Ok(JobEnd::Failed(reason));
         }
-        other => {
-            if let Some(status) = JobStatus::parse(other).filter(|s| s.is_finished()) {
-                tracing::info!(
-                    job_id,
-                    status = other,
-                    "job already finished; not running it again"
-                );
-                return Ok(JobEnd::AlreadyFinished(status));
-            }
+        StartState::Finished(status) => {
+            tracing::info!(
+                job_id,
+                status = status.as_str(),
+                "job already finished; not running it again"
+            );
+            return Ok(JobEnd::AlreadyFinished(status));
         }
+        StartState::CancelRequested => return cancel_before_start(ctx, job_id).await,
     }
-    let tenant_from_hash = view.as_ref().map(|v| v.tenant_id.clone());
-    let callback_from_hash = view.as_ref().and_then(|v| v.callback_url.clone());
-
-    let raw = ctx.store.load_payload_raw(job_id).await?;
-    let parsed = input::parse(raw.as_deref());
+    let facts = hash_facts(ctx, job_id).await?;
+    let parsed = input::parse(ctx.store.load_payload_raw(job_id).await?.as_deref());
     if let Ok(i) = &parsed {
         ctx.metrics
             .payload_formats
@@ -135,8 +149,110 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
             })
             .inc();
     }
+    let outcome = run_body(ctx, job_id, &parsed, facts.tenant_id.as_deref()).await?;
+    let finished_at = now();
+    let fin = Final::of(outcome);
+    if let Some(reason) = &fin.error {
+        tracing::warn!(job_id, reason, "job failed");
+    }
+    ctx.store
+        .mark_result(
+            job_id,
+            fin.status,
+            Some(started_at),
+            finished_at,
+            fin.result.as_ref(),
+            fin.error.as_deref(),
+        )
+        .await?;
+    let input = parsed.ok();
+    let callback_url = input
+        .as_ref()
+        .and_then(|i| i.callback_url.clone())
+        .or(facts.callback_url);
+    if let Some(url) = callback_url {
+        let tenant = input
+            .as_ref()
+            .and_then(|i| i.tenant_id.clone())
+            .or(facts.tenant_id);
+        let body = callback_body(job_id, tenant.as_deref(), &fin, started_at, finished_at);
+        notify(ctx, job_id, &url, tenant.as_deref(), &body).await?;
+    }
+    match &input {
+        Some(i) => cleanup(ctx, job_id, i.file_ref()).await,
+        None => cleanup_upload(ctx, job_id).await?,
+    }
+    Ok(fin.end)
+}
+
+/// A job that cannot run (its ARQ record is unusable, or its tries are used up): `failed` with
+/// the reason and its upload cleaned, without running anything.
+pub async fn fail_unrunnable(
+    ctx: &JobContext,
+    job_id: &str,
+    reason: &str,
+) -> Result<JobEnd, StoreError> {
+    Ok(match ctx.store.fail_unstarted(job_id, reason).await? {
+        StartState::Started => {
+            tracing::warn!(job_id, reason, "job failed without running");
+            cleanup_upload(ctx, job_id).await?;
+            JobEnd::Failed(reason.to_string())
+        }
+        StartState::Finished(status) => JobEnd::AlreadyFinished(status),
+        StartState::WrongType(kind) => JobEnd::Failed(wrong_type_reason(&kind)),
+        StartState::Missing | StartState::CancelRequested => JobEnd::Missing,
+    })
+}
+
+async fn hash_facts(ctx: &JobContext, job_id: &str) -> Result<HashFacts, StoreError> {
+    Ok(ctx
+        .store
+        .get(job_id)
+        .await?
+        .map(|v| HashFacts {
+            tenant_id: Some(v.tenant_id),
+            callback_url: v.callback_url,
+        })
+        .unwrap_or_default())
+}
+
+/// A cancel that came before the start: `canceled`, its webhook skipped, its upload cleaned.
+async fn cancel_before_start(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
+    let facts = hash_facts(ctx, job_id).await?;
+    let finished = now();
+    ctx.store
+        .mark_result(job_id, JobStatus::Canceled, None, finished, None, None)
+        .await?;
+    if facts.callback_url.is_some() {
+        ctx.store
+            .set_fields(
+                job_id,
+                &[
+                    ("callback_status", "skipped".into()),
+                    ("callback_finished_at", format!("{finished:.6}")),
+                    ("callback_last_error", "canceled_before_start".into()),
+                ],
+            )
+            .await?;
+        ctx.metrics
+            .webhooks
+            .get_or_create(&OutcomeLabels { outcome: "skipped" })
+            .inc();
+    }
+    cleanup_upload(ctx, job_id).await?;
+    Ok(JobEnd::Canceled)
+}
+
+/// The body under the timeout and the cancel watch, then the cancel check the Python worker
+/// makes after the search.
+async fn run_body(
+    ctx: &JobContext,
+    job_id: &str,
+    parsed: &Result<JobInput, input::InputError>,
+    tenant_from_hash: Option<&str>,
+) -> Result<Outcome, StoreError> {
     let seconds = ctx.job_timeout.as_secs();
-    let work = execute(ctx, job_id, &parsed, tenant_from_hash.as_deref());
+    let work = execute(ctx, job_id, parsed, tenant_from_hash);
     let outcome = tokio::select! {
         res = tokio::time::timeout(ctx.job_timeout, work) => match res {
             Ok(o) => o,
@@ -144,94 +260,65 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
         },
         () = watch_cancel(ctx, job_id) => Outcome::CancelRequested,
     };
-    // Cancel checked again after the search, as the Python worker does.
-    let outcome = match outcome {
+    Ok(match outcome {
         Outcome::Done(_) if ctx.store.is_cancel_requested(job_id).await? => {
             Outcome::CancelRequested
         }
         o => o,
-    };
+    })
+}
 
-    let finished_at = now();
-    let (end, result, error) = match outcome {
-        Outcome::Done(result) => (JobEnd::Completed, Some(result), None),
-        Outcome::Failed(reason) => {
-            tracing::warn!(job_id, reason, "job failed");
-            (JobEnd::Failed(reason.clone()), None, Some(reason))
-        }
-        Outcome::CancelRequested => (JobEnd::Canceled, None, None),
-    };
-    let status = match end {
-        JobEnd::Completed => JobStatus::Completed,
-        JobEnd::Canceled => JobStatus::Canceled,
-        _ => JobStatus::Failed,
-    };
+/// The webhook body (pure).
+fn callback_body(
+    job_id: &str,
+    tenant: Option<&str>,
+    fin: &Final,
+    started_at: f64,
+    finished_at: f64,
+) -> Value {
+    json!({
+        "job_id": job_id,
+        "tenant_id": tenant,
+        "status": fin.status.as_str(),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "result": fin.result,
+        "error": fin.error,
+    })
+}
+
+/// Sends the webhook and records its outcome in the job hash.
+async fn notify(
+    ctx: &JobContext,
+    job_id: &str,
+    url: &str,
+    tenant: Option<&str>,
+    body: &Value,
+) -> Result<(), StoreError> {
+    let outcome = ctx.callbacks.send(url, job_id, tenant, body).await;
+    let label = if outcome.ok { "success" } else { "failed" };
+    ctx.metrics
+        .webhooks
+        .get_or_create(&OutcomeLabels { outcome: label })
+        .inc();
     ctx.store
-        .mark_result(
+        .set_fields(
             job_id,
-            status,
-            Some(started_at),
-            finished_at,
-            result.as_ref(),
-            error.as_deref(),
+            &[
+                ("callback_status", label.into()),
+                ("callback_attempts", outcome.attempts.to_string()),
+                (
+                    "callback_http_status",
+                    outcome
+                        .http_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                ),
+                ("callback_finished_at", format!("{:.6}", now())),
+                ("callback_last_error", outcome.error.unwrap_or_default()),
+            ],
         )
-        .await?;
-
-    let input = parsed.ok();
-    let callback_url = input
-        .as_ref()
-        .and_then(|i| i.callback_url.clone())
-        .or(callback_from_hash);
-    if let Some(url) = callback_url {
-        let tenant = input
-            .as_ref()
-            .and_then(|i| i.tenant_id.clone())
-            .or(tenant_from_hash);
-        let body = json!({
-            "job_id": job_id,
-            "tenant_id": tenant,
-            "status": status.as_str(),
-            "started_at": started_at,
-            "finished_at": finished_at,
-            "result": result,
-            "error": error,
-        });
-        let outcome = ctx
-            .callbacks
-            .send(&url, job_id, tenant.as_deref(), &body)
-            .await;
-        ctx.metrics
-            .webhooks
-            .get_or_create(&OutcomeLabels {
-                outcome: if outcome.ok { "success" } else { "failed" },
-            })
-            .inc();
-        ctx.store
-            .set_fields(
-                job_id,
-                &[
-                    (
-                        "callback_status",
-                        if outcome.ok { "success" } else { "failed" }.into(),
-                    ),
-                    ("callback_attempts", outcome.attempts.to_string()),
-                    (
-                        "callback_http_status",
-                        outcome
-                            .http_status
-                            .map(|s| s.to_string())
-                            .unwrap_or_default(),
-                    ),
-                    ("callback_finished_at", format!("{:.6}", now())),
-                    ("callback_last_error", outcome.error.unwrap_or_default()),
-                ],
-            )
-            .await?;
-    }
-    if let Some(i) = &input {
-        cleanup(ctx, job_id, i).await;
-    }
-    Ok(end)
+        .await
 }
 
 /// Resolves when a cancel is requested (never otherwise); Redis errors are retried.
@@ -298,22 +385,25 @@ async fn execute(
     }
 }
 
-/// Deletes the upload when `DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH` says so. Only refs the
-/// storage accepts are touched (a foreign or traversal ref is refused by the backend).
-async fn cleanup(ctx: &JobContext, job_id: &str, input: &JobInput) {
-    if !ctx.cleanup_on_finish {
-        return;
+/// Cleans the upload a payload names, whatever else is wrong with the payload.
+async fn cleanup_upload(ctx: &JobContext, job_id: &str) -> Result<(), StoreError> {
+    if ctx.cleanup_on_finish {
+        let raw = ctx.store.load_payload_raw(job_id).await?;
+        let file_ref = raw.as_deref().and_then(input::file_ref_of);
+        cleanup(ctx, job_id, file_ref.as_ref()).await;
     }
-    let FileSource::Ref(file_ref) = &input.source else {
-        return;
-    };
-    if file_ref_matches(file_ref, ctx.storage.backend()) {
-        if let Err(e) = ctx.storage.delete(file_ref).await {
-            tracing::warn!(job_id, error = %e, "upload cleanup failed");
-        }
-    }
+    Ok(())
 }
 
-fn file_ref_matches(file_ref: &FileRef, backend: &str) -> bool {
-    file_ref.backend() == backend
+/// Deletes the upload when `DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH` says so. Only refs the
+/// storage accepts are touched (a foreign or traversal ref is refused by the backend).
+async fn cleanup(ctx: &JobContext, job_id: &str, file_ref: Option<&FileRef>) {
+    let Some(file_ref) =
+        file_ref.filter(|r| ctx.cleanup_on_finish && r.backend() == ctx.storage.backend())
+    else {
+        return;
+    };
+    if let Err(e) = ctx.storage.delete(file_ref).await {
+        tracing::warn!(job_id, error = %e, "upload cleanup failed");
+    }
 }
