@@ -305,6 +305,7 @@ async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving(
         s.files_left()
     );
     wait_arq_result(&queue, &next).await;
+    assert_no_key_without_ttl(&conn).await;
 }
 
 /// Waits until `arq:result:{id}` is written (the ARQ side finishes just after the job hash).
@@ -329,7 +330,7 @@ async fn a_job_hash_of_the_wrong_type_fails_its_job_instead_of_looping() {
     let _: () = c.del(&job_key).await.unwrap();
     let _: () = c.set_ex(&job_key, "not a hash", 3600).await.unwrap();
 
-    let mut worker = s.worker(&[]);
+    let mut worker = s.worker(&[("DEDUP2D_INDEX_TTL_SECONDS", "600")]);
     worker.wait_healthy(Duration::from_secs(20)).await;
     let queue = ArqQueue::new(conn.clone(), w::QUEUE);
     match wait_arq_result(&queue, &id).await {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::contract::config::{int, Config, ConfigError};
+use crate::contract::keys::{DEFAULT_INDEX_TTL_SECONDS, MIN_INDEX_TTL_SECONDS};
 
 use super::callback::{CallbackConfigError, CallbackSettings};
 
@@ -40,6 +41,9 @@ pub struct WorkerSettings {
     /// `DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS` (0): an artificial pause at the start of every job,
     /// for fault-injection tests and demos (SIGKILL/SIGTERM mid-job). Leave 0 in production.
     pub debug_job_delay: Duration,
+    /// `DEDUP2D_INDEX_TTL_SECONDS` (90 days, at least 60 s): how long a tenant's dedup index
+    /// is kept after its last write.
+    pub index_ttl_seconds: u64,
     /// `HOSTNAME`, else the system hostname: the heartbeat key (`{prefix}:worker:{hostname}`).
     pub hostname: String,
 }
@@ -82,6 +86,12 @@ impl WorkerSettings {
             heartbeat_interval,
             max_tries: int(env, "DEDUP2D_WORKER_MAX_TRIES", 5)?.max(1),
             debug_job_delay: millis("DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS", 0, 0)?,
+            index_ttl_seconds: int(
+                env,
+                "DEDUP2D_INDEX_TTL_SECONDS",
+                DEFAULT_INDEX_TTL_SECONDS as i64,
+            )?
+            .max(MIN_INDEX_TTL_SECONDS as i64) as u64,
             hostname: hostname(env)?,
         })
     }
