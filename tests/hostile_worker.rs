@@ -348,3 +348,114 @@ async fn a_job_hash_of_the_wrong_type_fails_its_job_instead_of_looping() {
         .contains("job hash holds a Redis string, not a hash"));
     worker.wait_healthy(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_cap_read_steps_and_the_dual_write_fallback() {
+    use sha2::Digest as _;
+    let s = Setup::new();
+    let conn = s.redis.manager().await;
+    let store = w::store(conn.clone());
+    let mut c = conn.clone();
+    let keys = Keys::new(w::PREFIX);
+
+    // 9 MiB of file in a 12 MiB payload: three read steps, under a 16 MiB cap.
+    let big: Vec<u8> = (0..9 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let big_id = w::submit(&store, w::payload(None, Some(&big))).await;
+    // Over the cap: failed unread.
+    let huge: Vec<u8> = vec![7; 13 << 20];
+    let huge_id = w::submit(&store, w::payload(None, Some(&huge))).await;
+    let huge_len: u64 = c.strlen(keys.payload(&huge_id)).await.unwrap();
+    // A payload key of the wrong type.
+    let typed_id = w::submit(&store, w::payload(None, Some(b"x"))).await;
+    let _: () = c.del(keys.payload(&typed_id)).await.unwrap();
+    let _: () = c.hset(keys.payload(&typed_id), "a", "b").await.unwrap();
+    let _: bool = c.expire(keys.payload(&typed_id), 3600).await.unwrap();
+    // Dual-write, stored file gone: the payload's own bytes are used.
+    let lost_id = uuid::Uuid::new_v4().to_string();
+    let lost_ref = s.upload(&lost_id, b"lost file".to_vec()).await;
+    s.storage.delete(&lost_ref).await.unwrap();
+    w::submit_as(
+        &store,
+        &lost_id,
+        w::payload(Some(lost_ref), Some(b"lost file")),
+    )
+    .await;
+    // Dual-write with a ref refused for safety: no fallback.
+    let trav_id = w::submit(
+        &store,
+        w::payload(
+            Some(FileRef::Local {
+                path: "../secret".into(),
+            }),
+            Some(b"x"),
+        ),
+    )
+    .await;
+
+    let mut worker = s.worker(&[(
+        "DEDUP2D_WORKER_MAX_PAYLOAD_BYTES",
+        &(16u64 << 20).to_string(),
+    )]);
+    worker.wait_healthy(Duration::from_secs(20)).await;
+    let ids = [&big_id, &huge_id, &typed_id, &lost_id, &trav_id].map(|s| s.to_string());
+    let done = w::wait_finished(&store, &ids, Duration::from_secs(60)).await;
+
+    assert_eq!(
+        done[&big_id].status,
+        JobStatus::Completed,
+        "{:?}",
+        done[&big_id]
+    );
+    let result = w::result(&conn, &big_id).await.unwrap();
+    assert_eq!(
+        result["file_hash"],
+        json!(hex::encode(sha2::Sha256::digest(&big)))
+    );
+    let cases = [
+        (&huge_id, JobStatus::Failed, format!("payload is {huge_len} bytes, over DEDUP2D_WORKER_MAX_PAYLOAD_BYTES=16777216; it was not read")),
+        (&typed_id, JobStatus::Failed, "payload key holds a Redis hash, not a string".to_string()),
+        (&trav_id, JobStatus::Failed, "contains a '..' component".to_string()),
+    ];
+    for (id, status, want) in &cases {
+        let v = &done[*id];
+        assert_eq!(v.status, *status, "{v:?}");
+        let err = v.error.as_deref().unwrap_or("");
+        assert!(err.contains(want.as_str()), "error {err:?} lacks {want:?}");
+        eprintln!("{want}: {}", v.status.as_str());
+    }
+    assert_eq!(
+        done[&lost_id].status,
+        JobStatus::Completed,
+        "{:?}",
+        done[&lost_id]
+    );
+    let lost = w::result(&conn, &lost_id).await.unwrap();
+    assert!(
+        lost["warnings"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("file_ref_missing:used_file_bytes_b64")),
+        "{lost}"
+    );
+    assert_eq!(
+        lost["file_hash"],
+        json!(hex::encode(sha2::Sha256::digest(b"lost file")))
+    );
+    let page = worker.metrics().await;
+    assert_eq!(
+        w::metric(
+            &page,
+            "dedup2d_worker_b64_fallback_total{reason=\"stored_file_missing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        w::metric(
+            &page,
+            "dedup2d_worker_b64_fallback_total{reason=\"b64_only\"}"
+        ),
+        1.0
+    );
+    worker.wait_healthy(Duration::from_secs(5)).await;
+    assert_no_key_without_ttl(&conn).await;
+}

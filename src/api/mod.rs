@@ -22,8 +22,7 @@ use crate::storage::FileStorage;
 
 pub use auth::ApiKeys;
 
-/// Default upper bound of an upload (`DEDUP2D_API_MAX_UPLOAD_BYTES`).
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+pub use crate::contract::payload::DEFAULT_MAX_UPLOAD_BYTES;
 
 /// Everything a request handler needs.
 pub struct ApiState {

@@ -95,6 +95,21 @@ pub struct JobPayload {
     pub extra: Map<String, Value>,
 }
 
+/// Default upper bound of an upload (`DEDUP2D_API_MAX_UPLOAD_BYTES`).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Room for the members of a payload other than `file_bytes_b64` (names, `query_geom`,
+/// `request_params`): the API caps `geom_json` below this.
+pub const PAYLOAD_OVERHEAD_BYTES: u64 = 1 << 20;
+
+/// The largest payload the API writes for an upload of `upload_bytes`: the file as base64
+/// (4 bytes per 3) plus [`PAYLOAD_OVERHEAD_BYTES`]. The worker's default
+/// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES` is this of the API's upload limit, so every payload our
+/// API can write is read, and nothing larger is.
+pub fn payload_bytes_for_upload(upload_bytes: u64) -> u64 {
+    upload_bytes.div_ceil(3) * 4 + PAYLOAD_OVERHEAD_BYTES
+}
+
 /// Which file formats a payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PayloadFormat {

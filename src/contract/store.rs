@@ -278,10 +278,39 @@ impl StartState {
     }
 }
 
+const PAYLOAD_SIZE: &str = r#"
+-- KEYS: payload. Returns {type, bytes}.
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' then return {t, 0} end
+return {t, redis.call('STRLEN', KEYS[1])}
+"#;
+
+/// How big a payload is, read before the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadSize {
+    Missing,
+    WrongType(String),
+    Bytes(u64),
+}
+
+/// Largest piece of a payload one Redis call returns: a payload is read in `GETRANGE` steps of
+/// this size, so no call holds Redis for more than a few milliseconds whatever the payload's
+/// size, and the reply buffers stay this small.
+pub const PAYLOAD_READ_STEP: u64 = 4 << 20;
+
+/// The response timeout of a connection whose calls carry up to `max_bytes` (a payload write,
+/// or a payload read step): 2 s plus 1 s per 16 MiB, against redis-rs's 500 ms default.
+pub fn bulk_response_timeout(max_bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(2_000 + max_bytes / (16 << 20) * 1_000)
+}
+
 /// The job store of one key prefix.
 #[derive(Clone)]
 pub struct JobStore {
     conn: ConnectionManager,
+    /// Payload reads go through their own connection (with a response timeout sized for them),
+    /// so they never queue behind or in front of the claim path's small calls.
+    bulk: ConnectionManager,
     keys: Keys,
     ttl_seconds: u64,
     max_jobs: u64,
@@ -290,11 +319,18 @@ pub struct JobStore {
 impl JobStore {
     pub fn new(conn: ConnectionManager, keys: Keys, ttl_seconds: u64, max_jobs: u64) -> Self {
         JobStore {
+            bulk: conn.clone(),
             conn,
             keys,
             ttl_seconds,
             max_jobs,
         }
+    }
+
+    /// Uses `bulk` for payload reads.
+    pub fn with_bulk_connection(mut self, bulk: ConnectionManager) -> Self {
+        self.bulk = bulk;
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -505,6 +541,46 @@ impl JobStore {
         conn.get(self.keys.payload(job_id))
             .await
             .map_err(redis_err("reading a payload"))
+    }
+
+    /// Worker: the payload's size (and whether it is a string), without reading it.
+    pub async fn payload_size(&self, job_id: &str) -> Result<PayloadSize, StoreError> {
+        let mut conn = self.conn.clone();
+        let (kind, bytes): (String, u64) = Script::new(PAYLOAD_SIZE)
+            .key(self.keys.payload(job_id))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("reading a payload's size"))?;
+        Ok(match kind.as_str() {
+            "none" => PayloadSize::Missing,
+            "string" => PayloadSize::Bytes(bytes),
+            other => PayloadSize::WrongType(other.to_string()),
+        })
+    }
+
+    /// Worker: reads a payload of `len` bytes in [`PAYLOAD_READ_STEP`] pieces into one buffer of
+    /// that size. `None` when it is gone or changed size meanwhile (expired mid-read).
+    pub async fn read_payload(
+        &self,
+        job_id: &str,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.keys.payload(job_id);
+        let mut conn = self.bulk.clone();
+        let mut buf = Vec::with_capacity(len as usize);
+        while (buf.len() as u64) < len {
+            let start = buf.len() as u64;
+            let end = (start + PAYLOAD_READ_STEP).min(len) - 1;
+            let piece: Vec<u8> = conn
+                .getrange(&key, start as isize, end as isize)
+                .await
+                .map_err(redis_err("reading a payload"))?;
+            if piece.len() as u64 != end - start + 1 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&piece);
+        }
+        Ok(Some(buf))
     }
 
     pub async fn load_payload(&self, job_id: &str) -> Result<Option<JobPayload>, StoreError> {

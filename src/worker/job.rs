@@ -13,10 +13,10 @@ use serde_json::{json, Value};
 
 use super::callback::CallbackSender;
 use super::engine::{SearchEngine, SearchRequest};
-use super::input::{self, FileSource, JobInput};
-use super::metrics::{FormatLabels, OutcomeLabels, WorkerMetrics};
+use super::input::{self, Fallback, InputError, JobInput, Parsed};
+use super::metrics::{FormatLabels, OutcomeLabels, ReasonLabels, WorkerMetrics};
 use crate::contract::payload::FileRef;
-use crate::contract::store::{JobStatus, JobStore, StartState, StoreError};
+use crate::contract::store::{JobStatus, JobStore, PayloadSize, StartState, StoreError};
 use crate::storage::FileStorage;
 
 /// Everything a job needs, shared by all running jobs.
@@ -27,6 +27,8 @@ pub struct JobContext {
     pub callbacks: CallbackSender,
     pub metrics: Arc<WorkerMetrics>,
     pub cleanup_on_finish: bool,
+    /// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES`: a larger payload fails its job unread.
+    pub max_payload_bytes: u64,
     pub job_timeout: Duration,
     pub debug_job_delay: Duration,
     /// How often a running job looks for a cancel request.
@@ -140,7 +142,10 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
         StartState::CancelRequested => return cancel_before_start(ctx, job_id).await,
     }
     let facts = hash_facts(ctx, job_id).await?;
-    let parsed = input::parse(ctx.store.load_payload_raw(job_id).await?.as_deref());
+    let Parsed {
+        input: parsed,
+        file_ref,
+    } = load_input(ctx, job_id).await?;
     if let Ok(i) = &parsed {
         ctx.metrics
             .payload_formats
@@ -178,11 +183,25 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
         let body = callback_body(job_id, tenant.as_deref(), &fin, started_at, finished_at);
         notify(ctx, job_id, &url, tenant.as_deref(), &body).await?;
     }
-    match &input {
-        Some(i) => cleanup(ctx, job_id, i.file_ref()).await,
-        None => cleanup_upload(ctx, job_id).await?,
-    }
+    cleanup(ctx, job_id, file_ref.as_ref()).await;
     Ok(fin.end)
+}
+
+/// Reads and parses the payload; one over `max_payload_bytes` or of the wrong type is refused
+/// before it is read.
+async fn load_input(ctx: &JobContext, job_id: &str) -> Result<Parsed, StoreError> {
+    let raw = match ctx.store.payload_size(job_id).await? {
+        PayloadSize::Missing => None,
+        PayloadSize::WrongType(kind) => return Ok(Parsed::failed(InputError::WrongType(kind))),
+        PayloadSize::Bytes(bytes) if bytes > ctx.max_payload_bytes => {
+            return Ok(Parsed::failed(InputError::TooLarge {
+                bytes,
+                limit: ctx.max_payload_bytes,
+            }))
+        }
+        PayloadSize::Bytes(len) => ctx.store.read_payload(job_id, len).await?,
+    };
+    Ok(input::parse(raw))
 }
 
 /// A job that cannot run (its ARQ record is unusable, or its tries are used up): `failed` with
@@ -248,7 +267,7 @@ async fn cancel_before_start(ctx: &JobContext, job_id: &str) -> Result<JobEnd, S
 async fn run_body(
     ctx: &JobContext,
     job_id: &str,
-    parsed: &Result<JobInput, input::InputError>,
+    parsed: &Result<JobInput, InputError>,
     tenant_from_hash: Option<&str>,
 ) -> Result<Outcome, StoreError> {
     let seconds = ctx.job_timeout.as_secs();
@@ -336,7 +355,7 @@ async fn watch_cancel(ctx: &JobContext, job_id: &str) {
 async fn execute(
     ctx: &JobContext,
     job_id: &str,
-    parsed: &Result<JobInput, input::InputError>,
+    parsed: &Result<JobInput, InputError>,
     tenant_from_hash: Option<&str>,
 ) -> Outcome {
     if !ctx.debug_job_delay.is_zero() {
@@ -355,13 +374,12 @@ async fn execute(
         return Outcome::Failed("payload has no tenant_id and the job hash names none".into());
     };
     let started = Instant::now();
-    let data = match input::load_bytes(input, ctx.storage.as_ref()).await {
-        Ok(d) => d,
+    let loaded = match input::load_bytes(input, ctx.storage.as_ref()).await {
+        Ok(l) => l,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    if matches!(input.source, FileSource::Base64(_)) {
-        ctx.metrics.legacy_b64_fallback.inc();
-        tracing::info!(job_id, "file read from legacy file_bytes_b64");
+    if let Some(fallback) = loaded.fallback {
+        count_fallback(ctx, job_id, fallback);
     }
     let load_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let request = SearchRequest {
@@ -369,7 +387,7 @@ async fn execute(
         tenant_id: tenant,
         file_name: &input.file_name,
         content_type: &input.content_type,
-        data: &data,
+        data: &loaded.data,
         query_geom: input.query_geom.as_ref(),
         params: &input.params,
     };
@@ -379,17 +397,39 @@ async fn execute(
             if let Some(t) = v.get_mut("timing").and_then(Value::as_object_mut) {
                 t.insert("load_ms".into(), json!(load_ms));
             }
+            let warning = loaded.fallback.and_then(Fallback::warning);
+            if let (Some(w), Some(list)) =
+                (warning, v.get_mut("warnings").and_then(Value::as_array_mut))
+            {
+                list.push(json!(w));
+            }
             Outcome::Done(v)
         }
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 
+fn count_fallback(ctx: &JobContext, job_id: &str, fallback: Fallback) {
+    ctx.metrics.legacy_b64_fallback.inc();
+    ctx.metrics
+        .b64_fallbacks
+        .get_or_create(&ReasonLabels {
+            reason: fallback.label(),
+        })
+        .inc();
+    match fallback {
+        Fallback::B64Only => tracing::info!(job_id, "file read from legacy file_bytes_b64"),
+        Fallback::StoredFileMissing => tracing::warn!(
+            job_id,
+            "stored file is missing; file read from the payload's file_bytes_b64"
+        ),
+    }
+}
+
 /// Cleans the upload a payload names, whatever else is wrong with the payload.
 async fn cleanup_upload(ctx: &JobContext, job_id: &str) -> Result<(), StoreError> {
     if ctx.cleanup_on_finish {
-        let raw = ctx.store.load_payload_raw(job_id).await?;
-        let file_ref = raw.as_deref().and_then(input::file_ref_of);
+        let file_ref = load_input(ctx, job_id).await?.file_ref;
         cleanup(ctx, job_id, file_ref.as_ref()).await;
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::contract::config::{int, Config, ConfigError};
 use crate::contract::keys::{DEFAULT_INDEX_TTL_SECONDS, MIN_INDEX_TTL_SECONDS};
+use crate::contract::payload::{payload_bytes_for_upload, DEFAULT_MAX_UPLOAD_BYTES};
 
 use super::callback::{CallbackConfigError, CallbackSettings};
 
@@ -41,6 +42,10 @@ pub struct WorkerSettings {
     /// `DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS` (0): an artificial pause at the start of every job,
     /// for fault-injection tests and demos (SIGKILL/SIGTERM mid-job). Leave 0 in production.
     pub debug_job_delay: Duration,
+    /// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES`: a job whose payload is larger fails unread. Default:
+    /// the largest payload the API writes under its upload limit (`DEDUP2D_API_MAX_UPLOAD_BYTES`,
+    /// read here too when set), see [`payload_bytes_for_upload`].
+    pub max_payload_bytes: u64,
     /// `DEDUP2D_INDEX_TTL_SECONDS` (90 days, at least 60 s): how long a tenant's dedup index
     /// is kept after its last write.
     pub index_ttl_seconds: u64,
@@ -86,6 +91,7 @@ impl WorkerSettings {
             heartbeat_interval,
             max_tries: int(env, "DEDUP2D_WORKER_MAX_TRIES", 5)?.max(1),
             debug_job_delay: millis("DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS", 0, 0)?,
+            max_payload_bytes: max_payload_bytes(env)?,
             index_ttl_seconds: int(
                 env,
                 "DEDUP2D_INDEX_TTL_SECONDS",
@@ -106,6 +112,17 @@ impl WorkerSettings {
         }
         q
     }
+}
+
+fn max_payload_bytes(env: &HashMap<String, String>) -> Result<u64, SettingsError> {
+    let upload = int(
+        env,
+        "DEDUP2D_API_MAX_UPLOAD_BYTES",
+        DEFAULT_MAX_UPLOAD_BYTES as i64,
+    )?
+    .max(1) as u64;
+    let default = payload_bytes_for_upload(upload);
+    Ok(int(env, "DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", default as i64)?.max(1) as u64)
 }
 
 fn hostname(env: &HashMap<String, String>) -> Result<String, SettingsError> {
