@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::multipart::MultipartError;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -37,6 +38,24 @@ fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid API key"))
 }
 
+/// A request axum could not even take apart (no multipart boundary, a query string that is not
+/// form-encoded, a bad path segment): the documented JSON error, not axum's plain text.
+fn rejected(code: &'static str, status: StatusCode, text: String) -> ApiError {
+    ApiError::new(status, code, text)
+}
+
+fn query_of(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| rejected("INVALID_PARAMETER", e.status(), e.body_text()))
+}
+
+fn path_of(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(p)| p)
+        .map_err(|e| rejected("INVALID_PARAMETER", e.status(), e.body_text()))
+}
+
 fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -48,6 +67,13 @@ fn multipart_error(e: MultipartError) -> ApiError {
         ApiError::bad_request("INVALID_UPLOAD", format!("malformed multipart body: {e}"))
     }
 }
+
+/// Largest `geom_json`: it must fit in the payload's room beside the file
+/// ([`PAYLOAD_OVERHEAD_BYTES`](crate::contract::payload::PAYLOAD_OVERHEAD_BYTES)).
+const MAX_GEOM_JSON_BYTES: u64 = 512 * 1024;
+
+/// Longest original file name kept in the job (the stored name is bounded further).
+const MAX_FILE_NAME_BYTES: usize = 1024;
 
 struct Upload {
     file_name: String,
@@ -63,6 +89,15 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
         match field.name() {
             Some("file") => {
                 let name = field.file_name().unwrap_or("unknown").to_string();
+                if name.len() > MAX_FILE_NAME_BYTES {
+                    return Err(ApiError::bad_request(
+                        "FILE_NAME_TOO_LONG",
+                        format!(
+                            "file name is {} bytes; at most {MAX_FILE_NAME_BYTES} are accepted",
+                            name.len()
+                        ),
+                    ));
+                }
                 let ct = field
                     .content_type()
                     .unwrap_or("application/octet-stream")
@@ -83,6 +118,13 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
             }
             Some("geom_json") => {
                 let bytes = field.bytes().await.map_err(multipart_error)?;
+                if bytes.len() as u64 > MAX_GEOM_JSON_BYTES {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "GEOM_JSON_TOO_LARGE",
+                        format!("geom_json exceeds {MAX_GEOM_JSON_BYTES} bytes"),
+                    ));
+                }
                 if bytes.is_empty() {
                     return Err(ApiError::bad_request(
                         "INVALID_GEOM_JSON",
@@ -124,11 +166,12 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
 pub async fn search(
     State(state): Shared,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    form: Multipart,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
-    let params = search_params(&query)?;
+    let params = search_params(&query_of(query)?)?;
+    let form = form.map_err(|e| rejected("INVALID_UPLOAD", e.status(), e.body_text()))?;
     let callback_url = match &params.callback_url {
         None => None,
         Some(raw) => Some(
@@ -240,9 +283,10 @@ fn job_json(v: &JobView) -> Value {
 pub async fn get_job(
     State(state): Shared,
     headers: HeaderMap,
-    Path(job_id): Path<String>,
+    job_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
+    let job_id = path_of(job_id)?;
     let view = state.store.get_for_tenant(&job_id, &tenant_id).await?;
     Ok(Json(job_json(&view)))
 }
@@ -251,9 +295,10 @@ pub async fn get_job(
 pub async fn cancel_job(
     State(state): Shared,
     headers: HeaderMap,
-    Path(job_id): Path<String>,
+    job_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
+    let job_id = path_of(job_id)?;
     let outcome = state
         .store
         .cancel_for_tenant(&job_id, &tenant_id, &state.queues())
@@ -277,10 +322,10 @@ pub async fn cancel_job(
 pub async fn list_jobs(
     State(state): Shared,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
-    let (status, limit) = list_params(&query)?;
+    let (status, limit) = list_params(&query_of(query)?)?;
     let jobs = state
         .store
         .list_for_tenant(&tenant_id, status, limit)
@@ -294,6 +339,20 @@ pub async fn list_jobs(
         })
         .collect();
     Ok(Json(json!({"total": items.len(), "jobs": items})))
+}
+
+/// Any other path: the JSON 404.
+pub async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+/// A known path with another method: the JSON 405.
+pub async fn wrong_method(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on this path"),
+    )
 }
 
 pub async fn healthz() -> Json<Value> {

@@ -165,11 +165,17 @@ pub fn format_of_json(value: &Value) -> PayloadFormat {
     PayloadFormat::from_presence(has_ref, has_b64)
 }
 
+/// Longest stored name: with the `{uuidhex}_` prefix and the local backend's temporary-file
+/// affixes it stays far below the 255-byte limit of a file name.
+pub const MAX_SAFE_NAME_CHARS: usize = 120;
+
 /// The file name as stored: base name only, runs of characters outside `[A-Za-z0-9._-]` become
-/// `_`, leading/trailing `._-` stripped, at most 200 characters, `upload.bin` when nothing is left.
+/// `_`, leading/trailing `._-` stripped, at most [`MAX_SAFE_NAME_CHARS`] characters (a long name
+/// is cut in its stem, so its extension stays), `upload.bin` when nothing is left. The original
+/// name is kept in the payload's `file_name`.
 pub fn safe_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let mut out = String::with_capacity(base.len());
+    let mut out = String::with_capacity(base.len().min(4 * MAX_SAFE_NAME_CHARS));
     let mut in_run = false;
     for c in base.chars() {
         if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -181,12 +187,19 @@ pub fn safe_file_name(name: &str) -> String {
         }
     }
     let trimmed = out.trim_matches(|c| matches!(c, '.' | '_' | '-'));
-    let limited: String = trimmed.chars().take(200).collect();
-    if limited.is_empty() {
-        "upload.bin".to_string()
-    } else {
-        limited
+    if trimmed.is_empty() {
+        return "upload.bin".to_string();
     }
+    if trimmed.len() <= MAX_SAFE_NAME_CHARS {
+        return trimmed.to_string();
+    }
+    // Only ASCII is left, so byte offsets are character offsets.
+    let ext = trimmed
+        .rfind('.')
+        .map(|i| &trimmed[i..])
+        .filter(|e| e.len() <= 16)
+        .unwrap_or("");
+    format!("{}{ext}", &trimmed[..MAX_SAFE_NAME_CHARS - ext.len()])
 }
 
 /// DXF/DWG jobs need the render step (and go to the render queue when one is configured).
@@ -321,7 +334,11 @@ mod tests {
         assert_eq!(safe_file_name("..."), "upload.bin");
         assert_eq!(safe_file_name(""), "upload.bin");
         assert_eq!(safe_file_name("__x__"), "x");
-        assert_eq!(safe_file_name(&"a".repeat(300)).len(), 200);
+        assert_eq!(safe_file_name(&"a".repeat(300)).len(), MAX_SAFE_NAME_CHARS);
+        let long = safe_file_name(&format!("{}.dxf", "b".repeat(10_000)));
+        assert_eq!(long.len(), MAX_SAFE_NAME_CHARS);
+        assert!(long.ends_with("bbb.dxf"), "{long}");
+        assert_eq!(safe_file_name(&"é".repeat(500)), "upload.bin");
     }
 
     #[test]
