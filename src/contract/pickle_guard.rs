@@ -4,8 +4,9 @@
 //! levels deep overflows the worker's stack (an abort, not an error), and memo references
 //! (`GET` of an earlier value) are expanded each time they are used, so a small record can
 //! stand for an exponential number of nodes. This module walks the opcode stream once, without
-//! recursion, simulating the unpickler's stack with only a (depth, nodes) pair per value, and
-//! refuses the stream when the nesting depth or the expanded node count goes over its limit.
+//! recursion, simulating the unpickler's stack over a graph of the objects it would build (no
+//! values), and refuses the stream when the finished graph nests deeper, or expands (memo
+//! references counted as the copies they become) to more values, than its limits.
 //! Anything it cannot follow (an unknown opcode, a truncated argument, a stack underflow) is
 //! refused too: the decoder would refuse it anyway.
 
@@ -39,20 +40,14 @@ pub enum PickleGuardError {
     Malformed(usize),
     #[error("pickle has no STOP opcode")]
     NoStop,
+    #[error("pickle refers to itself (a recursive structure)")]
+    Recursive,
 }
 
-/// One value on the simulated stack: how deep it nests and how many values it expands to.
-#[derive(Debug, Clone, Copy)]
-struct Shape {
-    depth: u32,
-    nodes: u64,
-}
-
-const LEAF: Shape = Shape { depth: 0, nodes: 1 };
-
+/// A slot of the simulated stack: a mark, or an object (an index into the object graph).
 enum Slot {
     Mark,
-    Value(Shape),
+    Value(usize),
 }
 
 /// How an opcode's argument is laid out in the stream.
@@ -132,130 +127,164 @@ fn opcode(op: u8) -> Option<(Arg, Effect)> {
     })
 }
 
-/// The stack simulation.
+/// The stack simulation. Objects are kept as a graph (each container lists its children), not
+/// as sizes: a container can be memoized empty and filled later, and every memo reference then
+/// stands for what it holds in the end, so depth and size are measured on the finished graph.
 struct Machine {
-    limits: PickleLimits,
     stack: Vec<Slot>,
-    memo: std::collections::HashMap<Vec<u8>, Shape>,
+    /// Children of each object (empty for a scalar).
+    objects: Vec<Vec<usize>>,
+    memo: std::collections::HashMap<u64, usize>,
 }
 
 impl Machine {
-    fn check(&self, s: Shape) -> Result<Shape, PickleGuardError> {
-        if s.depth > self.limits.max_depth {
-            return Err(PickleGuardError::TooDeep(self.limits.max_depth));
-        }
-        if s.nodes > self.limits.max_nodes {
-            return Err(PickleGuardError::TooLarge(self.limits.max_nodes));
-        }
-        Ok(s)
+    fn new_object(&mut self, children: Vec<usize>) -> usize {
+        self.objects.push(children);
+        self.objects.len() - 1
     }
 
-    fn pop(&mut self, at: usize) -> Result<Shape, PickleGuardError> {
+    fn pop(&mut self, at: usize) -> Result<usize, PickleGuardError> {
         match self.stack.pop() {
-            Some(Slot::Value(s)) => Ok(s),
+            Some(Slot::Value(o)) => Ok(o),
             _ => Err(PickleGuardError::Malformed(at)),
         }
     }
 
-    fn top(&self, at: usize) -> Result<Shape, PickleGuardError> {
+    fn top(&self, at: usize) -> Result<usize, PickleGuardError> {
         match self.stack.last() {
-            Some(Slot::Value(s)) => Ok(*s),
+            Some(Slot::Value(o)) => Ok(*o),
             _ => Err(PickleGuardError::Malformed(at)),
         }
     }
 
     /// Pops the values above the topmost mark, and the mark.
-    fn pop_to_mark(&mut self, at: usize) -> Result<Vec<Shape>, PickleGuardError> {
+    fn pop_to_mark(&mut self, at: usize) -> Result<Vec<usize>, PickleGuardError> {
         let mut items = Vec::new();
         loop {
             match self.stack.pop() {
-                Some(Slot::Value(s)) => items.push(s),
+                Some(Slot::Value(o)) => items.push(o),
                 Some(Slot::Mark) => return Ok(items),
                 None => return Err(PickleGuardError::Malformed(at)),
             }
         }
     }
 
-    fn container(&self, items: &[Shape]) -> Result<Shape, PickleGuardError> {
-        let depth = items.iter().map(|s| s.depth).max().unwrap_or(0) + 1;
-        let nodes = items.iter().fold(1u64, |n, s| n.saturating_add(s.nodes));
-        self.check(Shape { depth, nodes })
+    fn pop_n(&mut self, n: usize, at: usize) -> Result<Vec<usize>, PickleGuardError> {
+        (0..n).map(|_| self.pop(at)).collect()
     }
 
-    /// Adds `items` to the container on top of the stack.
-    fn add_to_top(&mut self, items: &[Shape], at: usize) -> Result<(), PickleGuardError> {
-        let target = self.pop(at)?;
-        let grown = self.container(items)?;
-        let merged = self.check(Shape {
-            depth: target.depth.max(grown.depth),
-            nodes: target.nodes.saturating_add(grown.nodes - 1),
-        })?;
-        self.stack.push(Slot::Value(merged));
-        Ok(())
+    fn push(&mut self, children: Vec<usize>) {
+        let o = self.new_object(children);
+        self.stack.push(Slot::Value(o));
     }
 
     fn apply(&mut self, effect: Effect, arg: &[u8], at: usize) -> Result<(), PickleGuardError> {
         match effect {
-            Effect::Push => self.stack.push(Slot::Value(LEAF)),
+            Effect::Push => self.push(Vec::new()),
             Effect::Pop(n) => {
-                for _ in 0..n {
-                    self.pop(at)?;
-                }
+                self.pop_n(n, at)?;
             }
             Effect::PopMark => {
                 self.pop_to_mark(at)?;
             }
             Effect::Dup => {
-                let s = self.top(at)?;
-                self.stack.push(Slot::Value(s));
+                let o = self.top(at)?;
+                self.stack.push(Slot::Value(o));
             }
             Effect::Build(n) => {
-                let items = (0..n)
-                    .map(|_| self.pop(at))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let s = self.container(&items)?;
-                self.stack.push(Slot::Value(s));
+                let items = self.pop_n(n, at)?;
+                self.push(items);
             }
             Effect::BuildFromMark => {
                 let items = self.pop_to_mark(at)?;
-                let s = self.container(&items)?;
-                self.stack.push(Slot::Value(s));
+                self.push(items);
             }
             Effect::AddTo(n) => {
-                let items = (0..n)
-                    .map(|_| self.pop(at))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.add_to_top(&items, at)?;
+                let items = self.pop_n(n, at)?;
+                let target = self.top(at)?;
+                self.objects[target].extend(items);
             }
             Effect::AddFromMark => {
                 let items = self.pop_to_mark(at)?;
-                self.add_to_top(&items, at)?;
+                let target = self.top(at)?;
+                self.objects[target].extend(items);
             }
             Effect::Memoize => {
-                let s = self.top(at)?;
+                let o = self.top(at)?;
                 // MEMOIZE takes the next free slot, as Python's `len(memo)`.
                 let key = if arg.is_empty() {
-                    (self.memo.len() as u64).to_le_bytes().to_vec()
+                    self.memo.len() as u64
                 } else {
                     memo_key(arg)
                 };
-                self.memo.insert(key, s);
+                self.memo.insert(key, o);
             }
             Effect::Get => {
-                let s = *self
+                let o = *self
                     .memo
                     .get(&memo_key(arg))
                     .ok_or(PickleGuardError::Malformed(at))?;
-                self.stack.push(Slot::Value(s));
+                self.stack.push(Slot::Value(o));
             }
             Effect::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Depth and expanded size of `root`, by an explicit-stack post-order walk (no recursion);
+    /// a reference cycle is refused (the decoder refuses it too).
+    fn measure(&self, root: usize, limits: PickleLimits) -> Result<(), PickleGuardError> {
+        #[derive(Clone, Copy)]
+        enum Mark {
+            New,
+            Open,
+            Done { depth: u32, nodes: u64 },
+        }
+        let mut marks = vec![Mark::New; self.objects.len()];
+        let mut walk = vec![root];
+        while let Some(&o) = walk.last() {
+            match marks[o] {
+                Mark::Done { .. } => {
+                    walk.pop();
+                }
+                Mark::New => {
+                    marks[o] = Mark::Open;
+                    for &c in &self.objects[o] {
+                        match marks[c] {
+                            Mark::Open => return Err(PickleGuardError::Recursive),
+                            Mark::New => walk.push(c),
+                            Mark::Done { .. } => {}
+                        }
+                    }
+                }
+                Mark::Open => {
+                    let (mut depth, mut nodes) = (0u32, 1u64);
+                    for &c in &self.objects[o] {
+                        match marks[c] {
+                            Mark::Done { depth: d, nodes: n } => {
+                                depth = depth.max(d + 1);
+                                nodes = nodes.saturating_add(n);
+                            }
+                            _ => return Err(PickleGuardError::Recursive),
+                        }
+                    }
+                    if depth > limits.max_depth {
+                        return Err(PickleGuardError::TooDeep(limits.max_depth));
+                    }
+                    if nodes > limits.max_nodes {
+                        return Err(PickleGuardError::TooLarge(limits.max_nodes));
+                    }
+                    marks[o] = Mark::Done { depth, nodes };
+                    walk.pop();
+                }
+            }
         }
         Ok(())
     }
 }
 
 /// Memo slots are numbered; the same slot can be written as text, 1 byte or 4 bytes.
-fn memo_key(arg: &[u8]) -> Vec<u8> {
+fn memo_key(arg: &[u8]) -> u64 {
     let n: u64 = match arg.len() {
         1 => u64::from(arg[0]),
         4 => u64::from(u32::from_le_bytes([arg[0], arg[1], arg[2], arg[3]])),
@@ -264,7 +293,7 @@ fn memo_key(arg: &[u8]) -> Vec<u8> {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(u64::MAX),
     };
-    n.to_le_bytes().to_vec()
+    n
 }
 
 /// Reads the argument of an opcode starting at `pos`; returns it and the position after it.
@@ -302,8 +331,8 @@ fn read_arg(bytes: &[u8], pos: usize, arg: &Arg) -> Result<(usize, usize), Pickl
 /// Walks the whole stream; `Ok` when it stays within `limits` and ends with `STOP`.
 pub fn check(bytes: &[u8], limits: PickleLimits) -> Result<(), PickleGuardError> {
     let mut m = Machine {
-        limits,
         stack: Vec::new(),
+        objects: Vec::new(),
         memo: std::collections::HashMap::new(),
     };
     let mut pos = 0;
@@ -312,7 +341,10 @@ pub fn check(bytes: &[u8], limits: PickleLimits) -> Result<(), PickleGuardError>
         let op = bytes[pos];
         pos += 1;
         match op {
-            b'.' => return Ok(()),
+            b'.' => {
+                let root = m.top(at)?;
+                return m.measure(root, limits);
+            }
             b'(' => {
                 m.stack.push(Slot::Mark);
                 continue;
@@ -388,6 +420,37 @@ mod tests {
             check(&p, ARQ_RECORD_LIMITS),
             Err(PickleGuardError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn a_chain_built_through_memo_references_is_measured_when_finished() {
+        // 2,000 empty lists, each memoized, then list i gets list i+1 appended via GETs.
+        let mut p = vec![0x80, 4];
+        for _ in 0..2000 {
+            p.extend_from_slice(&[b']', 0x94]);
+        }
+        for i in 0..1999u32 {
+            p.push(b'j');
+            p.extend_from_slice(&i.to_le_bytes());
+            p.push(b'j');
+            p.extend_from_slice(&(i + 1).to_le_bytes());
+            p.extend_from_slice(b"a0");
+        }
+        p.extend_from_slice(b"j\x00\x00\x00\x00.");
+        assert_eq!(
+            check(&p, ARQ_RECORD_LIMITS),
+            Err(PickleGuardError::TooDeep(64))
+        );
+    }
+
+    #[test]
+    fn a_self_reference_is_refused() {
+        // l = []; l.append(l)
+        let p = b"\x80\x04]\x94h\x00a.";
+        assert_eq!(
+            check(p, ARQ_RECORD_LIMITS),
+            Err(PickleGuardError::Recursive)
+        );
     }
 
     #[test]

@@ -301,7 +301,12 @@ fn check(
             })
         }
     };
-    let embedded = embedded.map(|r| r.map(Bytes::from).map_err(|e| e.to_string()));
+    let embedded = embedded.map(|r| {
+        r.map(Bytes::from).map_err(|e| match e {
+            InputError::BadBase64(why) => why,
+            other => other.to_string(),
+        })
+    });
     let format = PayloadFormat::from_presence(file_ref.is_some(), embedded.is_some());
     let source = match (file_ref, embedded) {
         (Some(file_ref), fallback) => FileSource::Ref { file_ref, fallback },
