@@ -152,6 +152,24 @@ fn nested(depth: usize, tuples: bool) -> Vec<u8> {
     p
 }
 
+/// The process exists and has not exited (an exited child not yet reaped is a zombie, `Z`).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(") ")
+            .next()
+            .is_some_and(|rest| !rest.starts_with('Z'))
+    })
+}
+
+fn corpus_file(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/corpus")
+            .join(name),
+    )
+    .unwrap()
+}
+
 fn record_with_args(args: Vec<serde_pickle::Value>, function: &str) -> Vec<u8> {
     JobRecord {
         function: function.into(),
@@ -209,6 +227,12 @@ async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving(
             "pickle nests deeper than 64 levels"),
         ("a record dict whose args nest 2,000 deep", Poison::Record(deep_dict), JobStatus::Failed,
             "pickle nests deeper than 64 levels"),
+        ("a 2,000-link chain through memo references", Poison::Record(corpus_file("pickle/bad-memo-chain-2000.pickle")), JobStatus::Failed,
+            "pickle nests deeper than 64 levels"),
+        ("a memo reference bomb", Poison::Record(corpus_file("pickle/bad-memo-doubling.pickle")), JobStatus::Failed,
+            "pickle expands to more than 100000 values"),
+        ("a self-referencing record", Poison::Record(corpus_file("pickle/bad-self-reference.pickle")), JobStatus::Failed,
+            "pickle refers to itself"),
         ("corrupt pickle", Poison::Record(b"\x80\x04garbage".to_vec()), JobStatus::Failed,
             "cannot decode job record"),
         ("truncated pickle", Poison::Record(record_with_args(vec![], "dedup2d_run_job")[..20].to_vec()), JobStatus::Failed,
@@ -294,7 +318,8 @@ async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving(
         assert_arq_clean(&conn, id).await;
     }
 
-    // The worker is alive and serves the next job.
+    // The worker is alive (a supervisor would have nothing to restart) and serves the next job.
+    assert!(alive(worker.pid()), "the worker exited:\n{}", worker.log());
     let next = submit_with_upload(&s, &store, b"the next good job").await;
     let done = w::wait_finished(&store, std::slice::from_ref(&next), Duration::from_secs(20)).await;
     assert_eq!(done[&next].status, JobStatus::Completed);
