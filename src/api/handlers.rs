@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::params::{list_params, search_params};
 use super::ApiState;
-use crate::contract::payload::{render_required, JobPayload};
+use crate::contract::payload::{render_required, FileRef, JobPayload};
 use crate::contract::store::{CancelOutcome, JobView, NewJob};
 
 type Shared = State<Arc<ApiState>>;
@@ -199,21 +199,15 @@ pub async fn search(
             ApiError::unavailable("file storage is unavailable; retry later")
         })?;
     let render = render_required(&upload.file_name, Some(&upload.content_type));
-    let include_b64 =
-        state.payload.include_b64 && upload.bytes.len() as u64 <= state.payload.b64_max_bytes;
-    let payload = JobPayload {
-        tenant_id: tenant_id.clone(),
-        file_name: upload.file_name.clone(),
-        content_type: Some(upload.content_type.clone()),
-        file_ref: Some(file_ref.clone()),
-        query_geom: upload.geom,
-        request_params: params.request_params,
+    let payload = job_payload(
+        &state,
+        &tenant_id,
+        upload,
+        file_ref.clone(),
+        params.request_params,
         callback_url,
-        render_required: render,
-        file_bytes_b64: include_b64
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes)),
-        extra: Default::default(),
-    };
+        render,
+    );
     let format = payload.format();
     let queue = match (&state.render_queue, render) {
         (Some(q), true) => q,
@@ -225,23 +219,7 @@ pub async fn search(
         payload,
         queue_name: queue.name().to_string(),
     };
-    let active = match state.store.submit(&job).await {
-        Ok(active) => active,
-        Err(e) => {
-            // Nothing of a refused or failed submit may remain: the store cleaned its keys,
-            // the upload goes too.
-            if let Err(del) = state.storage.delete(&file_ref).await {
-                tracing::warn!(job_id, error = %del, "cleanup of an upload after a failed submit failed");
-            }
-            let err = ApiError::from(e);
-            state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
-                "queue_full"
-            } else {
-                "error"
-            });
-            return Err(err);
-        }
-    };
+    let active = submit_or_clean(&state, &job, &file_ref).await?;
     state.metrics.count_format(format.label());
     state.metrics.count_submit("accepted");
     state.metrics.queue_depth.set(active as i64);
@@ -259,6 +237,57 @@ pub async fn search(
         "forced_async_reason": (!params.async_request)
             .then_some("this API runs every search asynchronously on the worker fleet"),
     })))
+}
+
+/// The payload of an upload, dual-writing its bytes when the settings say so.
+fn job_payload(
+    state: &ApiState,
+    tenant_id: &str,
+    upload: Upload,
+    file_ref: FileRef,
+    request_params: serde_json::Map<String, Value>,
+    callback_url: Option<String>,
+    render: bool,
+) -> JobPayload {
+    let include_b64 =
+        state.payload.include_b64 && upload.bytes.len() as u64 <= state.payload.b64_max_bytes;
+    JobPayload {
+        tenant_id: tenant_id.to_string(),
+        file_name: upload.file_name,
+        content_type: Some(upload.content_type),
+        file_ref: Some(file_ref),
+        query_geom: upload.geom,
+        request_params,
+        callback_url,
+        render_required: render,
+        file_bytes_b64: include_b64
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes)),
+        extra: Default::default(),
+    }
+}
+
+/// Submits the job; when that fails nothing may remain: the store cleaned its keys, the upload
+/// goes too.
+async fn submit_or_clean(
+    state: &ApiState,
+    job: &NewJob,
+    file_ref: &FileRef,
+) -> Result<u64, ApiError> {
+    match state.store.submit(job).await {
+        Ok(active) => Ok(active),
+        Err(e) => {
+            if let Err(del) = state.storage.delete(file_ref).await {
+                tracing::warn!(job_id = job.job_id, error = %del, "cleanup of an upload after a failed submit failed");
+            }
+            let err = ApiError::from(e);
+            state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
+                "queue_full"
+            } else {
+                "error"
+            });
+            Err(err)
+        }
+    }
 }
 
 fn job_json(v: &JobView) -> Value {

@@ -374,9 +374,7 @@ mod tests {
             p.extend_from_slice(b"]("); // EMPTY_LIST MARK
         }
         p.extend_from_slice(b"N"); // innermost value
-        for _ in 0..depth {
-            p.push(b'e'); // APPENDS
-        }
+        p.extend(std::iter::repeat_n(b'e', depth)); // APPENDS
         p.push(b'.');
         p
     }
@@ -393,9 +391,7 @@ mod tests {
     #[test]
     fn deep_tuples_are_refused() {
         let mut p = vec![0x80, 2, b'N'];
-        for _ in 0..2000 {
-            p.push(0x85); // TUPLE1
-        }
+        p.extend(std::iter::repeat_n(0x85, 2000)); // TUPLE1
         p.push(b'.');
         assert_eq!(
             check(&p, ARQ_RECORD_LIMITS),
