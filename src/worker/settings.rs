@@ -171,12 +171,42 @@ mod tests {
     }
 
     #[test]
+    fn the_payload_cap_follows_the_api_upload_limit() {
+        let default = WorkerSettings::from_map(&env(&[("HOSTNAME", "h")])).unwrap();
+        assert_eq!(
+            default.max_payload_bytes,
+            payload_bytes_for_upload(DEFAULT_MAX_UPLOAD_BYTES)
+        );
+        assert_eq!(
+            default.max_payload_bytes, 70_953_644,
+            "50 MiB as base64 + 1 MiB"
+        );
+        let tied = WorkerSettings::from_map(&env(&[
+            ("HOSTNAME", "h"),
+            ("DEDUP2D_API_MAX_UPLOAD_BYTES", "3000000"),
+        ]))
+        .unwrap();
+        assert_eq!(tied.max_payload_bytes, 4_000_000 + (1 << 20));
+        let set = WorkerSettings::from_map(&env(&[
+            ("HOSTNAME", "h"),
+            ("DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", "1234"),
+            ("DEDUP2D_INDEX_TTL_SECONDS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(set.max_payload_bytes, 1234);
+        assert_eq!(set.index_ttl_seconds, MIN_INDEX_TTL_SECONDS);
+        assert_eq!(default.index_ttl_seconds, DEFAULT_INDEX_TTL_SECONDS);
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (var, value) in [
             ("DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS", "soon"),
             ("DEDUP2D_WORKER_METRICS_ADDR", "9090"),
             ("DEDUP2D_WORKER_MAX_JOBS", "ten"),
             ("DEDUP2D_CALLBACK_MAX_ATTEMPTS", "x"),
+            ("DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", "10MB"),
+            ("DEDUP2D_INDEX_TTL_SECONDS", "a month"),
         ] {
             let err = WorkerSettings::from_map(&env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");
