@@ -484,3 +484,36 @@ async fn payload_cap_read_steps_and_the_dual_write_fallback() {
     worker.wait_healthy(Duration::from_secs(5)).await;
     assert_no_key_without_ttl(&conn).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_payloads_never_time_out_the_claim_path() {
+    let s = Setup::new();
+    // The submitting side writes 21 MiB payloads in one call: no response timeout here.
+    let conn = redis::Client::open(s.redis.url())
+        .unwrap()
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let store = w::store(conn.clone());
+    let mut ids = Vec::new();
+    for i in 0..4u8 {
+        let data = vec![i; 16 << 20];
+        ids.push(w::submit(&store, w::payload(None, Some(&data))).await);
+    }
+    let mut worker = s.worker(&[("DEDUP2D_WORKER_MAX_JOBS", "4")]);
+    worker.wait_healthy(Duration::from_secs(20)).await;
+    let done = w::wait_finished(&store, &ids, Duration::from_secs(120)).await;
+    for id in &ids {
+        assert_eq!(done[id].status, JobStatus::Completed, "{:?}", done[id]);
+    }
+    let log = worker.log();
+    assert!(!log.contains("cannot claim jobs"), "{log}");
+    assert!(!log.contains("timed out"), "{log}");
+    let page = worker.metrics().await;
+    assert_eq!(
+        w::metric(&page, "dedup2d_jobs_total{status=\"completed\"}"),
+        4.0
+    );
+}

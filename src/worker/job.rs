@@ -201,7 +201,13 @@ async fn load_input(ctx: &JobContext, job_id: &str) -> Result<Parsed, StoreError
         }
         PayloadSize::Bytes(len) => ctx.store.read_payload(job_id, len).await?,
     };
-    Ok(input::parse(raw))
+    // Parsing and base64 decoding are CPU work proportional to the payload: off the async
+    // threads, so the Redis connections' replies are still read while it runs.
+    Ok(tokio::task::spawn_blocking(move || input::parse(raw))
+        .await
+        .unwrap_or_else(|e| {
+            Parsed::failed(InputError::NotJson(format!("payload parser stopped: {e}")))
+        }))
 }
 
 /// A job that cannot run (its ARQ record is unusable, or its tries are used up): `failed` with

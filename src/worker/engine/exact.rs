@@ -86,7 +86,9 @@ impl SearchEngine for ExactEngine {
     ) -> BoxFuture<'a, Result<SearchResult, EngineError>> {
         Box::pin(async move {
             let start = Instant::now();
-            let hash = hex::encode(Sha256::digest(req.data));
+            // Hashing a large file is CPU work: let the runtime move other tasks (the Redis
+            // connections' readers) off this thread meanwhile.
+            let hash = tokio::task::block_in_place(|| hex::encode(Sha256::digest(req.data)));
             let hash_ms = ms(start);
 
             let index_start = Instant::now();
