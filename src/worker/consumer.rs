@@ -270,3 +270,70 @@ async fn arq_fail(queue: &ArqQueue, claimed: &ClaimedJob, message: &str, setting
         tracing::error!(arq_job = %claimed.job_id, error = %e, "cannot fail the ARQ job");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::queue::RecordProblem;
+
+    fn claimed(record: ClaimedRecord, job_try: i64) -> ClaimedJob {
+        ClaimedJob {
+            job_id: "j1".into(),
+            record,
+            job_try,
+            score: 0,
+        }
+    }
+
+    #[test]
+    fn what_cannot_run_is_decided_from_the_claim_alone() {
+        let settings = QueueSettings::for_job_timeout(30);
+        let ok = JobRecord::dedup2d("j1", 1);
+        let runnable = unrunnable(&claimed(ClaimedRecord::Found(ok.clone()), 1), &settings);
+        assert_eq!(runnable.unwrap().0, "j1");
+        let forged = JobRecord {
+            job_try: Some(999),
+            ..ok.clone()
+        };
+        assert!(
+            unrunnable(&claimed(ClaimedRecord::Found(forged), 1), &settings).is_ok(),
+            "a try number in the record is not a real attempt"
+        );
+        let other = JobRecord {
+            function: "other".into(),
+            ..ok.clone()
+        };
+        let cases = [
+            (claimed(ClaimedRecord::Expired, 1), "job expired"),
+            (
+                claimed(
+                    ClaimedRecord::Undecodable(RecordProblem::WrongType("hash".into())),
+                    1,
+                ),
+                "holds a Redis hash",
+            ),
+            (
+                claimed(ClaimedRecord::Found(other), 1),
+                "function \"other\" not found",
+            ),
+            (
+                claimed(
+                    ClaimedRecord::Found(JobRecord {
+                        args: vec![],
+                        ..ok.clone()
+                    }),
+                    1,
+                ),
+                "expects the job id",
+            ),
+            (
+                claimed(ClaimedRecord::Found(ok), 6),
+                "gave up after 5 tries",
+            ),
+        ];
+        for (c, want) in cases {
+            let why = unrunnable(&c, &settings).unwrap_err();
+            assert!(why.contains(want), "{why:?} lacks {want:?}");
+        }
+    }
+}
