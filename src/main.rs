@@ -42,6 +42,15 @@ enum Command {
         /// Largest accepted upload in bytes (larger ones get 413).
         #[arg(long, env = "DEDUP2D_API_MAX_UPLOAD_BYTES", default_value_t = dedup2d::api::DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
+        /// Seconds a client has to send the request head (slow clients are cut off).
+        #[arg(long, env = "DEDUP2D_API_HEADER_READ_TIMEOUT_SECONDS", default_value_t = dedup2d::api::limits::DEFAULT_HEADER_READ_TIMEOUT_SECONDS)]
+        header_read_timeout_seconds: u64,
+        /// Seconds from the request head to the answer, the body upload included (then 408).
+        #[arg(long, env = "DEDUP2D_API_REQUEST_TIMEOUT_SECONDS", default_value_t = dedup2d::api::limits::DEFAULT_REQUEST_TIMEOUT_SECONDS)]
+        request_timeout_seconds: u64,
+        /// Connections served at once (more wait in the listen backlog).
+        #[arg(long, env = "DEDUP2D_API_MAX_CONNECTIONS", default_value_t = dedup2d::api::limits::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
     Worker,
@@ -121,11 +130,21 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Api {
             listen,
             max_upload_bytes,
+            header_read_timeout_seconds,
+            request_timeout_seconds,
+            max_connections,
         } => {
             dedup2d::telemetry::init_tracing();
             dedup2d::api::run(dedup2d::api::ApiSettings {
                 listen,
                 max_upload_bytes,
+                limits: dedup2d::api::limits::ConnectionLimits {
+                    header_read_timeout: std::time::Duration::from_secs(
+                        header_read_timeout_seconds.max(1),
+                    ),
+                    request_timeout: std::time::Duration::from_secs(request_timeout_seconds.max(1)),
+                    max_connections,
+                },
             })
             .await?;
         }

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::multipart::MultipartError;
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -15,7 +16,7 @@ use super::error::ApiError;
 use super::params::{list_params, search_params};
 use super::presets;
 use super::ApiState;
-use crate::contract::payload::{render_required, JobPayload};
+use crate::contract::payload::{render_required, FileRef, JobPayload};
 use crate::contract::store::{CancelOutcome, JobView, NewJob};
 
 type Shared = State<Arc<ApiState>>;
@@ -38,6 +39,24 @@ pub(super) fn tenant(state: &ApiState, headers: &HeaderMap) -> Result<String, Ap
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid API key"))
 }
 
+/// A request axum could not even take apart (no multipart boundary, a query string that is not
+/// form-encoded, a bad path segment): the documented JSON error, not axum's plain text.
+fn rejected(code: &'static str, status: StatusCode, text: String) -> ApiError {
+    ApiError::new(status, code, text)
+}
+
+fn query_of(
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| rejected("INVALID_PARAMETER", e.status(), e.body_text()))
+}
+
+fn path_of(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(p)| p)
+        .map_err(|e| rejected("INVALID_PARAMETER", e.status(), e.body_text()))
+}
+
 fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -49,6 +68,13 @@ fn multipart_error(e: MultipartError) -> ApiError {
         ApiError::bad_request("INVALID_UPLOAD", format!("malformed multipart body: {e}"))
     }
 }
+
+/// Largest `geom_json`: it must fit in the payload's room beside the file
+/// ([`PAYLOAD_OVERHEAD_BYTES`](crate::contract::payload::PAYLOAD_OVERHEAD_BYTES)).
+const MAX_GEOM_JSON_BYTES: u64 = 512 * 1024;
+
+/// Longest original file name kept in the job (the stored name is bounded further).
+const MAX_FILE_NAME_BYTES: usize = 1024;
 
 struct Upload {
     file_name: String,
@@ -64,6 +90,15 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
         match field.name() {
             Some("file") => {
                 let name = field.file_name().unwrap_or("unknown").to_string();
+                if name.len() > MAX_FILE_NAME_BYTES {
+                    return Err(ApiError::bad_request(
+                        "FILE_NAME_TOO_LONG",
+                        format!(
+                            "file name is {} bytes; at most {MAX_FILE_NAME_BYTES} are accepted",
+                            name.len()
+                        ),
+                    ));
+                }
                 let ct = field
                     .content_type()
                     .unwrap_or("application/octet-stream")
@@ -84,6 +119,13 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
             }
             Some("geom_json") => {
                 let bytes = field.bytes().await.map_err(multipart_error)?;
+                if bytes.len() as u64 > MAX_GEOM_JSON_BYTES {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "GEOM_JSON_TOO_LARGE",
+                        format!("geom_json exceeds {MAX_GEOM_JSON_BYTES} bytes"),
+                    ));
+                }
                 if bytes.is_empty() {
                     return Err(ApiError::bad_request(
                         "INVALID_GEOM_JSON",
@@ -125,11 +167,13 @@ async fn read_upload(state: &ApiState, mut form: Multipart) -> Result<Upload, Ap
 pub(crate) async fn search(
     State(state): Shared,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    form: Multipart,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
+    let query = query_of(query)?;
     let mut params = search_params(&query)?;
+    let form = form.map_err(|e| rejected("INVALID_UPLOAD", e.status(), e.body_text()))?;
     let defaults = state
         .tenant_configs
         .get(&tenant_id)
@@ -163,21 +207,15 @@ pub(crate) async fn search(
             ApiError::unavailable("file storage is unavailable; retry later")
         })?;
     let render = render_required(&upload.file_name, Some(&upload.content_type));
-    let include_b64 =
-        state.payload.include_b64 && upload.bytes.len() as u64 <= state.payload.b64_max_bytes;
-    let payload = JobPayload {
-        tenant_id: tenant_id.clone(),
-        file_name: upload.file_name.clone(),
-        content_type: Some(upload.content_type.clone()),
-        file_ref: Some(file_ref.clone()),
-        query_geom: upload.geom,
-        request_params: params.request_params,
+    let payload = job_payload(
+        &state,
+        &tenant_id,
+        upload,
+        file_ref.clone(),
+        params.request_params,
         callback_url,
-        render_required: render,
-        file_bytes_b64: include_b64
-            .then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes)),
-        extra: Default::default(),
-    };
+        render,
+    );
     let format = payload.format();
     let queue = match (&state.render_queue, render) {
         (Some(q), true) => q,
@@ -189,23 +227,7 @@ pub(crate) async fn search(
         payload,
         queue_name: queue.name().to_string(),
     };
-    let active = match state.store.submit(&job).await {
-        Ok(active) => active,
-        Err(e) => {
-            // Nothing of a refused or failed submit may remain: the store cleaned its keys,
-            // the upload goes too.
-            if let Err(del) = state.storage.delete(&file_ref).await {
-                tracing::warn!(job_id, error = %del, "cleanup of an upload after a failed submit failed");
-            }
-            let err = ApiError::from(e);
-            state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
-                "queue_full"
-            } else {
-                "error"
-            });
-            return Err(err);
-        }
-    };
+    let active = submit_or_clean(&state, &job, &file_ref).await?;
     state.metrics.count_format(format.label());
     state.metrics.count_submit("accepted");
     state.metrics.queue_depth.set(active as i64);
@@ -223,6 +245,57 @@ pub(crate) async fn search(
         "forced_async_reason": (!params.async_request)
             .then_some("this API runs every search asynchronously on the worker fleet"),
     })))
+}
+
+/// The payload of an upload, dual-writing its bytes when the settings say so.
+fn job_payload(
+    state: &ApiState,
+    tenant_id: &str,
+    upload: Upload,
+    file_ref: FileRef,
+    request_params: serde_json::Map<String, Value>,
+    callback_url: Option<String>,
+    render: bool,
+) -> JobPayload {
+    let include_b64 =
+        state.payload.include_b64 && upload.bytes.len() as u64 <= state.payload.b64_max_bytes;
+    JobPayload {
+        tenant_id: tenant_id.to_string(),
+        file_name: upload.file_name,
+        content_type: Some(upload.content_type),
+        file_ref: Some(file_ref),
+        query_geom: upload.geom,
+        request_params,
+        callback_url,
+        render_required: render,
+        file_bytes_b64: include_b64
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&upload.bytes)),
+        extra: Default::default(),
+    }
+}
+
+/// Submits the job; when that fails nothing may remain: the store cleaned its keys, the upload
+/// goes too.
+async fn submit_or_clean(
+    state: &ApiState,
+    job: &NewJob,
+    file_ref: &FileRef,
+) -> Result<u64, ApiError> {
+    match state.store.submit(job).await {
+        Ok(active) => Ok(active),
+        Err(e) => {
+            if let Err(del) = state.storage.delete(file_ref).await {
+                tracing::warn!(job_id = job.job_id, error = %del, "cleanup of an upload after a failed submit failed");
+            }
+            let err = ApiError::from(e);
+            state.metrics.count_submit(if err.code == "JOB_QUEUE_FULL" {
+                "queue_full"
+            } else {
+                "error"
+            });
+            Err(err)
+        }
+    }
 }
 
 fn job_json(v: &JobView) -> Value {
@@ -247,9 +320,10 @@ fn job_json(v: &JobView) -> Value {
 pub(crate) async fn get_job(
     State(state): Shared,
     headers: HeaderMap,
-    Path(job_id): Path<String>,
+    job_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
+    let job_id = path_of(job_id)?;
     let view = state.store.get_for_tenant(&job_id, &tenant_id).await?;
     Ok(Json(job_json(&view)))
 }
@@ -258,9 +332,10 @@ pub(crate) async fn get_job(
 pub(crate) async fn cancel_job(
     State(state): Shared,
     headers: HeaderMap,
-    Path(job_id): Path<String>,
+    job_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
+    let job_id = path_of(job_id)?;
     let outcome = state
         .store
         .cancel_for_tenant(&job_id, &tenant_id, &state.queues())
@@ -284,10 +359,10 @@ pub(crate) async fn cancel_job(
 pub(crate) async fn list_jobs(
     State(state): Shared,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant_id = tenant(&state, &headers)?;
-    let (status, limit) = list_params(&query)?;
+    let (status, limit) = list_params(&query_of(query)?)?;
     let jobs = state
         .store
         .list_for_tenant(&tenant_id, status, limit)
@@ -301,6 +376,20 @@ pub(crate) async fn list_jobs(
         })
         .collect();
     Ok(Json(json!({"total": items.len(), "jobs": items})))
+}
+
+/// Any other path: the JSON 404.
+pub(crate) async fn no_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint")
+}
+
+/// A known path with another method: the JSON 405.
+pub(crate) async fn wrong_method(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on this path"),
+    )
 }
 
 pub(crate) async fn healthz() -> Json<Value> {

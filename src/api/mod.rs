@@ -6,12 +6,14 @@ pub mod auth;
 mod config_routes;
 pub mod error;
 mod handlers;
+pub mod limits;
 pub mod metrics;
 pub mod params;
 pub mod presets;
 pub mod tenant_config;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -27,8 +29,7 @@ use crate::storage::FileStorage;
 
 pub use auth::ApiKeys;
 
-/// Default upper bound of an upload (`DEDUP2D_API_MAX_UPLOAD_BYTES`).
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+pub use crate::contract::payload::DEFAULT_MAX_UPLOAD_BYTES;
 
 /// Everything a request handler needs.
 pub(crate) struct ApiState {
@@ -91,7 +92,7 @@ pub(crate) fn state(
     }
 }
 
-pub(crate) fn router(state: Arc<ApiState>) -> Router {
+pub(crate) fn router(state: Arc<ApiState>, request_timeout: Duration) -> Router {
     // Multipart framing adds a little on top of the file itself.
     let body_limit = state.max_upload_bytes as usize + 64 * 1024;
     Router::new()
@@ -112,7 +113,12 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .fallback(handlers::no_route)
+        .method_not_allowed_fallback(handlers::wrong_method)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            limits::request_timeout(request_timeout, req, next)
+        }))
         .with_state(state)
 }
 
@@ -121,6 +127,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
 pub struct ApiSettings {
     pub listen: std::net::SocketAddr,
     pub max_upload_bytes: u64,
+    pub limits: limits::ConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +169,13 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
     let client = redis::Client::open(config.redis_url.as_str()).map_err(redis_err)?;
     // The connection manager reconnects on its own; Redis being down at start-up is a 503 on
     // /readyz, not a crash loop.
+    // A submit carries the whole payload in one call: its timeout is sized for the largest.
+    let timeout = crate::contract::store::bulk_response_timeout(
+        crate::contract::payload::payload_bytes_for_upload(settings.max_upload_bytes),
+    );
     let conn = redis::aio::ConnectionManager::new_lazy_with_config(
         client,
-        redis::aio::ConnectionManagerConfig::new(),
+        redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(timeout)),
     )
     .map_err(redis_err)?;
     tracing::info!(
@@ -191,12 +202,8 @@ pub async fn run(settings: ApiSettings) -> Result<(), ApiStartError> {
             addr: settings.listen,
             source,
         })?;
-    tracing::info!(addr = %settings.listen, "listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(crate::shutdown::signal())
-        .await
-        .map_err(|source| ApiStartError::Listen {
-            addr: settings.listen,
-            source,
-        })
+    tracing::info!(addr = %settings.listen, limits = ?settings.limits, "listening");
+    let app = router(state, settings.limits.request_timeout);
+    limits::serve(listener, app, settings.limits, crate::shutdown::signal()).await;
+    Ok(())
 }

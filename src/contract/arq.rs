@@ -1,7 +1,9 @@
 //! The ARQ job and result records (`arq:job:{id}`, `arq:result:{id}`) in the pickle subset the
 //! Python `arq` library writes and reads.
 //!
-//! Decoding uses the `serde-pickle` crate (any protocol 0–5 stream Python produces). Encoding is
+//! Decoding uses the `serde-pickle` crate (any protocol 0–5 stream Python produces), behind
+//! [`pickle_guard`](super::pickle_guard), which refuses a record too deep or too large to decode
+//! safely before `serde-pickle` sees it. Encoding is
 //! our own small protocol-2 writer, because ARQ failure results carry a pickled *exception*
 //! object (`arq.worker.JobExecutionFailed(...)`) that `serde-pickle` cannot emit, and
 //! `arq.jobs.Job.result()` re-raises it on the Python side.
@@ -10,13 +12,17 @@ use std::collections::BTreeMap;
 
 use serde_pickle::{DeOptions, HashableValue, Value};
 
+use super::pickle_guard::{self, PickleGuardError, ARQ_RECORD_LIMITS};
+
 /// The function name dedup2d jobs are enqueued under.
 pub(crate) const FUNCTION_NAME: &str = "dedup2d_run_job";
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CodecError {
+pub enum CodecError {
     #[error("ARQ record is not a valid pickle: {0}")]
     Pickle(#[from] serde_pickle::Error),
+    #[error("ARQ record refused before decoding: {0}")]
+    Guard(#[from] PickleGuardError),
     #[error("ARQ record is not a dict")]
     NotADict,
     #[error("ARQ record lacks field {0:?} or it has the wrong type")]
@@ -54,7 +60,7 @@ impl JobRecord {
         }
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.dict_start();
         w.str("t");
@@ -71,7 +77,7 @@ impl JobRecord {
         w.finish()
     }
 
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
+    pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let d = decode_dict(bytes)?;
         Ok(JobRecord {
             function: get_str(&d, "f")?,
@@ -212,6 +218,7 @@ fn key(s: &str) -> HashableValue {
 type Dict = BTreeMap<HashableValue, Value>;
 
 fn decode_dict(bytes: &[u8]) -> Result<Dict, CodecError> {
+    pickle_guard::check(bytes, ARQ_RECORD_LIMITS)?;
     let opts = DeOptions::new()
         .decode_strings()
         .keep_restore_state()
@@ -504,7 +511,7 @@ mod tests {
     fn rejects_garbage_and_non_dicts() {
         assert!(matches!(
             JobRecord::decode(b"not a pickle"),
-            Err(CodecError::Pickle(_))
+            Err(CodecError::Pickle(_) | CodecError::Guard(_))
         ));
         let mut w = Writer::new();
         w.str("x");

@@ -66,8 +66,11 @@ impl CallbackPolicy {
             allowlist: get("DEDUP2D_CALLBACK_ALLOWLIST")
                 .unwrap_or_default()
                 .split(',')
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
+                .map(|h| match h.trim().strip_prefix('.') {
+                    Some(suffix) => format!(".{}", normalise_host(suffix)),
+                    None => normalise_host(h.trim()),
+                })
+                .filter(|h| !h.is_empty() && h != ".")
                 .collect(),
         }
     }
@@ -89,10 +92,13 @@ impl CallbackPolicy {
         }
         let host = url.host().ok_or(CallbackUrlError::NoHost)?;
         let host_str = match &host {
-            Host::Domain(d) => d.to_ascii_lowercase(),
+            Host::Domain(d) => normalise_host(d),
             Host::Ipv4(ip) => ip.to_string(),
             Host::Ipv6(ip) => ip.to_string(),
         };
+        if host_str.is_empty() {
+            return Err(CallbackUrlError::NoHost);
+        }
         if !self.allowlist.is_empty()
             && !self.allowlist.iter().any(|a| {
                 if let Some(suffix) = a.strip_prefix('.') {
@@ -106,10 +112,7 @@ impl CallbackPolicy {
         }
         if self.block_private_networks {
             let blocked = match host {
-                Host::Domain(d) => {
-                    let d = d.to_ascii_lowercase();
-                    d == "localhost" || d.ends_with(".localhost")
-                }
+                Host::Domain(_) => host_str == "localhost" || host_str.ends_with(".localhost"),
                 Host::Ipv4(ip) => is_private(IpAddr::V4(ip)),
                 Host::Ipv6(ip) => is_private(IpAddr::V6(ip)),
             };
@@ -119,6 +122,17 @@ impl CallbackPolicy {
         }
         Ok(url)
     }
+}
+
+/// A host name as it is compared: IDNA to punycode (as the URL parser does), lower case,
+/// without the trailing dots of a fully qualified name (`localhost.` is `localhost`).
+fn normalise_host(host: &str) -> String {
+    let ascii = match Host::parse(host) {
+        Ok(Host::Domain(d)) => d,
+        Ok(other) => other.to_string(),
+        Err(_) => host.to_string(),
+    };
+    ascii.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Addresses a webhook must never reach when private networks are blocked.
@@ -188,6 +202,10 @@ mod tests {
             "https://[::ffff:10.0.0.1]/",
             "https://localhost:8443/",
             "https://0.0.0.0/",
+            "https://localhost./",
+            "https://LOCALHOST../x",
+            "https://a.localhost./",
+            "https://127.0.0.1./",
         ] {
             assert!(
                 matches!(p.validate(bad), Err(CallbackUrlError::PrivateAddress(_))),
@@ -215,6 +233,15 @@ mod tests {
         ));
         assert!(matches!(
             p.validate("https://xcorp.example/"),
+            Err(CallbackUrlError::NotAllowed(_))
+        ));
+        // Trailing dots, case and IDN are normalised on both sides.
+        assert!(p.validate("https://HOOKS.example.com./").is_ok());
+        let idn = policy(&[("DEDUP2D_CALLBACK_ALLOWLIST", "bücher.example.")]);
+        assert!(idn.validate("https://xn--bcher-kva.example/").is_ok());
+        assert!(idn.validate("https://BÜCHER.example./").is_ok());
+        assert!(matches!(
+            idn.validate("https://bucher.example/"),
             Err(CallbackUrlError::NotAllowed(_))
         ));
     }

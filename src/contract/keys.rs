@@ -47,6 +47,12 @@ impl Keys {
         format!("{}:tenant:{tenant_id}:jobs", self.prefix)
     }
 
+    /// `{prefix}:dedup:{tid}:sha256`: a tenant's exact-match index (sha256 hex → uploads). Kept
+    /// [`DEFAULT_INDEX_TTL_SECONDS`] (`DEDUP2D_INDEX_TTL_SECONDS`) after its last write.
+    pub fn dedup_index(&self, tenant_id: &str) -> String {
+        format!("{}:dedup:{tenant_id}:sha256", self.prefix)
+    }
+
     /// `{prefix}:worker:{hostname}`: a worker's capability heartbeat.
     pub fn worker_heartbeat(&self, hostname: &str) -> String {
         format!("{}:worker:{hostname}", self.prefix)
@@ -62,6 +68,14 @@ impl Keys {
         format!("{}:queue", self.prefix)
     }
 }
+
+/// Retention of a tenant's dedup index when `DEDUP2D_INDEX_TTL_SECONDS` is not set: 90 days
+/// after its last write (every write refreshes it, so an index lives as long as its tenant
+/// keeps uploading, and goes this long after the last upload).
+pub const DEFAULT_INDEX_TTL_SECONDS: u64 = 90 * 24 * 3600;
+
+/// The shortest retention `DEDUP2D_INDEX_TTL_SECONDS` may set.
+pub const MIN_INDEX_TTL_SECONDS: u64 = 60;
 
 /// Keys of the ARQ protocol (fixed prefixes defined by the `arq` library).
 pub mod arq {
@@ -107,6 +121,7 @@ mod tests {
         assert_eq!(k.active(), "dedup2d:active");
         assert_eq!(k.tenant_jobs("abc"), "dedup2d:tenant:abc:jobs");
         assert_eq!(k.worker_heartbeat("pod-1"), "dedup2d:worker:pod-1");
+        assert_eq!(k.dedup_index("abc"), "dedup2d:dedup:abc:sha256");
         assert_eq!(k.default_queue(), "dedup2d:queue");
         assert_eq!(k.payload_pattern(), "dedup2d:payload:*");
         assert_eq!(arq::job("j1"), "arq:job:j1");

@@ -6,6 +6,7 @@ pub mod callback;
 pub mod config;
 pub mod keys;
 pub mod payload;
+pub mod pickle_guard;
 pub mod queue;
 pub mod redact;
 pub mod scan;

@@ -95,6 +95,21 @@ pub struct JobPayload {
     pub extra: Map<String, Value>,
 }
 
+/// Default upper bound of an upload (`DEDUP2D_API_MAX_UPLOAD_BYTES`).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Room for the members of a payload other than `file_bytes_b64` (names, `query_geom`,
+/// `request_params`): the API caps `geom_json` below this.
+pub const PAYLOAD_OVERHEAD_BYTES: u64 = 1 << 20;
+
+/// The largest payload the API writes for an upload of `upload_bytes`: the file as base64
+/// (4 bytes per 3) plus [`PAYLOAD_OVERHEAD_BYTES`]. The worker's default
+/// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES` is this of the API's upload limit, so every payload our
+/// API can write is read, and nothing larger is.
+pub fn payload_bytes_for_upload(upload_bytes: u64) -> u64 {
+    upload_bytes.div_ceil(3) * 4 + PAYLOAD_OVERHEAD_BYTES
+}
+
 /// Which file formats a payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PayloadFormat {
@@ -148,11 +163,17 @@ pub fn is_legacy_payload(raw: &str) -> bool {
         .is_ok_and(|v| embeds_file(v.get("file_bytes_b64").and_then(Value::as_str)))
 }
 
+/// Longest stored name: with the `{uuidhex}_` prefix and the local backend's temporary-file
+/// affixes it stays far below the 255-byte limit of a file name.
+pub const MAX_SAFE_NAME_CHARS: usize = 120;
+
 /// The file name as stored: base name only, runs of characters outside `[A-Za-z0-9._-]` become
-/// `_`, leading/trailing `._-` stripped, at most 200 characters, `upload.bin` when nothing is left.
+/// `_`, leading/trailing `._-` stripped, at most [`MAX_SAFE_NAME_CHARS`] characters (a long name
+/// is cut in its stem, so its extension stays), `upload.bin` when nothing is left. The original
+/// name is kept in the payload's `file_name`.
 pub(crate) fn safe_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let mut out = String::with_capacity(base.len());
+    let mut out = String::with_capacity(base.len().min(4 * MAX_SAFE_NAME_CHARS));
     let mut in_run = false;
     for c in base.chars() {
         if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -164,12 +185,19 @@ pub(crate) fn safe_file_name(name: &str) -> String {
         }
     }
     let trimmed = out.trim_matches(|c| matches!(c, '.' | '_' | '-'));
-    let limited: String = trimmed.chars().take(200).collect();
-    if limited.is_empty() {
-        "upload.bin".to_string()
-    } else {
-        limited
+    if trimmed.is_empty() {
+        return "upload.bin".to_string();
     }
+    if trimmed.len() <= MAX_SAFE_NAME_CHARS {
+        return trimmed.to_string();
+    }
+    // Only ASCII is left, so byte offsets are character offsets.
+    let ext = trimmed
+        .rfind('.')
+        .map(|i| &trimmed[i..])
+        .filter(|e| e.len() <= 16)
+        .unwrap_or("");
+    format!("{}{ext}", &trimmed[..MAX_SAFE_NAME_CHARS - ext.len()])
 }
 
 /// DXF/DWG jobs need the render step (and go to the render queue when one is configured):
@@ -300,7 +328,11 @@ mod tests {
         assert_eq!(safe_file_name("..."), "upload.bin");
         assert_eq!(safe_file_name(""), "upload.bin");
         assert_eq!(safe_file_name("__x__"), "x");
-        assert_eq!(safe_file_name(&"a".repeat(300)).len(), 200);
+        assert_eq!(safe_file_name(&"a".repeat(300)).len(), MAX_SAFE_NAME_CHARS);
+        let long = safe_file_name(&format!("{}.dxf", "b".repeat(10_000)));
+        assert_eq!(long.len(), MAX_SAFE_NAME_CHARS);
+        assert!(long.ends_with("bbb.dxf"), "{long}");
+        assert_eq!(safe_file_name(&"é".repeat(500)), "upload.bin");
     }
 
     #[test]

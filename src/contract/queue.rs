@@ -70,8 +70,19 @@ pub enum ClaimedRecord {
     Found(JobRecord),
     /// The record had expired: ARQ fails such a job with "job expired".
     Expired,
-    /// The record could not be decoded; the job must be failed with this reason.
-    Undecodable(String),
+    /// The record cannot be used; the job must be failed with this reason.
+    Undecodable(RecordProblem),
+}
+
+/// Why a claimed record cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("job record is {bytes} bytes, over the limit of {limit} bytes; it was not read")]
+    TooLarge { bytes: u64, limit: u64 },
+    #[error("job record key holds a Redis {0}, not a string")]
+    WrongType(String),
+    #[error("cannot decode job record: {0}")]
+    Codec(String),
 }
 
 impl ClaimedRecord {
@@ -79,6 +90,26 @@ impl ClaimedRecord {
         match self {
             ClaimedRecord::Found(r) => Some(r),
             _ => None,
+        }
+    }
+
+    /// Pure: the claim script's reply fields to a record.
+    fn from_reply(raw: &[u8], problem: &str) -> Self {
+        if problem == "none" {
+            return ClaimedRecord::Expired;
+        }
+        if let Some(n) = problem.strip_prefix("size:") {
+            return ClaimedRecord::Undecodable(RecordProblem::TooLarge {
+                bytes: n.parse().unwrap_or(u64::MAX),
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+        if let Some(t) = problem.strip_prefix("type:") {
+            return ClaimedRecord::Undecodable(RecordProblem::WrongType(t.to_string()));
+        }
+        match JobRecord::decode(raw) {
+            Ok(r) => ClaimedRecord::Found(r),
+            Err(e) => ClaimedRecord::Undecodable(RecordProblem::Codec(e.to_string())),
         }
     }
 }
@@ -98,16 +129,35 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return 1
 "#;
 
+/// Largest `arq:job:{id}` record a claim reads (a dedup2d record is about 100 bytes). A larger
+/// one is never moved: the claim answers with its size and the job is failed.
+pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+
 const CLAIM: &str = r#"
--- KEYS: in_progress, queue, job, retry. ARGV: job_id, now_ms, in_progress_ttl_ms, retry_ttl_s
+-- KEYS: in_progress, queue, job, retry.
+-- ARGV: job_id, now_ms, in_progress_ttl_ms, retry_ttl_s, max_record_bytes
+-- Returns {record, try, score, problem}: problem is '' (record read), 'none' (expired),
+-- 'size:<n>' (too large, not read) or 'type:<t>' (not a string). Never raises on the job's
+-- own keys, so a hostile record cannot make claiming fail for the whole queue.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-local job = redis.call('GET', KEYS[3])
+local job, problem = '', ''
+local t = redis.call('TYPE', KEYS[3]).ok
+if t == 'none' then problem = 'none'
+elseif t ~= 'string' then problem = 'type:' .. t
+else
+  local n = redis.call('STRLEN', KEYS[3])
+  if n > tonumber(ARGV[5]) then problem = 'size:' .. n else job = redis.call('GET', KEYS[3]) end
+end
+local rt = redis.call('TYPE', KEYS[4]).ok
+if rt ~= 'none' and (rt ~= 'string' or not tonumber(redis.call('GET', KEYS[4]))) then
+  redis.call('DEL', KEYS[4])
+end
 local try = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
-return {job or '', try, score}
+return {job, try, score, problem}
 "#;
 
 impl ArqQueue {
@@ -180,7 +230,7 @@ impl ArqQueue {
         settings: &QueueSettings,
     ) -> Result<Option<ClaimedJob>, QueueError> {
         let mut conn = self.conn.clone();
-        let reply: Option<(Vec<u8>, i64, String)> = Script::new(CLAIM)
+        let reply: Option<(Vec<u8>, i64, String, String)> = Script::new(CLAIM)
             .key(arq_keys::in_progress(job_id))
             .key(&self.name)
             .key(arq_keys::job(job_id))
@@ -189,34 +239,18 @@ impl ArqQueue {
             .arg(now_ms)
             .arg(settings.in_progress_ttl_ms.max(1))
             .arg(RETRY_KEY_TTL_S)
+            .arg(MAX_RECORD_BYTES)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
-        let Some((raw, job_try, score)) = reply else {
+        let Some((raw, job_try, score, problem)) = reply else {
             return Ok(None);
         };
-        let mut job_try = job_try;
-        let record = if raw.is_empty() {
-            ClaimedRecord::Expired
-        } else {
-            match JobRecord::decode(&raw) {
-                Ok(r) => {
-                    // ARQ: a try number recorded at enqueue wins when it is larger.
-                    if let Some(t) = r.job_try.filter(|t| *t > job_try) {
-                        job_try = t;
-                        let _: () = conn
-                            .set_ex(arq_keys::retry(job_id), t, RETRY_KEY_TTL_S as u64)
-                            .await
-                            .map_err(|e| self.err(e))?;
-                    }
-                    ClaimedRecord::Found(r)
-                }
-                Err(e) => ClaimedRecord::Undecodable(e.to_string()),
-            }
-        };
+        // The try number is the count of real claims (`arq:retry:{id}`); a `t` written in the
+        // record is not trusted, so a record cannot make a job that never ran look used up.
         Ok(Some(ClaimedJob {
             job_id: job_id.to_string(),
-            record,
+            record: ClaimedRecord::from_reply(&raw, &problem),
             job_try,
             score: score.parse::<f64>().unwrap_or(0.0) as i64,
         }))

@@ -55,7 +55,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Pending => "pending",
             JobStatus::InProgress => "in_progress",
@@ -215,20 +215,102 @@ return {out}
 "#;
 
 const MARK_STARTED: &str = r#"
--- KEYS: job. ARGV: started_at, ttl_s. Returns the status the job had.
+-- KEYS: job, active. ARGV: started_at, ttl_s, job_id. Returns what the job was (see StartState).
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'none' then return 'missing' end
+if t ~= 'hash' then
+  redis.call('SREM', KEYS[2], ARGV[3])
+  return 'type:' .. t
+end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st == 'completed' or st == 'failed' or st == 'canceled' then return st end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then return 'cancel_requested' end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'started_at', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return st
+return 'started'
 "#;
+
+const FAIL_UNSTARTED: &str = r#"
+-- KEYS: job, active. ARGV: job_id, finished_at, error, ttl_s. Fails a job that cannot run,
+-- without creating a job hash that is not there. Returns what the job was (see StartState).
+redis.call('SREM', KEYS[2], ARGV[1])
+local t = redis.call('TYPE', KEYS[1]).ok
+if t == 'none' then return 'missing' end
+if t ~= 'hash' then return 'type:' .. t end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'completed' or st == 'failed' or st == 'canceled' then return st end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 'started'
+"#;
+
+/// What a worker found when it went to start a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartState {
+    /// The job hash is gone (expired, or never written).
+    Missing,
+    /// The job key holds another Redis type; the job cannot be tracked and is taken off the
+    /// active set.
+    WrongType(String),
+    /// The job had already finished.
+    Finished(JobStatus),
+    /// A cancel came before the start.
+    CancelRequested,
+    /// The job is now ours (`in_progress`; for [`JobStore::fail_unstarted`]: now `failed`).
+    Started,
+}
+
+impl StartState {
+    /// Pure: the scripts' reply to a state.
+    fn from_reply(reply: &str) -> Self {
+        match reply {
+            "missing" => StartState::Missing,
+            "cancel_requested" => StartState::CancelRequested,
+            "started" => StartState::Started,
+            other => match other.strip_prefix("type:") {
+                Some(t) => StartState::WrongType(t.to_string()),
+                None => JobStatus::parse(other)
+                    .filter(|s| s.is_finished())
+                    .map_or(StartState::Missing, StartState::Finished),
+            },
+        }
+    }
+}
+
+const PAYLOAD_SIZE: &str = r#"
+-- KEYS: payload. Returns {type, bytes}.
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' then return {t, 0} end
+return {t, redis.call('STRLEN', KEYS[1])}
+"#;
+
+/// How big a payload is, read before the payload itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadSize {
+    Missing,
+    WrongType(String),
+    Bytes(u64),
+}
+
+/// Largest piece of a payload one Redis call returns: a payload is read in `GETRANGE` steps of
+/// this size, so no call holds Redis for more than a few milliseconds whatever the payload's
+/// size, and the reply buffers stay this small.
+pub const PAYLOAD_READ_STEP: u64 = 4 << 20;
+
+/// The response timeout of a connection whose calls carry up to `max_bytes` (a payload write,
+/// or a payload read step): 2 s plus 1 s per 16 MiB, against redis-rs's 500 ms default.
+pub fn bulk_response_timeout(max_bytes: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(2_000 + max_bytes / (16 << 20) * 1_000)
+}
 
 /// The job store of one key prefix.
 #[derive(Clone)]
 pub struct JobStore {
     conn: ConnectionManager,
+    /// Payload reads go through their own connection (with a response timeout sized for them),
+    /// so they never queue behind or in front of the claim path's small calls.
+    bulk: ConnectionManager,
     keys: Keys,
     ttl_seconds: u64,
     max_jobs: u64,
@@ -237,11 +319,18 @@ pub struct JobStore {
 impl JobStore {
     pub fn new(conn: ConnectionManager, keys: Keys, ttl_seconds: u64, max_jobs: u64) -> Self {
         JobStore {
+            bulk: conn.clone(),
             conn,
             keys,
             ttl_seconds,
             max_jobs,
         }
+    }
+
+    /// Uses `bulk` for payload reads.
+    pub fn with_bulk_connection(mut self, bulk: ConnectionManager) -> Self {
+        self.bulk = bulk;
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -457,6 +546,46 @@ impl JobStore {
             .map_err(redis_err("reading a payload"))
     }
 
+    /// Worker: the payload's size (and whether it is a string), without reading it.
+    pub async fn payload_size(&self, job_id: &str) -> Result<PayloadSize, StoreError> {
+        let mut conn = self.conn.clone();
+        let (kind, bytes): (String, u64) = Script::new(PAYLOAD_SIZE)
+            .key(self.keys.payload(job_id))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("reading a payload's size"))?;
+        Ok(match kind.as_str() {
+            "none" => PayloadSize::Missing,
+            "string" => PayloadSize::Bytes(bytes),
+            other => PayloadSize::WrongType(other.to_string()),
+        })
+    }
+
+    /// Worker: reads a payload of `len` bytes in [`PAYLOAD_READ_STEP`] pieces into one buffer of
+    /// that size. `None` when it is gone or changed size meanwhile (expired mid-read).
+    pub async fn read_payload(
+        &self,
+        job_id: &str,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.keys.payload(job_id);
+        let mut conn = self.bulk.clone();
+        let mut buf = Vec::with_capacity(len as usize);
+        while (buf.len() as u64) < len {
+            let start = buf.len() as u64;
+            let end = (start + PAYLOAD_READ_STEP).min(len) - 1;
+            let piece: Vec<u8> = conn
+                .getrange(&key, start as isize, end as isize)
+                .await
+                .map_err(redis_err("reading a payload"))?;
+            if piece.len() as u64 != end - start + 1 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&piece);
+        }
+        Ok(Some(buf))
+    }
+
     pub async fn load_payload(&self, job_id: &str) -> Result<Option<JobPayload>, StoreError> {
         match self.load_payload_raw(job_id).await? {
             None => Ok(None),
@@ -469,18 +598,46 @@ impl JobStore {
         }
     }
 
-    /// Worker: marks a job `in_progress` unless it finished or a cancel was requested.
-    /// Returns the status it found (`missing`, a finished status, `cancel_requested`, or the
-    /// previous unfinished status).
-    pub async fn mark_started(&self, job_id: &str, started_at: f64) -> Result<String, StoreError> {
+    /// Worker: marks a job `in_progress` unless it finished, a cancel was requested, or its key
+    /// is not a hash.
+    pub async fn mark_started(
+        &self,
+        job_id: &str,
+        started_at: f64,
+    ) -> Result<StartState, StoreError> {
         let mut conn = self.conn.clone();
-        Script::new(MARK_STARTED)
+        let reply: String = Script::new(MARK_STARTED)
             .key(self.keys.job(job_id))
+            .key(self.keys.active())
             .arg(format!("{started_at:.6}"))
+            .arg(self.ttl_seconds)
+            .arg(job_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("marking a job started"))?;
+        Ok(StartState::from_reply(&reply))
+    }
+
+    /// Worker: fails a job that cannot run at all (its ARQ record is unusable or its tries are
+    /// used up) and frees its slot; a missing job hash is not created. `Started` means it is
+    /// now `failed` with `reason`.
+    pub async fn fail_unstarted(
+        &self,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<StartState, StoreError> {
+        let mut conn = self.conn.clone();
+        let reply: String = Script::new(FAIL_UNSTARTED)
+            .key(self.keys.job(job_id))
+            .key(self.keys.active())
+            .arg(job_id)
+            .arg(epoch_seconds_string())
+            .arg(reason)
             .arg(self.ttl_seconds)
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_err("marking a job started"))
+            .map_err(redis_err("failing a job that cannot run"))?;
+        Ok(StartState::from_reply(&reply))
     }
 
     pub async fn is_cancel_requested(&self, job_id: &str) -> Result<bool, StoreError> {
@@ -553,5 +710,28 @@ impl JobStore {
         conn.scard(self.keys.active())
             .await
             .map_err(redis_err("counting active jobs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_state_replies() {
+        assert_eq!(StartState::from_reply("missing"), StartState::Missing);
+        assert_eq!(StartState::from_reply("started"), StartState::Started);
+        assert_eq!(
+            StartState::from_reply("cancel_requested"),
+            StartState::CancelRequested
+        );
+        assert_eq!(
+            StartState::from_reply("failed"),
+            StartState::Finished(JobStatus::Failed)
+        );
+        assert_eq!(
+            StartState::from_reply("type:string"),
+            StartState::WrongType("string".into())
+        );
     }
 }

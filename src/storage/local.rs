@@ -91,6 +91,8 @@ impl LocalStorage {
         };
         write().map_err(|e| {
             let _ = fs::remove_file(&tmp);
+            // The job directory this save made goes too (only when empty).
+            let _ = fs::remove_dir(&dir);
             StorageError::Io {
                 path: rel.to_string(),
                 source: e,

@@ -13,10 +13,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{self, JobContext, JobEnd};
-use crate::contract::arq::{Outcome, ResultRecord, FUNCTION_NAME};
+use super::job::{self, JobContext};
+use crate::contract::arq::{JobRecord, Outcome, ResultRecord, FUNCTION_NAME};
 use crate::contract::queue::{now_ms, ArqQueue, ClaimedJob, ClaimedRecord, QueueSettings};
-use crate::contract::store::JobStatus;
 
 /// How many due ids one claim attempt looks at per page.
 const CLAIM_PAGE: usize = 50;
@@ -189,61 +188,61 @@ fn status_dict(status: &str) -> PickleValue {
     PickleValue::Dict(d)
 }
 
-/// Runs one claimed ARQ job and finishes it in the queue.
+/// Why a claimed ARQ job cannot run at all (pure); when it can, its dedup2d job id and record.
+fn unrunnable(
+    claimed: &ClaimedJob,
+    settings: &QueueSettings,
+) -> Result<(String, JobRecord), String> {
+    let record = match &claimed.record {
+        ClaimedRecord::Found(r) => r,
+        ClaimedRecord::Expired => return Err("job expired".into()),
+        ClaimedRecord::Undecodable(problem) => return Err(problem.to_string()),
+    };
+    if record.function != FUNCTION_NAME {
+        return Err(format!("function {:?} not found", record.function));
+    }
+    let Some(job_id) = record.first_str_arg() else {
+        return Err(format!(
+            "{FUNCTION_NAME} expects the job id as its argument"
+        ));
+    };
+    if settings.exceeded(claimed.job_try) {
+        // ARQ would fail only its own record and leave the dedup2d job in progress forever.
+        return Err(format!(
+            "gave up after {} tries (the workers running it stopped before it finished)",
+            settings.max_tries
+        ));
+    }
+    Ok((job_id.to_string(), record.clone()))
+}
+
+/// Runs one claimed ARQ job and finishes it in the queue. A job that cannot run fails at once,
+/// both in ARQ and in the dedup2d job hash (the API enqueues a job under its own id).
 async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, settings: &QueueSettings) {
     let start_ms = now_ms();
     let started = Instant::now();
-    let arq_id = claimed.job_id.clone();
-    let record = match &claimed.record {
-        ClaimedRecord::Found(r) => r.clone(),
-        ClaimedRecord::Expired => {
-            return arq_fail(queue, &claimed, "job expired", settings).await;
+    let (job_id, record) = match unrunnable(&claimed, settings) {
+        Ok(runnable) => runnable,
+        Err(reason) => {
+            // The job of that ARQ id, whatever the record's arguments claim.
+            let end = match job::fail_unrunnable(ctx, &claimed.job_id, &reason).await {
+                Ok(end) => end,
+                Err(e) => {
+                    tracing::error!(job_id = claimed.job_id, error = %e, "cannot record a job's final status; it stays claimable");
+                    return;
+                }
+            };
+            ctx.metrics
+                .count_job(end.label(), started.elapsed().as_secs_f64());
+            return arq_fail(queue, &claimed, &reason, settings).await;
         }
-        ClaimedRecord::Undecodable(e) => {
-            return arq_fail(
-                queue,
-                &claimed,
-                &format!("cannot decode job record: {e}"),
-                settings,
-            )
-            .await;
-        }
-    };
-    if record.function != FUNCTION_NAME {
-        let msg = format!("function {:?} not found", record.function);
-        return arq_fail(queue, &claimed, &msg, settings).await;
-    }
-    let Some(job_id) = record.first_str_arg().map(str::to_string) else {
-        let msg = format!("{FUNCTION_NAME} expects the job id as its argument");
-        return arq_fail(queue, &claimed, &msg, settings).await;
     };
     let span = tracing::info_span!("job", job_id = %job_id, queue = queue.name(), job_try = claimed.job_try);
-
-    let end = if settings.exceeded(claimed.job_try) {
-        // ARQ would fail only its own record and leave the dedup2d job in progress forever.
-        let reason = format!(
-            "gave up after {} tries (the workers running it stopped before it finished)",
-            settings.max_tries
-        );
-        let now = now_ms() as f64 / 1000.0;
-        match ctx
-            .store
-            .mark_result(&job_id, JobStatus::Failed, None, now, None, Some(&reason))
-            .await
-        {
-            Ok(()) => JobEnd::Failed(reason),
-            Err(e) => {
-                tracing::error!(job_id, error = %e, "cannot record a job's final status; it stays claimable");
-                return;
-            }
-        }
-    } else {
-        match tracing::Instrument::instrument(job::run(ctx, &job_id), span.clone()).await {
-            Ok(end) => end,
-            Err(e) => {
-                tracing::error!(job_id, error = %e, "cannot record a job's state; it stays claimable");
-                return;
-            }
+    let end = match tracing::Instrument::instrument(job::run(ctx, &job_id), span.clone()).await {
+        Ok(end) => end,
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "cannot record a job's state; it stays claimable");
+            return;
         }
     };
     let label = end.label();
@@ -257,7 +256,7 @@ async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, setting
         start_ms,
         finish_ms: now_ms(),
         queue_name: queue.name().to_string(),
-        job_id: arq_id,
+        job_id: claimed.job_id,
     };
     if let Err(e) = queue.complete(&result, settings).await {
         tracing::error!(parent: &span, error = %e,
@@ -269,5 +268,72 @@ async fn arq_fail(queue: &ArqQueue, claimed: &ClaimedJob, message: &str, setting
     tracing::warn!(arq_job = %claimed.job_id, message, "failing ARQ job");
     if let Err(e) = queue.fail(claimed, message, now_ms(), settings).await {
         tracing::error!(arq_job = %claimed.job_id, error = %e, "cannot fail the ARQ job");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::queue::RecordProblem;
+
+    fn claimed(record: ClaimedRecord, job_try: i64) -> ClaimedJob {
+        ClaimedJob {
+            job_id: "j1".into(),
+            record,
+            job_try,
+            score: 0,
+        }
+    }
+
+    #[test]
+    fn what_cannot_run_is_decided_from_the_claim_alone() {
+        let settings = QueueSettings::for_job_timeout(30);
+        let ok = JobRecord::dedup2d("j1", 1);
+        let runnable = unrunnable(&claimed(ClaimedRecord::Found(ok.clone()), 1), &settings);
+        assert_eq!(runnable.unwrap().0, "j1");
+        let forged = JobRecord {
+            job_try: Some(999),
+            ..ok.clone()
+        };
+        assert!(
+            unrunnable(&claimed(ClaimedRecord::Found(forged), 1), &settings).is_ok(),
+            "a try number in the record is not a real attempt"
+        );
+        let other = JobRecord {
+            function: "other".into(),
+            ..ok.clone()
+        };
+        let cases = [
+            (claimed(ClaimedRecord::Expired, 1), "job expired"),
+            (
+                claimed(
+                    ClaimedRecord::Undecodable(RecordProblem::WrongType("hash".into())),
+                    1,
+                ),
+                "holds a Redis hash",
+            ),
+            (
+                claimed(ClaimedRecord::Found(other), 1),
+                "function \"other\" not found",
+            ),
+            (
+                claimed(
+                    ClaimedRecord::Found(JobRecord {
+                        args: vec![],
+                        ..ok.clone()
+                    }),
+                    1,
+                ),
+                "expects the job id",
+            ),
+            (
+                claimed(ClaimedRecord::Found(ok), 6),
+                "gave up after 5 tries",
+            ),
+        ];
+        for (c, want) in cases {
+            let why = unrunnable(&c, &settings).unwrap_err();
+            assert!(why.contains(want), "{why:?} lacks {want:?}");
+        }
     }
 }

@@ -13,11 +13,11 @@ use serde_json::{json, Value};
 
 use super::callback::CallbackSender;
 use super::engine::{SearchEngine, SearchRequest};
-use super::input::{self, FileSource, JobInput};
-use super::metrics::{FormatLabels, OutcomeLabels, WorkerMetrics};
+use super::input::{self, Fallback, InputError, JobInput, Parsed};
+use super::metrics::{FormatLabels, OutcomeLabels, ReasonLabels, WorkerMetrics};
 use crate::contract::callback::CallbackRecord;
 use crate::contract::payload::FileRef;
-use crate::contract::store::{JobStatus, JobStore, StoreError};
+use crate::contract::store::{JobStatus, JobStore, PayloadSize, StartState, StoreError};
 use crate::storage::FileStorage;
 
 /// Everything a job needs, shared by all running jobs.
@@ -28,6 +28,8 @@ pub struct JobContext {
     pub callbacks: CallbackSender,
     pub metrics: Arc<WorkerMetrics>,
     pub cleanup_on_finish: bool,
+    /// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES`: a larger payload fails its job unread.
+    pub max_payload_bytes: u64,
     pub job_timeout: Duration,
     pub debug_job_delay: Duration,
     /// How often a running job looks for a cancel request.
@@ -70,64 +72,81 @@ enum Outcome {
     CancelRequested,
 }
 
+/// A job's final record, decided from its outcome (pure).
+struct Final {
+    end: JobEnd,
+    status: JobStatus,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+impl Final {
+    fn of(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Done(result) => Final {
+                end: JobEnd::Completed,
+                status: JobStatus::Completed,
+                result: Some(result),
+                error: None,
+            },
+            Outcome::Failed(reason) => Final {
+                end: JobEnd::Failed(reason.clone()),
+                status: JobStatus::Failed,
+                result: None,
+                error: Some(reason),
+            },
+            Outcome::CancelRequested => Final {
+                end: JobEnd::Canceled,
+                status: JobStatus::Canceled,
+                result: None,
+                error: None,
+            },
+        }
+    }
+}
+
+/// What the job hash says about the job, for when the payload cannot be read.
+#[derive(Default)]
+struct HashFacts {
+    tenant_id: Option<String>,
+    callback_url: Option<String>,
+}
+
+/// The reason of a job whose key holds another Redis type.
+pub fn wrong_type_reason(kind: &str) -> String {
+    format!("job hash holds a Redis {kind}, not a hash; the job cannot be tracked")
+}
+
 /// Runs job `job_id`. Errors are Redis failures while recording state; the caller leaves the job
 /// claimable so it runs again.
 pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
     let started_at = now();
-    let found = ctx.store.mark_started(job_id, started_at).await?;
-    let view = ctx.store.get(job_id).await?;
-    match found.as_str() {
-        "missing" => {
+    match ctx.store.mark_started(job_id, started_at).await? {
+        StartState::Started => {}
+        StartState::Missing => {
             tracing::warn!(job_id, "job hash is gone (expired?); nothing to run");
             return Ok(JobEnd::Missing);
         }
-        "cancel_requested" => {
-            let finished = now();
-            ctx.store
-                .mark_result(job_id, JobStatus::Canceled, None, finished, None, None)
-                .await?;
-            if view
-                .as_ref()
-                .and_then(|v| v.callback_url.as_ref())
-                .is_some()
-            {
-                ctx.store
-                    .set_fields(
-                        job_id,
-                        &[
-                            ("callback_status", "skipped".into()),
-                            ("callback_finished_at", format!("{finished:.6}")),
-                            ("callback_last_error", "canceled_before_start".into()),
-                        ],
-                    )
-                    .await?;
-                ctx.metrics
-                    .webhooks
-                    .get_or_create(&OutcomeLabels { outcome: "skipped" })
-                    .inc();
-            }
-            // The payload may still name an upload to clean up.
-            if let Ok(input) = input::parse(ctx.store.load_payload_raw(job_id).await?.as_deref()) {
-                cleanup(ctx, job_id, &input).await;
-            }
-            return Ok(JobEnd::Canceled);
+        StartState::WrongType(kind) => {
+            let reason = wrong_type_reason(&kind);
+            tracing::warn!(job_id, reason, "job failed");
+            return Ok(JobEnd::Failed(reason));
         }
-        other => {
-            if let Some(status) = JobStatus::parse(other).filter(|s| s.is_finished()) {
-                tracing::info!(
-                    job_id,
-                    status = other,
-                    "job already finished; not running it again"
-                );
-                return Ok(JobEnd::AlreadyFinished(status));
-            }
+        StartState::Finished(status) => {
+            tracing::info!(
+                job_id,
+                status = status.as_str(),
+                "job already finished; not running it again"
+            );
+            return Ok(JobEnd::AlreadyFinished(status));
         }
+        StartState::CancelRequested => return cancel_before_start(ctx, job_id).await,
     }
-    let tenant_from_hash = view.as_ref().map(|v| v.tenant_id.clone());
-    let callback_from_hash = view.as_ref().and_then(|v| v.callback_url.clone());
-
-    let raw = ctx.store.load_payload_raw(job_id).await?;
-    let parsed = input::parse(raw.as_deref());
+    let facts = hash_facts(ctx, job_id).await?;
+    let Parsed {
+        input: parsed,
+        file_ref,
+    } = load_input(ctx, job_id).await?;
     if let Ok(i) = &parsed {
         ctx.metrics
             .payload_formats
@@ -136,8 +155,138 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
             })
             .inc();
     }
+    let outcome = run_body(ctx, job_id, &parsed, facts.tenant_id.as_deref()).await?;
+    let finished_at = now();
+    let fin = Final::of(outcome);
+    if let Some(reason) = &fin.error {
+        tracing::warn!(job_id, reason, "job failed");
+    }
+    ctx.store
+        .mark_result(
+            job_id,
+            fin.status,
+            Some(started_at),
+            finished_at,
+            fin.result.as_ref(),
+            fin.error.as_deref(),
+        )
+        .await?;
+    let input = parsed.ok();
+    let callback_url = input
+        .as_ref()
+        .and_then(|i| i.callback_url.clone())
+        .or(facts.callback_url);
+    if let Some(url) = callback_url {
+        let tenant = input
+            .as_ref()
+            .and_then(|i| i.tenant_id.clone())
+            .or(facts.tenant_id);
+        let record = CallbackRecord {
+            job_id: job_id.to_string(),
+            tenant_id: tenant,
+            status: fin.status,
+            started_at,
+            finished_at,
+            result: fin.result,
+            error: fin.error,
+        };
+        notify(ctx, &url, &record).await?;
+    }
+    cleanup(ctx, job_id, file_ref.as_ref()).await;
+    Ok(fin.end)
+}
+
+/// Reads and parses the payload; one over `max_payload_bytes` or of the wrong type is refused
+/// before it is read.
+async fn load_input(ctx: &JobContext, job_id: &str) -> Result<Parsed, StoreError> {
+    let raw = match ctx.store.payload_size(job_id).await? {
+        PayloadSize::Missing => None,
+        PayloadSize::WrongType(kind) => return Ok(Parsed::failed(InputError::WrongType(kind))),
+        PayloadSize::Bytes(bytes) if bytes > ctx.max_payload_bytes => {
+            return Ok(Parsed::failed(InputError::TooLarge {
+                bytes,
+                limit: ctx.max_payload_bytes,
+            }))
+        }
+        PayloadSize::Bytes(len) => ctx.store.read_payload(job_id, len).await?,
+    };
+    // Parsing and base64 decoding are CPU work proportional to the payload: off the async
+    // threads, so the Redis connections' replies are still read while it runs.
+    Ok(tokio::task::spawn_blocking(move || input::parse(raw))
+        .await
+        .unwrap_or_else(|e| {
+            Parsed::failed(InputError::NotJson(format!("payload parser stopped: {e}")))
+        }))
+}
+
+/// A job that cannot run (its ARQ record is unusable, or its tries are used up): `failed` with
+/// the reason and its upload cleaned, without running anything.
+pub async fn fail_unrunnable(
+    ctx: &JobContext,
+    job_id: &str,
+    reason: &str,
+) -> Result<JobEnd, StoreError> {
+    Ok(match ctx.store.fail_unstarted(job_id, reason).await? {
+        StartState::Started => {
+            tracing::warn!(job_id, reason, "job failed without running");
+            cleanup_upload(ctx, job_id).await?;
+            JobEnd::Failed(reason.to_string())
+        }
+        StartState::Finished(status) => JobEnd::AlreadyFinished(status),
+        StartState::WrongType(kind) => JobEnd::Failed(wrong_type_reason(&kind)),
+        StartState::Missing | StartState::CancelRequested => JobEnd::Missing,
+    })
+}
+
+async fn hash_facts(ctx: &JobContext, job_id: &str) -> Result<HashFacts, StoreError> {
+    Ok(ctx
+        .store
+        .get(job_id)
+        .await?
+        .map(|v| HashFacts {
+            tenant_id: Some(v.tenant_id),
+            callback_url: v.callback_url,
+        })
+        .unwrap_or_default())
+}
+
+/// A cancel that came before the start: `canceled`, its webhook skipped, its upload cleaned.
+async fn cancel_before_start(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
+    let facts = hash_facts(ctx, job_id).await?;
+    let finished = now();
+    ctx.store
+        .mark_result(job_id, JobStatus::Canceled, None, finished, None, None)
+        .await?;
+    if facts.callback_url.is_some() {
+        ctx.store
+            .set_fields(
+                job_id,
+                &[
+                    ("callback_status", "skipped".into()),
+                    ("callback_finished_at", format!("{finished:.6}")),
+                    ("callback_last_error", "canceled_before_start".into()),
+                ],
+            )
+            .await?;
+        ctx.metrics
+            .webhooks
+            .get_or_create(&OutcomeLabels { outcome: "skipped" })
+            .inc();
+    }
+    cleanup_upload(ctx, job_id).await?;
+    Ok(JobEnd::Canceled)
+}
+
+/// The body under the timeout and the cancel watch, then the cancel check the Python worker
+/// makes after the search.
+async fn run_body(
+    ctx: &JobContext,
+    job_id: &str,
+    parsed: &Result<JobInput, InputError>,
+    tenant_from_hash: Option<&str>,
+) -> Result<Outcome, StoreError> {
     let seconds = ctx.job_timeout.as_secs();
-    let work = execute(ctx, job_id, &parsed, tenant_from_hash.as_deref());
+    let work = execute(ctx, job_id, parsed, tenant_from_hash);
     let outcome = tokio::select! {
         res = tokio::time::timeout(ctx.job_timeout, work) => match res {
             Ok(o) => o,
@@ -145,91 +294,41 @@ pub async fn run(ctx: &JobContext, job_id: &str) -> Result<JobEnd, StoreError> {
         },
         () = watch_cancel(ctx, job_id) => Outcome::CancelRequested,
     };
-    // Cancel checked again after the search, as the Python worker does.
-    let outcome = match outcome {
+    Ok(match outcome {
         Outcome::Done(_) if ctx.store.is_cancel_requested(job_id).await? => {
             Outcome::CancelRequested
         }
         o => o,
-    };
+    })
+}
 
-    let finished_at = now();
-    let (end, result, error) = match outcome {
-        Outcome::Done(result) => (JobEnd::Completed, Some(result), None),
-        Outcome::Failed(reason) => {
-            tracing::warn!(job_id, reason, "job failed");
-            (JobEnd::Failed(reason.clone()), None, Some(reason))
-        }
-        Outcome::CancelRequested => (JobEnd::Canceled, None, None),
-    };
-    let status = match end {
-        JobEnd::Completed => JobStatus::Completed,
-        JobEnd::Canceled => JobStatus::Canceled,
-        _ => JobStatus::Failed,
-    };
+/// Sends the webhook and records its outcome in the job hash.
+async fn notify(ctx: &JobContext, url: &str, record: &CallbackRecord) -> Result<(), StoreError> {
+    let job_id = record.job_id.as_str();
+    let outcome = ctx.callbacks.send(url, record).await;
+    let label = if outcome.ok { "success" } else { "failed" };
+    ctx.metrics
+        .webhooks
+        .get_or_create(&OutcomeLabels { outcome: label })
+        .inc();
     ctx.store
-        .mark_result(
+        .set_fields(
             job_id,
-            status,
-            Some(started_at),
-            finished_at,
-            result.as_ref(),
-            error.as_deref(),
+            &[
+                ("callback_status", label.into()),
+                ("callback_attempts", outcome.attempts.to_string()),
+                (
+                    "callback_http_status",
+                    outcome
+                        .http_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_default(),
+                ),
+                ("callback_finished_at", format!("{:.6}", now())),
+                ("callback_last_error", outcome.error.unwrap_or_default()),
+            ],
         )
-        .await?;
-
-    let input = parsed.ok();
-    let callback_url = input
-        .as_ref()
-        .and_then(|i| i.callback_url.clone())
-        .or(callback_from_hash);
-    if let Some(url) = callback_url {
-        let tenant = input
-            .as_ref()
-            .and_then(|i| i.tenant_id.clone())
-            .or(tenant_from_hash);
-        let record = CallbackRecord {
-            job_id: job_id.to_string(),
-            tenant_id: tenant,
-            status,
-            started_at,
-            finished_at,
-            result,
-            error,
-        };
-        let outcome = ctx.callbacks.send(&url, &record).await;
-        ctx.metrics
-            .webhooks
-            .get_or_create(&OutcomeLabels {
-                outcome: if outcome.ok { "success" } else { "failed" },
-            })
-            .inc();
-        ctx.store
-            .set_fields(
-                job_id,
-                &[
-                    (
-                        "callback_status",
-                        if outcome.ok { "success" } else { "failed" }.into(),
-                    ),
-                    ("callback_attempts", outcome.attempts.to_string()),
-                    (
-                        "callback_http_status",
-                        outcome
-                            .http_status
-                            .map(|s| s.to_string())
-                            .unwrap_or_default(),
-                    ),
-                    ("callback_finished_at", format!("{:.6}", now())),
-                    ("callback_last_error", outcome.error.unwrap_or_default()),
-                ],
-            )
-            .await?;
-    }
-    if let Some(i) = &input {
-        cleanup(ctx, job_id, i).await;
-    }
-    Ok(end)
+        .await
 }
 
 /// Resolves when a cancel is requested (never otherwise); Redis errors are retried.
@@ -247,7 +346,7 @@ async fn watch_cancel(ctx: &JobContext, job_id: &str) {
 async fn execute(
     ctx: &JobContext,
     job_id: &str,
-    parsed: &Result<JobInput, input::InputError>,
+    parsed: &Result<JobInput, InputError>,
     tenant_from_hash: Option<&str>,
 ) -> Outcome {
     if !ctx.debug_job_delay.is_zero() {
@@ -266,13 +365,12 @@ async fn execute(
         return Outcome::Failed("payload has no tenant_id and the job hash names none".into());
     };
     let started = Instant::now();
-    let data = match input::load_bytes(input, ctx.storage.as_ref()).await {
-        Ok(d) => d,
+    let loaded = match input::load_bytes(input, ctx.storage.as_ref()).await {
+        Ok(l) => l,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
-    if matches!(input.source, FileSource::Base64(_)) {
-        ctx.metrics.legacy_b64_fallback.inc();
-        tracing::info!(job_id, "file read from legacy file_bytes_b64");
+    if let Some(fallback) = loaded.fallback {
+        count_fallback(ctx, job_id, fallback);
     }
     let load_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let request = SearchRequest {
@@ -280,7 +378,7 @@ async fn execute(
         tenant_id: tenant,
         file_name: &input.file_name,
         content_type: &input.content_type,
-        data: &data,
+        data: &loaded.data,
         query_geom: input.query_geom.as_ref(),
         params: &input.params,
     };
@@ -290,28 +388,53 @@ async fn execute(
             if let Some(t) = v.get_mut("timing").and_then(Value::as_object_mut) {
                 t.insert("load_ms".into(), json!(load_ms));
             }
+            let warning = loaded.fallback.and_then(Fallback::warning);
+            if let (Some(w), Some(list)) =
+                (warning, v.get_mut("warnings").and_then(Value::as_array_mut))
+            {
+                list.push(json!(w));
+            }
             Outcome::Done(v)
         }
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
 
-/// Deletes the upload when `DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH` says so. Only refs the
-/// storage accepts are touched (a foreign or traversal ref is refused by the backend).
-async fn cleanup(ctx: &JobContext, job_id: &str, input: &JobInput) {
-    if !ctx.cleanup_on_finish {
-        return;
-    }
-    let FileSource::Ref(file_ref) = &input.source else {
-        return;
-    };
-    if file_ref_matches(file_ref, ctx.storage.backend()) {
-        if let Err(e) = ctx.storage.delete(file_ref).await {
-            tracing::warn!(job_id, error = %e, "upload cleanup failed");
-        }
+fn count_fallback(ctx: &JobContext, job_id: &str, fallback: Fallback) {
+    ctx.metrics.legacy_b64_fallback.inc();
+    ctx.metrics
+        .b64_fallbacks
+        .get_or_create(&ReasonLabels {
+            reason: fallback.label(),
+        })
+        .inc();
+    match fallback {
+        Fallback::B64Only => tracing::info!(job_id, "file read from legacy file_bytes_b64"),
+        Fallback::StoredFileMissing => tracing::warn!(
+            job_id,
+            "stored file is missing; file read from the payload's file_bytes_b64"
+        ),
     }
 }
 
-fn file_ref_matches(file_ref: &FileRef, backend: &str) -> bool {
-    file_ref.backend() == backend
+/// Cleans the upload a payload names, whatever else is wrong with the payload.
+async fn cleanup_upload(ctx: &JobContext, job_id: &str) -> Result<(), StoreError> {
+    if ctx.cleanup_on_finish {
+        let file_ref = load_input(ctx, job_id).await?.file_ref;
+        cleanup(ctx, job_id, file_ref.as_ref()).await;
+    }
+    Ok(())
+}
+
+/// Deletes the upload when `DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH` says so. Only refs the
+/// storage accepts are touched (a foreign or traversal ref is refused by the backend).
+async fn cleanup(ctx: &JobContext, job_id: &str, file_ref: Option<&FileRef>) {
+    let Some(file_ref) =
+        file_ref.filter(|r| ctx.cleanup_on_finish && r.backend() == ctx.storage.backend())
+    else {
+        return;
+    };
+    if let Err(e) = ctx.storage.delete(file_ref).await {
+        tracing::warn!(job_id, error = %e, "upload cleanup failed");
+    }
 }

@@ -24,6 +24,11 @@ pub struct FormatLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -37,6 +42,9 @@ pub struct WorkerMetrics {
     registry: Registry,
     /// `dedup2d_legacy_b64_fallback_total`: jobs whose bytes came from `file_bytes_b64`.
     pub legacy_b64_fallback: Counter,
+    /// `dedup2d_worker_b64_fallback_total{reason}`: the same jobs, by why (`b64_only`,
+    /// `stored_file_missing`).
+    pub b64_fallbacks: Family<ReasonLabels, Counter>,
     /// `dedup2d_jobs_total{status}`: jobs this worker finished, by final status.
     pub jobs: Family<StatusLabels, Counter>,
     /// `dedup2d_job_duration_seconds{status}`.
@@ -68,6 +76,7 @@ impl WorkerMetrics {
         let m = WorkerMetrics {
             registry: Registry::default(),
             legacy_b64_fallback: Counter::default(),
+            b64_fallbacks: Family::default(),
             jobs: Family::default(),
             job_duration: Family::new_with_constructor(job_duration_histogram),
             queue_depth: Gauge::default(),
@@ -82,6 +91,11 @@ impl WorkerMetrics {
             "dedup2d_legacy_b64_fallback",
             "Jobs whose file came from the legacy file_bytes_b64 payload field",
             m.legacy_b64_fallback.clone(),
+        );
+        registry.register(
+            "dedup2d_worker_b64_fallback",
+            "Jobs whose file came from file_bytes_b64, by reason (b64_only, stored_file_missing)",
+            m.b64_fallbacks.clone(),
         );
         registry.register(
             "dedup2d_jobs",

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::contract::queue::{ArqQueue, QueueSettings};
 use crate::contract::redact::redact_url;
-use crate::contract::store::JobStore;
+use crate::contract::store::{bulk_response_timeout, JobStore, PAYLOAD_READ_STEP};
 
 pub use settings::WorkerSettings;
 
@@ -35,12 +35,26 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let config = &settings.config;
     let client = redis::Client::open(config.redis_url.as_str())
         .with_context(|| format!("invalid Redis URL {}", redact_url(&config.redis_url)))?;
-    let conn = client.get_connection_manager().await.with_context(|| {
-        format!(
-            "cannot connect to Redis at {}",
-            redact_url(&config.redis_url)
-        )
-    })?;
+    let redacted = redact_url(&config.redis_url);
+    let connect = |config: redis::aio::ConnectionManagerConfig| {
+        let client = client.clone();
+        let redacted = redacted.clone();
+        async move {
+            client
+                .get_connection_manager_with_config(config)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {redacted}"))
+        }
+    };
+    // Claims, job state and heartbeats: small calls, redis-rs's default timeout. Payload reads:
+    // their own connection, with a timeout sized for the largest call they make.
+    let conn = connect(redis::aio::ConnectionManagerConfig::new()).await?;
+    let bulk = connect(
+        redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
+            bulk_response_timeout(settings.max_payload_bytes.min(PAYLOAD_READ_STEP)),
+        )),
+    )
+    .await?;
 
     let metrics = Arc::new(metrics::WorkerMetrics::new());
     let storage = crate::storage::from_config(&config.storage, metrics.storage.clone())
@@ -51,7 +65,8 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
         keys.clone(),
         config.ttl_seconds,
         config.max_jobs,
-    );
+    )
+    .with_bulk_connection(bulk);
     let queue_names = settings.queue_names();
     let queues: Vec<ArqQueue> = queue_names
         .iter()
@@ -68,6 +83,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
             .context("cannot build the webhook HTTP client")?,
         metrics: metrics.clone(),
         cleanup_on_finish: config.storage.cleanup_on_finish(),
+        max_payload_bytes: settings.max_payload_bytes,
         job_timeout: Duration::from_secs(config.job_timeout_seconds),
         debug_job_delay: settings.debug_job_delay,
         cancel_poll: Duration::from_secs(1),
@@ -154,7 +170,10 @@ fn search_engine(
                 metrics.vision.clone(),
             )?)
         }
-        None => Arc::new(engine::ExactEngine::new(conn.clone(), keys.clone())),
+        None => Arc::new(
+            engine::ExactEngine::new(conn.clone(), keys.clone())
+                .with_index_ttl(settings.index_ttl_seconds),
+        ),
     })
 }
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::contract::config::{int, Config, ConfigError};
+use crate::contract::keys::{DEFAULT_INDEX_TTL_SECONDS, MIN_INDEX_TTL_SECONDS};
+use crate::contract::payload::{payload_bytes_for_upload, DEFAULT_MAX_UPLOAD_BYTES};
 
 use super::callback::{CallbackConfigError, CallbackSettings};
 
@@ -45,6 +47,13 @@ pub struct WorkerSettings {
     /// `DEDUPCAD_VISION_URL` and the rest of the dedupcad-vision backend's settings; `None`
     /// runs the built-in engine.
     pub vision: Option<super::vision::VisionSettings>,
+    /// `DEDUP2D_WORKER_MAX_PAYLOAD_BYTES`: a job whose payload is larger fails unread. Default:
+    /// the largest payload the API writes under its upload limit (`DEDUP2D_API_MAX_UPLOAD_BYTES`,
+    /// read here too when set), see [`payload_bytes_for_upload`].
+    pub max_payload_bytes: u64,
+    /// `DEDUP2D_INDEX_TTL_SECONDS` (90 days, at least 60 s): how long a tenant's dedup index
+    /// is kept after its last write.
+    pub index_ttl_seconds: u64,
     /// `HOSTNAME`, else the system hostname: the heartbeat key (`{prefix}:worker:{hostname}`).
     pub hostname: String,
 }
@@ -88,6 +97,13 @@ impl WorkerSettings {
             max_tries: int(env, "DEDUP2D_WORKER_MAX_TRIES", 5)?.max(1),
             debug_job_delay: millis("DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS", 0, 0)?,
             vision: super::vision::VisionSettings::from_map(env)?,
+            max_payload_bytes: max_payload_bytes(env)?,
+            index_ttl_seconds: int(
+                env,
+                "DEDUP2D_INDEX_TTL_SECONDS",
+                DEFAULT_INDEX_TTL_SECONDS as i64,
+            )?
+            .max(MIN_INDEX_TTL_SECONDS as i64) as u64,
             hostname: hostname(env)?,
         })
     }
@@ -102,6 +118,17 @@ impl WorkerSettings {
         }
         q
     }
+}
+
+fn max_payload_bytes(env: &HashMap<String, String>) -> Result<u64, SettingsError> {
+    let upload = int(
+        env,
+        "DEDUP2D_API_MAX_UPLOAD_BYTES",
+        DEFAULT_MAX_UPLOAD_BYTES as i64,
+    )?
+    .max(1) as u64;
+    let default = payload_bytes_for_upload(upload);
+    Ok(int(env, "DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", default as i64)?.max(1) as u64)
 }
 
 fn hostname(env: &HashMap<String, String>) -> Result<String, SettingsError> {
@@ -150,12 +177,42 @@ mod tests {
     }
 
     #[test]
+    fn the_payload_cap_follows_the_api_upload_limit() {
+        let default = WorkerSettings::from_map(&env(&[("HOSTNAME", "h")])).unwrap();
+        assert_eq!(
+            default.max_payload_bytes,
+            payload_bytes_for_upload(DEFAULT_MAX_UPLOAD_BYTES)
+        );
+        assert_eq!(
+            default.max_payload_bytes, 70_953_644,
+            "50 MiB as base64 + 1 MiB"
+        );
+        let tied = WorkerSettings::from_map(&env(&[
+            ("HOSTNAME", "h"),
+            ("DEDUP2D_API_MAX_UPLOAD_BYTES", "3000000"),
+        ]))
+        .unwrap();
+        assert_eq!(tied.max_payload_bytes, 4_000_000 + (1 << 20));
+        let set = WorkerSettings::from_map(&env(&[
+            ("HOSTNAME", "h"),
+            ("DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", "1234"),
+            ("DEDUP2D_INDEX_TTL_SECONDS", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(set.max_payload_bytes, 1234);
+        assert_eq!(set.index_ttl_seconds, MIN_INDEX_TTL_SECONDS);
+        assert_eq!(default.index_ttl_seconds, DEFAULT_INDEX_TTL_SECONDS);
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (var, value) in [
             ("DEDUP2D_WORKER_SHUTDOWN_GRACE_SECONDS", "soon"),
             ("DEDUP2D_WORKER_METRICS_ADDR", "9090"),
             ("DEDUP2D_WORKER_MAX_JOBS", "ten"),
             ("DEDUP2D_CALLBACK_MAX_ATTEMPTS", "x"),
+            ("DEDUP2D_WORKER_MAX_PAYLOAD_BYTES", "10MB"),
+            ("DEDUP2D_INDEX_TTL_SECONDS", "a month"),
         ] {
             let err = WorkerSettings::from_map(&env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(var), "{err}");

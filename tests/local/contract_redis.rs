@@ -12,7 +12,9 @@ use dedup2d::contract::arq::{JobRecord, Outcome, ResultRecord};
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::{FileRef, JobPayload};
 use dedup2d::contract::queue::{now_ms, ArqQueue, ClaimedRecord, QueueSettings};
-use dedup2d::contract::store::{CancelOutcome, JobStatus, JobStore, NewJob, StoreError};
+use dedup2d::contract::store::{
+    CancelOutcome, JobStatus, JobStore, NewJob, StartState, StoreError,
+};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -305,7 +307,7 @@ async fn expired_job_record_is_reported_not_lost() {
         .unwrap()
         .unwrap();
     assert!(
-        matches!(garbled.record, ClaimedRecord::Undecodable(ref why) if why.contains("pickle"))
+        matches!(garbled.record, ClaimedRecord::Undecodable(ref why) if why.to_string().contains("pickle"))
     );
 }
 
@@ -434,7 +436,7 @@ async fn cancel_never_blocks_and_is_tenant_scoped() {
         .unwrap();
     assert_eq!(
         store.mark_started(&claimed.job_id, 10.0).await.unwrap(),
-        "pending"
+        StartState::Started
     );
     let out = store
         .cancel_for_tenant(&running.job_id, "owner", std::slice::from_ref(&queue))

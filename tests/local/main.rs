@@ -21,9 +21,14 @@ mod support {
 mod api_http;
 mod api_presets;
 mod api_worker_s3;
+/// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
+mod bench_worker_rss;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
+mod fuzz_decoders;
+mod hostile_api;
+mod hostile_worker;
 mod mixed_fleet_vision;
 mod result_schema;
 mod storage_backends;

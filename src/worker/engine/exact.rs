@@ -22,7 +22,7 @@ use crate::contract::keys::Keys;
 const MAX_RECORDS_PER_HASH: usize = 100;
 
 const LOOKUP_AND_REGISTER: &str = r#"
--- KEYS: index. ARGV: sha256, record_json, job_id, cap
+-- KEYS: index. ARGV: sha256, record_json, job_id, cap, ttl_s
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 local list = {}
 if raw then list = cjson.decode(raw) end
@@ -32,6 +32,7 @@ end
 table.insert(list, cjson.decode(ARGV[2]))
 while #list > tonumber(ARGV[4]) do table.remove(list, 1) end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(list))
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 return raw or ''
 "#;
 
@@ -47,16 +48,27 @@ struct IndexRecord {
 pub struct ExactEngine {
     conn: ConnectionManager,
     keys: Keys,
+    /// Retention of the index after its last write (`DEDUP2D_INDEX_TTL_SECONDS`).
+    index_ttl_seconds: u64,
 }
 
 impl ExactEngine {
     pub fn new(conn: ConnectionManager, keys: Keys) -> Self {
-        ExactEngine { conn, keys }
+        ExactEngine {
+            conn,
+            keys,
+            index_ttl_seconds: crate::contract::keys::DEFAULT_INDEX_TTL_SECONDS,
+        }
+    }
+
+    pub fn with_index_ttl(mut self, seconds: u64) -> Self {
+        self.index_ttl_seconds = seconds;
+        self
     }
 
     /// `{prefix}:dedup:{tenant}:sha256`.
     pub fn index_key(&self, tenant_id: &str) -> String {
-        format!("{}:dedup:{tenant_id}:sha256", self.keys.prefix())
+        self.keys.dedup_index(tenant_id)
     }
 }
 
@@ -76,7 +88,9 @@ impl SearchEngine for ExactEngine {
     ) -> BoxFuture<'a, Result<SearchResult, EngineError>> {
         Box::pin(async move {
             let start = Instant::now();
-            let hash = hex::encode(Sha256::digest(req.data));
+            // Hashing a large file is CPU work: let the runtime move other tasks (the Redis
+            // connections' readers) off this thread meanwhile.
+            let hash = tokio::task::block_in_place(|| hex::encode(Sha256::digest(req.data)));
             let hash_ms = ms(start);
 
             let index_start = Instant::now();
@@ -93,6 +107,7 @@ impl SearchEngine for ExactEngine {
                 .arg(serde_json::to_string(&record).expect("index record serializes"))
                 .arg(req.job_id)
                 .arg(MAX_RECORDS_PER_HASH)
+                .arg(self.index_ttl_seconds)
                 .invoke_async(&mut conn)
                 .await?;
             let index_ms = ms(index_start);
