@@ -7,18 +7,37 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::operator::crd::{Dedup2DRollout, Phase};
+use crate::operator::crd::{Dedup2DRollout, Dedup2DRolloutSpec, Dedup2DRolloutStatus, Phase};
 
 /// The full status view of `rollout` at time `now`.
 pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String {
     let mut out = String::new();
-    let ns = rollout.namespace().unwrap_or_default();
-    let name = rollout.name_any();
     let empty = Default::default();
     let status = rollout.status.as_ref().unwrap_or(&empty);
-    let spec = &rollout.spec;
+    let _ = writeln!(
+        out,
+        "Dedup2DRollout {}/{}",
+        rollout.namespace().unwrap_or_default(),
+        rollout.name_any()
+    );
+    phase_lines(&mut out, rollout, status, now);
+    worker_lines(&mut out, &rollout.spec, status);
+    dual_write_line(&mut out, &rollout.spec, status, now);
+    drain_lines(&mut out, status, now);
+    condition_lines(&mut out, status);
+    request_lines(&mut out, rollout, status, now);
+    out
+}
 
-    let _ = writeln!(out, "Dedup2DRollout {ns}/{name}");
+/// Phase, message, generation, pause, hold and rollback.
+fn phase_lines(
+    out: &mut String,
+    rollout: &Dedup2DRollout,
+    status: &Dedup2DRolloutStatus,
+    now: Timestamp,
+) {
+    let name = rollout.name_any();
+    let spec = &rollout.spec;
     let phase = status
         .phase
         .map(|p| p.to_string())
@@ -73,8 +92,10 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
             r.reason
         );
     }
+}
 
-    // Workers
+/// Each worker Deployment against its target image.
+fn worker_lines(out: &mut String, spec: &Dedup2DRolloutSpec, status: &Dedup2DRolloutStatus) {
     let summary = status
         .worker_summary
         .clone()
@@ -104,8 +125,15 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
             }
         }
     }
+}
 
-    // Dual-write
+/// The dual-write state and when it took effect.
+fn dual_write_line(
+    out: &mut String,
+    spec: &Dedup2DRolloutSpec,
+    status: &Dedup2DRolloutStatus,
+    now: Timestamp,
+) {
     let dw = status.dual_write.as_deref().unwrap_or("Unknown");
     let mut line = format!("  Dual-write:  {dw}");
     if let Some(t) = &status.dual_write_on_in_effect_at {
@@ -118,8 +146,10 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
         line.push_str(" (grayscale phase disabled in spec)");
     }
     let _ = writeln!(out, "{line}");
+}
 
-    // Drain
+/// Legacy payloads left, the drain deadline, active jobs a full rollback waits for.
+fn drain_lines(out: &mut String, status: &Dedup2DRolloutStatus, now: Timestamp) {
     let has_drain = status.drain_deadline.is_some()
         || status.legacy_payloads.is_some()
         || status.legacy_payloads_without_expiry.is_some();
@@ -145,8 +175,10 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
             "  Active jobs without file_bytes_b64: {n} (a full rollback waits for them)"
         );
     }
+}
 
-    // Conditions
+/// The conditions as a table.
+fn condition_lines(out: &mut String, status: &Dedup2DRolloutStatus) {
     if !status.conditions.is_empty() {
         let _ = writeln!(out, "  Conditions:");
         let w_type = status
@@ -176,8 +208,15 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
             );
         }
     }
+}
 
-    // Requests
+/// The last handled request, a pending one, and the finish time.
+fn request_lines(
+    out: &mut String,
+    rollout: &Dedup2DRollout,
+    status: &Dedup2DRolloutStatus,
+    now: Timestamp,
+) {
     if let Some(r) = &status.last_request {
         let _ = writeln!(
             out,
@@ -193,7 +232,6 @@ pub(crate) fn render_status(rollout: &Dedup2DRollout, now: Timestamp) -> String 
     if let Some(t) = &status.finished_at {
         let _ = writeln!(out, "  Finished:    {}", when(t, now));
     }
-    out
 }
 
 /// One line for `status --watch` when the phase (or message) changes.
