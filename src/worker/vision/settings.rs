@@ -117,17 +117,6 @@ impl VisionSettings {
         let Some(raw_url) = e.raw(ENV_URL) else {
             return Ok(None);
         };
-        let bad_url = || VisionConfigError {
-            var: ENV_URL,
-            value: crate::contract::redact::redact_url(raw_url),
-            expected: "an http:// or https:// URL with a host, like http://dedupcad-vision:58001",
-        };
-        let base_url = url::Url::parse(raw_url.trim_end_matches('/')).map_err(|_| bad_url())?;
-        if !matches!(base_url.scheme(), "http" | "https")
-            || base_url.host_str().is_none_or(str::is_empty)
-        {
-            return Err(bad_url());
-        }
         let timeout = e.float("DEDUPCAD_VISION_TIMEOUT_SECONDS", 60.0)?;
         if timeout <= 0.0 {
             return Err(VisionConfigError {
@@ -136,71 +125,101 @@ impl VisionSettings {
                 expected: "a number of seconds > 0",
             });
         }
-        let base_delay = e
-            .float("DEDUPCAD_VISION_RETRY_BASE_DELAY_SECONDS", 0.5)?
-            .max(0.0);
-        let retry = RetryPolicy {
-            max_attempts: e
-                .int("DEDUPCAD_VISION_RETRY_MAX_ATTEMPTS", 2)?
-                .clamp(1, 100) as u32,
-            base_delay_s: base_delay,
-            max_delay_s: e
-                .float("DEDUPCAD_VISION_RETRY_MAX_DELAY_SECONDS", 5.0)?
-                .max(base_delay),
-        };
-        let circuit = CircuitConfig {
-            enabled: e.strict_flag("DEDUPCAD_VISION_CIRCUIT_ENABLED", true),
-            failure_threshold: e
-                .int("DEDUPCAD_VISION_CIRCUIT_FAILURE_THRESHOLD", 5)?
-                .max(1) as u32,
-            recovery_timeout: secs(
-                e.float("DEDUPCAD_VISION_CIRCUIT_RECOVERY_TIMEOUT_SECONDS", 30.0)?
-                    .max(1.0),
-            ),
-            half_open_max_calls: e
-                .int("DEDUPCAD_VISION_CIRCUIT_HALF_OPEN_MAX_CALLS", 2)?
-                .max(1) as u32,
-            success_threshold: e
-                .int("DEDUPCAD_VISION_CIRCUIT_SUCCESS_THRESHOLD", 2)?
-                .max(1) as u32,
-            slow_call_threshold: secs(
-                e.float("DEDUPCAD_VISION_CIRCUIT_SLOW_CALL_THRESHOLD_SECONDS", 5.0)?
-                    .max(0.1),
-            ),
-        };
-        let margin_ratio = e.float("DEDUPCAD2_RENDER_MARGIN_RATIO", 0.05)?;
-        let render = RenderSettings {
-            primary: RenderConfig {
-                size_px: e.int("DEDUPCAD2_RENDER_SIZE_PX", 1024)?,
-                dpi: e.int("DEDUPCAD2_RENDER_DPI", 200)?,
-                margin_ratio,
-            },
-            fallback: e
-                .flag("DEDUPCAD2_RENDER_FALLBACK", true)
-                .then_some(RenderConfig {
-                    size_px: e.int("DEDUPCAD2_RENDER_FALLBACK_SIZE_PX", 512)?,
-                    dpi: e.int("DEDUPCAD2_RENDER_FALLBACK_DPI", 100)?,
-                    margin_ratio,
-                }),
-            text: e.flag("DEDUPCAD2_RENDER_TEXT", true),
-        };
-        let mode = e
-            .raw("DWG_CONVERTER")
-            .unwrap_or("disabled")
-            .to_ascii_lowercase();
-        let dwg = match (mode.as_str(), e.raw("DWG_TO_DXF_CMD")) {
-            ("disabled", _) => DwgConverter::Disabled,
-            ("cmd" | "auto", Some(cmd)) => DwgConverter::Command(cmd.to_string()),
-            _ => DwgConverter::Unavailable(mode),
-        };
         Ok(Some(VisionSettings {
-            base_url,
+            base_url: base_url(raw_url)?,
             timeout: secs(timeout),
-            retry,
-            circuit,
-            render,
-            dwg,
+            retry: retry_policy(&e)?,
+            circuit: circuit_config(&e)?,
+            render: render_settings(&e)?,
+            dwg: dwg_converter(&e),
         }))
+    }
+}
+
+/// `DEDUPCAD_VISION_URL`: an http(s) URL with a host.
+fn base_url(raw: &str) -> Result<url::Url, VisionConfigError> {
+    let bad_url = || VisionConfigError {
+        var: ENV_URL,
+        value: crate::contract::redact::redact_url(raw),
+        expected: "an http:// or https:// URL with a host, like http://dedupcad-vision:58001",
+    };
+    let url = url::Url::parse(raw.trim_end_matches('/')).map_err(|_| bad_url())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad_url());
+    }
+    Ok(url)
+}
+
+/// `DEDUPCAD_VISION_RETRY_*`.
+fn retry_policy(e: &Env) -> Result<RetryPolicy, VisionConfigError> {
+    let base_delay = e
+        .float("DEDUPCAD_VISION_RETRY_BASE_DELAY_SECONDS", 0.5)?
+        .max(0.0);
+    Ok(RetryPolicy {
+        max_attempts: e
+            .int("DEDUPCAD_VISION_RETRY_MAX_ATTEMPTS", 2)?
+            .clamp(1, 100) as u32,
+        base_delay_s: base_delay,
+        max_delay_s: e
+            .float("DEDUPCAD_VISION_RETRY_MAX_DELAY_SECONDS", 5.0)?
+            .max(base_delay),
+    })
+}
+
+/// `DEDUPCAD_VISION_CIRCUIT_*`.
+fn circuit_config(e: &Env) -> Result<CircuitConfig, VisionConfigError> {
+    Ok(CircuitConfig {
+        enabled: e.strict_flag("DEDUPCAD_VISION_CIRCUIT_ENABLED", true),
+        failure_threshold: e
+            .int("DEDUPCAD_VISION_CIRCUIT_FAILURE_THRESHOLD", 5)?
+            .max(1) as u32,
+        recovery_timeout: secs(
+            e.float("DEDUPCAD_VISION_CIRCUIT_RECOVERY_TIMEOUT_SECONDS", 30.0)?
+                .max(1.0),
+        ),
+        half_open_max_calls: e
+            .int("DEDUPCAD_VISION_CIRCUIT_HALF_OPEN_MAX_CALLS", 2)?
+            .max(1) as u32,
+        success_threshold: e
+            .int("DEDUPCAD_VISION_CIRCUIT_SUCCESS_THRESHOLD", 2)?
+            .max(1) as u32,
+        slow_call_threshold: secs(
+            e.float("DEDUPCAD_VISION_CIRCUIT_SLOW_CALL_THRESHOLD_SECONDS", 5.0)?
+                .max(0.1),
+        ),
+    })
+}
+
+/// `DEDUPCAD2_RENDER_*`.
+fn render_settings(e: &Env) -> Result<RenderSettings, VisionConfigError> {
+    let margin_ratio = e.float("DEDUPCAD2_RENDER_MARGIN_RATIO", 0.05)?;
+    Ok(RenderSettings {
+        primary: RenderConfig {
+            size_px: e.int("DEDUPCAD2_RENDER_SIZE_PX", 1024)?,
+            dpi: e.int("DEDUPCAD2_RENDER_DPI", 200)?,
+            margin_ratio,
+        },
+        fallback: e
+            .flag("DEDUPCAD2_RENDER_FALLBACK", true)
+            .then_some(RenderConfig {
+                size_px: e.int("DEDUPCAD2_RENDER_FALLBACK_SIZE_PX", 512)?,
+                dpi: e.int("DEDUPCAD2_RENDER_FALLBACK_DPI", 100)?,
+                margin_ratio,
+            }),
+        text: e.flag("DEDUPCAD2_RENDER_TEXT", true),
+    })
+}
+
+/// `DWG_CONVERTER` and `DWG_TO_DXF_CMD`.
+fn dwg_converter(e: &Env) -> DwgConverter {
+    let mode = e
+        .raw("DWG_CONVERTER")
+        .unwrap_or("disabled")
+        .to_ascii_lowercase();
+    match (mode.as_str(), e.raw("DWG_TO_DXF_CMD")) {
+        ("disabled", _) => DwgConverter::Disabled,
+        ("cmd" | "auto", Some(cmd)) => DwgConverter::Command(cmd.to_string()),
+        _ => DwgConverter::Unavailable(mode),
     }
 }
 
