@@ -2,6 +2,8 @@
 //! Python pipeline's response (`success, total_matches, duplicates[], similar[], final_level,
 //! timing, warnings`), so API clients and webhooks see the same document whichever worker ran.
 
+pub mod canonical;
+pub mod dxf_geometry;
 pub mod exact;
 
 use futures::future::BoxFuture;
