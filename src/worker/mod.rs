@@ -62,7 +62,11 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let ctx = Arc::new(job::JobContext {
         store,
         storage,
-        engine: Arc::new(engine::ExactEngine::new(conn.clone(), keys.clone())),
+        engine: Arc::new(engine::DrawingEngine::new(
+            conn.clone(),
+            keys.clone(),
+            settings.index_ttl_seconds,
+        )),
         callbacks: callback::CallbackSender::new(settings.callbacks.clone())
             .context("cannot build the webhook HTTP client")?,
         metrics: metrics.clone(),

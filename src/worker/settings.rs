@@ -40,6 +40,9 @@ pub struct WorkerSettings {
     /// `DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS` (0): an artificial pause at the start of every job,
     /// for fault-injection tests and demos (SIGKILL/SIGTERM mid-job). Leave 0 in production.
     pub debug_job_delay: Duration,
+    /// `DEDUP2D_DEDUP_INDEX_TTL_SECONDS` (0 = no expiry): TTL of a tenant's geometry and raster
+    /// dedup index keys, refreshed whenever a drawing is added.
+    pub index_ttl_seconds: u64,
     /// `HOSTNAME`, else the system hostname: the heartbeat key (`{prefix}:worker:{hostname}`).
     pub hostname: String,
 }
@@ -82,6 +85,7 @@ impl WorkerSettings {
             heartbeat_interval,
             max_tries: int(env, "DEDUP2D_WORKER_MAX_TRIES", 5)?.max(1),
             debug_job_delay: millis("DEDUP2D_WORKER_DEBUG_JOB_DELAY_MS", 0, 0)?,
+            index_ttl_seconds: int(env, "DEDUP2D_DEDUP_INDEX_TTL_SECONDS", 0)?.max(0) as u64,
             hostname: hostname(env)?,
         })
     }

@@ -198,7 +198,12 @@ mod tests {
     }
 
     /// Applies `p → s·M(p) + t` with `M` one of the square's symmetries.
-    fn transform(prims: &[Primitive], s: f64, t: (f64, f64), o: (bool, bool, bool)) -> Vec<Primitive> {
+    fn transform(
+        prims: &[Primitive],
+        s: f64,
+        t: (f64, f64),
+        o: (bool, bool, bool),
+    ) -> Vec<Primitive> {
         let f = |p: Pt| {
             let (x, y) = if o.0 { (p.y, p.x) } else { (p.x, p.y) };
             let (x, y) = (if o.1 { -x } else { x }, if o.2 { -y } else { y });
@@ -217,7 +222,11 @@ mod tests {
                     mid: f(mid),
                     end: f(start),
                 },
-                Primitive::Text { at, height, content } => Primitive::Text {
+                Primitive::Text {
+                    at,
+                    height,
+                    content,
+                } => Primitive::Text {
                     at: f(at),
                     height: height * s,
                     content,
@@ -228,16 +237,24 @@ mod tests {
 
     #[test]
     fn every_orientation_gives_the_same_fingerprint() {
-        let base = Canonical::from_primitives(&bracket()).unwrap().fingerprint();
+        let base = Canonical::from_primitives(&bracket())
+            .unwrap()
+            .fingerprint();
         for o in ORIENTATIONS {
             let moved = transform(&bracket(), 2.5, (1000.0, -300.0), o);
-            assert_eq!(Canonical::from_primitives(&moved).unwrap().fingerprint(), base, "{o:?}");
+            assert_eq!(
+                Canonical::from_primitives(&moved).unwrap().fingerprint(),
+                base,
+                "{o:?}"
+            );
         }
     }
 
     #[test]
     fn a_changed_entity_or_text_changes_the_fingerprint() {
-        let base = Canonical::from_primitives(&bracket()).unwrap().fingerprint();
+        let base = Canonical::from_primitives(&bracket())
+            .unwrap()
+            .fingerprint();
         let mut hole = bracket();
         hole[6] = Primitive::Circle {
             center: Pt::new(20.0, 70.0),
@@ -250,7 +267,10 @@ mod tests {
             content: 54321,
         };
         for changed in [hole, label] {
-            assert_ne!(Canonical::from_primitives(&changed).unwrap().fingerprint(), base);
+            assert_ne!(
+                Canonical::from_primitives(&changed).unwrap().fingerprint(),
+                base
+            );
         }
     }
 

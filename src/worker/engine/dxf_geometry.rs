@@ -186,14 +186,23 @@ impl Flattener<'_> {
                 let center = Pt::new(a.center.x, a.center.y);
                 let [s, mid, e] = arc_points(center, a.radius, a.start_angle, a.end_angle)
                     .map(|p| m.apply(ocs(a.normal.z, p)));
-                self.push(Primitive::Arc { start: s, mid, end: e })
+                self.push(Primitive::Arc {
+                    start: s,
+                    mid,
+                    end: e,
+                })
             }
             EntityType::LwPolyline(p) => {
                 let z = p.extrusion_direction.z;
                 let verts: Vec<(Pt, f64)> = p
                     .vertices
                     .iter()
-                    .map(|v| (ocs(z, Pt::new(v.x, v.y)), if z < 0.0 { -v.bulge } else { v.bulge }))
+                    .map(|v| {
+                        (
+                            ocs(z, Pt::new(v.x, v.y)),
+                            if z < 0.0 { -v.bulge } else { v.bulge },
+                        )
+                    })
                     .collect();
                 self.polyline(&verts, p.is_closed(), m)
             }
@@ -235,7 +244,11 @@ impl Flattener<'_> {
     /// Edges of a polyline: straight ones as segments, bulged ones as arcs.
     fn polyline(&mut self, verts: &[(Pt, f64)], closed: bool, m: &Affine) -> Result<(), DxfError> {
         let n = verts.len();
-        let edges = if closed && n > 2 { n } else { n.saturating_sub(1) };
+        let edges = if closed && n > 2 {
+            n
+        } else {
+            n.saturating_sub(1)
+        };
         for i in 0..edges {
             let ((a, bulge), (b, _)) = (verts[i], verts[(i + 1) % n]);
             let p = match bulge_mid(a, b, bulge) {

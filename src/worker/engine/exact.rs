@@ -20,8 +20,9 @@ use crate::contract::keys::Keys;
 const MAX_RECORDS_PER_HASH: usize = 100;
 
 const LOOKUP_AND_REGISTER: &str = r#"
--- KEYS: index. ARGV: sha256, record_json, job_id, cap
+-- KEYS: index. ARGV: sha256, record_json, job_id, cap, register (0/1)
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[5] ~= '1' then return raw or '' end
 local list = {}
 if raw then list = cjson.decode(raw) end
 for _, r in ipairs(list) do
@@ -54,12 +55,17 @@ impl ExactEngine {
 
     /// `{prefix}:dedup:{tenant}:sha256`.
     pub fn index_key(&self, tenant_id: &str) -> String {
-        format!("{}:dedup:{tenant_id}:sha256", self.keys.prefix())
+        index_key(&self.keys, tenant_id)
     }
 }
 
+/// `{prefix}:dedup:{tenant}:sha256`.
+pub fn index_key(keys: &Keys, tenant_id: &str) -> String {
+    format!("{}:dedup:{tenant_id}:sha256", keys.prefix())
+}
+
 /// Milliseconds since `since`, rounded to microseconds.
-fn ms(since: Instant) -> f64 {
+pub(super) fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
@@ -91,6 +97,7 @@ impl SearchEngine for ExactEngine {
                 .arg(serde_json::to_string(&record).expect("index record serializes"))
                 .arg(req.job_id)
                 .arg(MAX_RECORDS_PER_HASH)
+                .arg(if req.params.add_to_index { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await?;
             let index_ms = ms(index_start);
@@ -115,8 +122,10 @@ impl SearchEngine for ExactEngine {
                     file_name: r.file_name,
                     size_bytes: r.size,
                     similarity: 1.0,
+                    confidence: 1.0,
                     verdict: "duplicate",
                     match_level: 1,
+                    levels: super::drawing::level("l1", "sha256", 1.0, Default::default()),
                     indexed_at: r.indexed_at_ms as f64 / 1000.0,
                 })
                 .collect();
@@ -136,6 +145,7 @@ impl SearchEngine for ExactEngine {
                 },
                 warnings,
                 file_hash: hash,
+                fingerprint: None,
                 engine: self.name(),
             })
         })

@@ -3,13 +3,18 @@
 //! timing, warnings`), so API clients and webhooks see the same document whichever worker ran.
 
 pub mod canonical;
+pub mod drawing;
 pub mod dxf_geometry;
 pub mod exact;
+pub mod lsh_index;
+pub mod minhash;
+pub mod phash;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+pub use drawing::DrawingEngine;
 pub use exact::ExactEngine;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +23,10 @@ pub enum EngineError {
     InvalidParams(String),
     #[error("search index unavailable: {0}")]
     Index(#[from] redis::RedisError),
+    #[error(transparent)]
+    Dxf(#[from] dxf_geometry::DxfError),
+    #[error(transparent)]
+    Raster(#[from] phash::RasterError),
 }
 
 /// The request parameters the search honours, parsed from the payload's `request_params` with
@@ -28,6 +37,9 @@ pub struct SearchParams {
     pub max_results: usize,
     pub duplicate_threshold: f64,
     pub similar_threshold: f64,
+    /// `add_to_index` (default true): whether the query drawing is also registered in the
+    /// tenant's index, so later searches find it.
+    pub add_to_index: bool,
 }
 
 impl Default for SearchParams {
@@ -37,6 +49,7 @@ impl Default for SearchParams {
             max_results: 50,
             duplicate_threshold: 0.95,
             similar_threshold: 0.8,
+            add_to_index: true,
         }
     }
 }
@@ -77,7 +90,24 @@ impl SearchParams {
             Some(Value::String(s)) => s.trim().to_string(),
             Some(v) => return Err(bad("mode", v)),
         };
+        let add_to_index = match params.get("add_to_index") {
+            None | Some(Value::Null) => d.add_to_index,
+            Some(Value::Bool(b)) => *b,
+            Some(v @ Value::Number(n)) => match n.as_i64() {
+                Some(0) => false,
+                Some(1) => true,
+                _ => return Err(bad("add_to_index", v)),
+            },
+            Some(v @ Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "" => d.add_to_index,
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("add_to_index", v)),
+            },
+            Some(v) => return Err(bad("add_to_index", v)),
+        };
         Ok(SearchParams {
+            add_to_index,
             mode,
             max_results: max_results as usize,
             duplicate_threshold,
@@ -107,10 +137,14 @@ pub struct Match {
     pub file_name: String,
     pub size_bytes: u64,
     pub similarity: f64,
+    /// How sure the similarity is (see docs/engine.md per engine).
+    pub confidence: f64,
     /// `duplicate`, `similar` or `different`.
     pub verdict: &'static str,
     /// 1 = content hash, 4 = geometric precision (as in the Python pipeline).
     pub match_level: u8,
+    /// Per level that compared the pair: its method and figures.
+    pub levels: Map<String, Value>,
     /// When the candidate was indexed (epoch seconds).
     pub indexed_at: f64,
 }
@@ -134,6 +168,9 @@ pub struct SearchResult {
     pub warnings: Vec<String>,
     /// The query file's content hash (lets a client find this drawing later).
     pub file_hash: String,
+    /// The geometric fingerprint (DXF) or perceptual hash (raster) of the query, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub engine: &'static str,
 }
 
@@ -166,6 +203,13 @@ mod tests {
         .unwrap();
         assert_eq!((p.max_results, p.mode.as_str()), (7, "fast"));
         assert_eq!(p.duplicate_threshold, 1.0);
+        assert!(p.add_to_index);
+        for (v, want) in [(json!(false), false), (json!("0"), false), (json!(1), true)] {
+            assert_eq!(
+                parse(json!({"add_to_index": v})).unwrap().add_to_index,
+                want
+            );
+        }
         for bad in [
             json!({"max_results": 0}),
             json!({"max_results": 2.5}),
@@ -174,6 +218,8 @@ mod tests {
             json!({"duplicate_threshold": 0.5, "similar_threshold": 0.9}),
             json!({"duplicate_threshold": 1.5}),
             json!({"mode": 3}),
+            json!({"add_to_index": "maybe"}),
+            json!({"add_to_index": 2}),
         ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(
