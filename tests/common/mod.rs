@@ -192,5 +192,6 @@ pub async fn run_peer_async(script: &str, args: &[&str]) -> String {
 }
 pub mod api;
 pub mod cluster;
+pub mod drawings;
 pub mod s3;
 pub mod worker;
