@@ -162,15 +162,19 @@ pub fn plate(v: Variant) -> Vec<u8> {
             EntityType::Line(Line::new(t.p(x0, y0), t.p(x1, y1))),
         ));
     }
-    let mut label = Text::default();
-    label.location = t.p(10.0, 110.0);
-    label.text_height = 5.0 * t.scale;
-    label.value = "PLATE-A 4mm S235".into();
+    let label = Text {
+        location: t.p(10.0, 110.0),
+        text_height: 5.0 * t.scale,
+        value: "PLATE-A 4mm S235".into(),
+        ..Default::default()
+    };
     es.push(entity(detail_layer, EntityType::Text(label)));
-    let mut note = MText::default();
-    note.insertion_point = t.p(150.0, 110.0);
-    note.initial_text_height = 3.0 * t.scale;
-    note.text = "deburr all edges".into();
+    let note = MText {
+        insertion_point: t.p(150.0, 110.0),
+        initial_text_height: 3.0 * t.scale,
+        text: "deburr all edges".into(),
+        ..Default::default()
+    };
     es.push(entity(detail_layer, EntityType::MText(note)));
 
     let mut bolt = Block {
@@ -197,12 +201,14 @@ pub fn plate(v: Variant) -> Vec<u8> {
     ));
     d.add_block(bolt);
     for (x, y, rot) in [(60.0, 60.0, 0.0), (140.0, 60.0, 90.0), (100.0, 95.0, 30.0)] {
-        let mut ins = Insert::default();
-        ins.name = "BOLT".into();
-        ins.location = t.p(x, y);
-        ins.rotation = if t.swap { 90.0 - rot } else { rot };
-        ins.x_scale_factor = t.scale;
-        ins.y_scale_factor = if t.swap { -t.scale } else { t.scale };
+        let ins = Insert {
+            name: "BOLT".into(),
+            location: t.p(x, y),
+            rotation: if t.swap { 90.0 - rot } else { rot },
+            x_scale_factor: t.scale,
+            y_scale_factor: if t.swap { -t.scale } else { t.scale },
+            ..Default::default()
+        };
         es.push(entity(detail_layer, EntityType::Insert(ins)));
     }
     if v.resaved {

@@ -42,7 +42,8 @@ pub struct ItemRecord {
 }
 
 /// How one query compares with an indexed record: `(similarity, confidence, level details)`.
-type Compare<'a> = dyn Fn(&ItemRecord) -> Option<(f64, f64, Map<String, Value>)> + Send + Sync + 'a;
+pub type Compare<'a> =
+    dyn Fn(&ItemRecord) -> Option<(f64, f64, Map<String, Value>)> + Send + Sync + 'a;
 
 pub struct DrawingEngine {
     exact: ExactEngine,
@@ -149,12 +150,15 @@ impl DrawingEngine {
             own_buckets: &q.own_buckets,
             register: req.params.add_to_index,
         };
-        let found = self
-            .index
-            .query(req.tenant_id, q.family, &q.probes, &reg)
-            .await?;
-        let ids: Vec<u32> = found.ranked.iter().map(|(id, _)| *id).collect();
-        let records = self.index.records(req.tenant_id, q.family, &ids).await?;
+        let found = lookup(
+            &self.index,
+            req.tenant_id,
+            q.family,
+            &q.probes,
+            &reg,
+            &*q.compare,
+        )
+        .await?;
         let index_ms = ms(index_start);
 
         let mut warnings = q.warnings;
@@ -164,15 +168,21 @@ impl DrawingEngine {
                 MAX_CANDIDATES, found.touched
             ));
         }
-        let mut scored: Vec<(f64, Match)> = records
+        let mut scored: Vec<(f64, Match)> = found
+            .scored
             .into_iter()
-            .flatten()
-            .filter_map(|raw| serde_json::from_str::<ItemRecord>(&raw).ok())
-            .filter(|r| r.job_id != req.job_id)
-            .filter_map(|r| {
-                let (sim, confidence, levels) = (q.compare)(&r)?;
-                let verdict = verdict(sim, req.params)?;
-                Some((sim, to_match(r, sim, confidence, verdict, q.level, levels)))
+            .filter(|c| c.record.job_id != req.job_id)
+            .filter_map(|c| {
+                let verdict = verdict(c.similarity, req.params)?;
+                let m = to_match(
+                    c.record,
+                    c.similarity,
+                    c.confidence,
+                    verdict,
+                    q.level,
+                    c.levels,
+                );
+                Some((c.similarity, m))
             })
             .collect();
         scored.sort_by(|a, b| {
@@ -204,6 +214,79 @@ impl DrawingEngine {
             engine: q.engine,
         })
     }
+}
+
+/// One indexed drawing compared with the query.
+pub struct Scored {
+    pub record: ItemRecord,
+    pub similarity: f64,
+    pub confidence: f64,
+    pub levels: Map<String, Value>,
+}
+
+/// What one lookup found: the compared candidates and how many ids the buckets held.
+pub struct Lookup {
+    pub scored: Vec<Scored>,
+    pub touched: usize,
+}
+
+/// Probes the index (registering the query when `reg` says so), fetches the capped candidate
+/// records and compares each with the query.
+pub async fn lookup(
+    index: &BucketIndex,
+    tenant: &str,
+    family: Family,
+    probes: &[Vec<u8>],
+    reg: &Registration<'_>,
+    compare: &Compare<'_>,
+) -> Result<Lookup, redis::RedisError> {
+    let found = index.query(tenant, family, probes, reg).await?;
+    let ids: Vec<u32> = found.ranked.iter().map(|(id, _)| *id).collect();
+    let records = index.records(tenant, family, &ids).await?;
+    let scored = records
+        .into_iter()
+        .flatten()
+        .filter_map(|raw| serde_json::from_str::<ItemRecord>(&raw).ok())
+        .filter_map(|record| {
+            let (similarity, confidence, levels) = compare(&record)?;
+            Some(Scored {
+                record,
+                similarity,
+                confidence,
+                levels,
+            })
+        })
+        .collect();
+    Ok(Lookup {
+        scored,
+        touched: found.touched,
+    })
+}
+
+/// Compares a query sketch with an indexed geometry record: 1.0 when the canonical forms are
+/// the same, else the sketch similarity.
+pub fn geometry_compare(sketch: Sketch, fingerprint: String) -> Box<Compare<'static>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Box::new(move |r: &ItemRecord| {
+        let theirs = Sketch::from_bytes(&b64.decode(&r.sketch).ok()?)?;
+        let same_form = r.fingerprint == fingerprint;
+        let sim = if same_form {
+            1.0
+        } else {
+            sketch.similarity(&theirs)
+        };
+        let conf = if same_form {
+            1.0
+        } else {
+            minhash_confidence(sim)
+        };
+        let extra = Map::from_iter([("fingerprint_match".to_string(), json!(same_form))]);
+        Some((
+            sim,
+            conf,
+            level("l4", "geometry_minhash_lsh", round4(sim), extra),
+        ))
+    })
 }
 
 /// `duplicate` at or above the duplicate threshold, `similar` at or above the similar one.
@@ -272,36 +355,15 @@ async fn geometry_query(data: Vec<u8>) -> Result<Option<Query<'static>>, EngineE
     let buckets = sketch.band_buckets();
     let b64 = base64::engine::general_purpose::STANDARD;
     let sketch_b64 = b64.encode(sketch.to_bytes());
-    let own_fp = fingerprint.clone();
-    let compare = move |r: &ItemRecord| {
-        let theirs = Sketch::from_bytes(&b64.decode(&r.sketch).ok()?)?;
-        let same_form = r.fingerprint == own_fp;
-        let sim = if same_form {
-            1.0
-        } else {
-            sketch.similarity(&theirs)
-        };
-        let conf = if same_form {
-            1.0
-        } else {
-            minhash_confidence(sim)
-        };
-        let extra = Map::from_iter([("fingerprint_match".to_string(), json!(same_form))]);
-        Some((
-            sim,
-            conf,
-            level("l4", "geometry_minhash_lsh", round4(sim), extra),
-        ))
-    };
     Ok(Some(Query {
         family: Family::Geometry,
         level: LEVEL_GEOMETRIC,
         engine: "geometry_minhash",
         probes: buckets.clone(),
         own_buckets: buckets,
+        compare: geometry_compare(sketch, fingerprint.clone()),
         fingerprint,
         sketch: sketch_b64,
-        compare: Box::new(compare),
         hash_ms: ms(start),
         warnings,
     }))

@@ -1,0 +1,339 @@
+//! `engine-bench`: the geometry index against brute force, in one run, on a private
+//! redis-server. For each size it indexes that many drawings through the engine's real Redis
+//! path (the same Lua registration and lookup the worker uses), then runs the same queries two
+//! ways: through the LSH index (`lookup`: bucket probe, capped candidate fetch, sketch
+//! comparison) and by brute force (the query's sketch against every indexed sketch, already in
+//! memory; a lower bound on any scan). Reported: latency p50/p99 of both and their ratio,
+//! candidates touched per query, the index's recall against brute force at the duplicate and
+//! similar thresholds, and Redis memory per indexed drawing (INFO memory before and after).
+//!
+//! Drawings are generated as sets of geometric shingle hashes and sketched with the engine's
+//! MinHash (`Sketch::from_shingles`) instead of writing and parsing DXF files; a fifth of them
+//! (and most queries) are edited copies of an earlier drawing, so near duplicates exist at
+//! every similarity.
+//!
+//! Usage: `bench/engine.sh` (release build; writes bench/results/engine.json), or
+//! `cargo run --release --example engine-bench -- [--sizes 10000,100000] [--queries 400] [--out FILE]`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use dedup2d::contract::keys::Keys;
+use dedup2d::worker::engine::drawing::{geometry_compare, lookup, ItemRecord};
+use dedup2d::worker::engine::lsh_index::{BucketIndex, Family, Registration};
+use dedup2d::worker::engine::minhash::{mix, Sketch, BANDS, ROWS_PER_BAND, SLOTS};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const TENANT: &str = "bench";
+const SHINGLES: usize = 150;
+const DUPLICATE: f64 = 0.95;
+const SIMILAR: f64 = 0.8;
+
+/// A tiny deterministic generator (splitmix64), so every run indexes the same drawings.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        mix(self.0)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn fresh(rng: &mut Rng) -> Vec<u64> {
+    (0..SHINGLES).map(|_| rng.next()).collect()
+}
+
+/// A copy of `of` with `edits` shingles replaced: Jaccard `(n - k) / (n + k)`.
+fn edited(rng: &mut Rng, of: &[u64], edits: usize) -> Vec<u64> {
+    let mut s = of.to_vec();
+    for _ in 0..edits {
+        let i = rng.below(s.len());
+        s[i] = rng.next();
+    }
+    s
+}
+
+struct RedisProc {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisProc {
+    fn start() -> anyhow::Result<RedisProc> {
+        let bin = std::env::var("DEDUP2D_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(&bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot start {bin} ({e}): install redis-server (apt-get install -y redis-server) or set DEDUP2D_REDIS_SERVER")
+            })?;
+        Ok(RedisProc {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<i64> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))
+}
+
+fn record(i: usize, sketch: &Sketch) -> String {
+    let r = ItemRecord {
+        job_id: format!("drawing-{i}"),
+        file_name: format!("drawing-{i}.dxf"),
+        size: 40_000,
+        indexed_at_ms: 1_700_000_000_000 + i as i64,
+        file_hash: format!("{:064x}", i),
+        fingerprint: format!("{:064x}", i),
+        sketch: base64::engine::general_purpose::STANDARD.encode(sketch.to_bytes()),
+    };
+    serde_json::to_string(&r).expect("record serializes")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    json!({"p50": round3(percentile(&v, 0.5)), "p99": round3(percentile(&v, 0.99)),
+           "mean": round3(mean), "max": round3(*v.last().unwrap())})
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn run_size(
+    conn: &mut redis::aio::ConnectionManager,
+    size: usize,
+    queries: usize,
+) -> anyhow::Result<Value> {
+    let _: () = redis::cmd("FLUSHALL").query_async(conn).await?;
+    let index = BucketIndex::new(conn.clone(), Keys::new("bench"), 0);
+    let mut rng = Rng(size as u64);
+    let mut sets: Vec<Vec<u64>> = Vec::with_capacity(size);
+    for i in 0..size {
+        let s = if i > 0 && rng.below(5) == 0 {
+            let j = rng.below(i);
+            let edits = rng.below(40);
+            edited(&mut rng, &sets[j], edits)
+        } else {
+            fresh(&mut rng)
+        };
+        sets.push(s);
+    }
+    let sketches: Vec<Sketch> = sets
+        .iter()
+        .map(|s| Sketch::from_shingles(s.iter().copied()))
+        .collect();
+
+    let before = used_memory(conn).await?;
+    let build = Instant::now();
+    let inserts = futures::stream::iter(sketches.iter().enumerate().map(|(i, sk)| {
+        let index = index.clone();
+        async move {
+            let buckets = sk.band_buckets();
+            let job_id = format!("drawing-{i}");
+            let reg = Registration {
+                job_id: &job_id,
+                record_json: record(i, sk),
+                own_buckets: &buckets,
+                register: true,
+            };
+            index
+                .query(TENANT, Family::Geometry, &buckets, &reg)
+                .await
+                .map(|_| ())
+        }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
+    inserts.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let build_s = build.elapsed().as_secs_f64();
+    let after = used_memory(conn).await?;
+
+    let (mut index_ms, mut brute_ms, mut touched, mut fetched) = (vec![], vec![], vec![], vec![]);
+    let (mut truth, mut found) = ([0usize; 2], [0usize; 2]);
+    for q in 0..queries {
+        let set = if rng.below(5) == 0 {
+            fresh(&mut rng)
+        } else {
+            // Half light edits (mostly duplicates), half heavier ones (similar or less).
+            let j = rng.below(size);
+            let edits = if rng.below(2) == 0 {
+                rng.below(5)
+            } else {
+                rng.below(45)
+            };
+            edited(&mut rng, &sets[j], edits)
+        };
+        let sketch = Sketch::from_shingles(set);
+        let buckets = sketch.band_buckets();
+        let job_id = format!("query-{q}");
+        let reg = Registration {
+            job_id: &job_id,
+            record_json: String::new(),
+            own_buckets: &buckets,
+            register: false,
+        };
+        let compare = geometry_compare(sketch.clone(), job_id.clone());
+        let t = Instant::now();
+        let hit = lookup(&index, TENANT, Family::Geometry, &buckets, &reg, &*compare).await?;
+        index_ms.push(ms(t.elapsed()));
+        touched.push(hit.touched as f64);
+        fetched.push(hit.scored.len() as f64);
+
+        let t = Instant::now();
+        let brute: Vec<(usize, f64)> = sketches
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, sketch.similarity(s)))
+            .filter(|(_, s)| *s >= SIMILAR)
+            .collect();
+        brute_ms.push(ms(t.elapsed()));
+
+        for (k, thr) in [DUPLICATE, SIMILAR].into_iter().enumerate() {
+            let want: Vec<String> = brute
+                .iter()
+                .filter(|(_, s)| *s >= thr)
+                .map(|(i, _)| format!("drawing-{i}"))
+                .collect();
+            truth[k] += want.len();
+            found[k] += hit
+                .scored
+                .iter()
+                .filter(|c| c.similarity >= thr && want.contains(&c.record.job_id))
+                .count();
+        }
+    }
+    let recall = |k: usize| {
+        if truth[k] == 0 {
+            1.0
+        } else {
+            found[k] as f64 / truth[k] as f64
+        }
+    };
+    let index_summary = summary(index_ms);
+    let brute_summary = summary(brute_ms);
+    let ratio =
+        |p: &str| round3(brute_summary[p].as_f64().unwrap() / index_summary[p].as_f64().unwrap());
+    Ok(json!({
+        "drawings": size,
+        "queries": queries,
+        "index_build_seconds": round3(build_s),
+        "redis_memory_bytes_per_drawing": round3((after - before) as f64 / size as f64),
+        "index_query_ms": index_summary,
+        "brute_force_query_ms": brute_summary,
+        "speedup_p50": ratio("p50"),
+        "speedup_p99": ratio("p99"),
+        "candidates_touched_per_query": summary(touched),
+        "candidates_verified_per_query": summary(fetched),
+        "brute_force_compared_per_query": size,
+        "recall_at_duplicate_threshold": round3(recall(0)),
+        "recall_at_similar_threshold": round3(recall(1)),
+        "brute_force_matches": {"duplicate": truth[0], "similar_or_better": truth[1]},
+    }))
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let sizes: Vec<usize> = arg(&args, "--sizes")
+        .unwrap_or_else(|| "10000,100000".into())
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
+    let queries: usize = arg(&args, "--queries").map_or(Ok(400), |q| q.parse())?;
+    let out =
+        PathBuf::from(arg(&args, "--out").unwrap_or_else(|| "bench/results/engine.json".into()));
+
+    let redis = RedisProc::start()?;
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = None;
+    for _ in 0..100 {
+        if let Ok(c) = client.get_connection_manager().await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut conn = conn.ok_or_else(|| anyhow::anyhow!("redis-server did not answer"))?;
+    let version: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    let version = version
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+
+    let mut runs = Vec::new();
+    for size in sizes {
+        eprintln!("engine-bench: {size} drawings, {queries} queries");
+        let r = run_size(&mut conn, size, queries).await?;
+        eprintln!("{}", serde_json::to_string_pretty(&r)?);
+        runs.push(r);
+    }
+    let doc = json!({
+        "benchmark": "engine-bench: geometry LSH index vs brute force",
+        "command": "bench/engine.sh",
+        "redis_version": version,
+        "sketch": {"slots": SLOTS, "bands": BANDS, "rows_per_band": ROWS_PER_BAND,
+                   "shingles_per_drawing": SHINGLES},
+        "thresholds": {"duplicate": DUPLICATE, "similar": SIMILAR},
+        "drawings_generated_as": "shingle sets sketched with Sketch::from_shingles (no DXF parsing); 1 in 5 an edited copy of an earlier drawing",
+        "brute_force": "the query sketch against every indexed sketch held in memory (no Redis reads): a lower bound on any scan",
+        "runs": runs,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)? + "\n")?;
+    eprintln!("engine-bench: wrote {}", out.display());
+    Ok(())
+}
