@@ -138,31 +138,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn run_size(
-    conn: &mut redis::aio::ConnectionManager,
-    size: usize,
-    queries: usize,
-) -> anyhow::Result<Value> {
-    let _: () = redis::cmd("FLUSHALL").query_async(conn).await?;
-    let index = BucketIndex::new(conn.clone(), Keys::new("bench"), 0);
-    let mut rng = Rng(size as u64);
-    let mut sets: Vec<Vec<u64>> = Vec::with_capacity(size);
-    for i in 0..size {
-        let s = if i > 0 && rng.below(5) == 0 {
-            let j = rng.below(i);
-            let edits = rng.below(40);
-            edited(&mut rng, &sets[j], edits)
-        } else {
-            fresh(&mut rng)
-        };
-        sets.push(s);
-    }
-    let sketches: Vec<Sketch> = sets
-        .iter()
-        .map(|s| Sketch::from_shingles(s.iter().copied()))
-        .collect();
-
-    let before = used_memory(conn).await?;
+/// Registers every sketch through the engine's Lua path, 16 at a time; returns the seconds taken.
+async fn build_index(index: &BucketIndex, sketches: &[Sketch]) -> anyhow::Result<f64> {
     let build = Instant::now();
     let inserts = futures::stream::iter(sketches.iter().enumerate().map(|(i, sk)| {
         let index = index.clone();
@@ -185,24 +162,61 @@ async fn run_size(
     .collect::<Vec<_>>()
     .await;
     inserts.into_iter().collect::<Result<Vec<()>, _>>()?;
-    let build_s = build.elapsed().as_secs_f64();
-    let after = used_memory(conn).await?;
+    Ok(build.elapsed().as_secs_f64())
+}
 
-    let (mut index_ms, mut brute_ms, mut touched, mut fetched) = (vec![], vec![], vec![], vec![]);
-    let (mut truth, mut found) = ([0usize; 2], [0usize; 2]);
-    for q in 0..queries {
-        let set = if rng.below(5) == 0 {
-            fresh(&mut rng)
+/// The indexed drawings: fresh shingle sets, and 1 in 5 an edited copy of an earlier one.
+fn generate(rng: &mut Rng, size: usize) -> Vec<Vec<u64>> {
+    let mut sets: Vec<Vec<u64>> = Vec::with_capacity(size);
+    for i in 0..size {
+        let s = if i > 0 && rng.below(5) == 0 {
+            let j = rng.below(i);
+            let edits = rng.below(40);
+            edited(rng, &sets[j], edits)
         } else {
-            // Half light edits (mostly duplicates), half heavier ones (similar or less).
-            let j = rng.below(size);
-            let edits = if rng.below(2) == 0 {
-                rng.below(5)
-            } else {
-                rng.below(45)
-            };
-            edited(&mut rng, &sets[j], edits)
+            fresh(rng)
         };
+        sets.push(s);
+    }
+    sets
+}
+
+/// A query: 1 in 5 unrelated; else an indexed drawing edited lightly (mostly duplicates) or
+/// more (similar or less), half and half.
+fn query_set(rng: &mut Rng, sets: &[Vec<u64>]) -> Vec<u64> {
+    if rng.below(5) == 0 {
+        return fresh(rng);
+    }
+    let j = rng.below(sets.len());
+    let edits = if rng.below(2) == 0 {
+        rng.below(5)
+    } else {
+        rng.below(45)
+    };
+    edited(rng, &sets[j], edits)
+}
+
+/// Per-query measurements of one size.
+#[derive(Default)]
+struct Tally {
+    index_ms: Vec<f64>,
+    brute_ms: Vec<f64>,
+    touched: Vec<f64>,
+    verified: Vec<f64>,
+    /// Brute-force matches and those the index also answered, at [duplicate, similar].
+    truth: [usize; 2],
+    found: [usize; 2],
+}
+
+impl Tally {
+    /// Runs one query through the index and by brute force.
+    async fn query(
+        &mut self,
+        index: &BucketIndex,
+        sketches: &[Sketch],
+        set: Vec<u64>,
+        q: usize,
+    ) -> anyhow::Result<()> {
         let sketch = Sketch::from_shingles(set);
         let buckets = sketch.band_buckets();
         let job_id = format!("query-{q}");
@@ -214,10 +228,10 @@ async fn run_size(
         };
         let compare = geometry_compare(sketch.clone(), job_id.clone());
         let t = Instant::now();
-        let hit = lookup(&index, TENANT, Family::Geometry, &buckets, &reg, &*compare).await?;
-        index_ms.push(ms(t.elapsed()));
-        touched.push(hit.touched as f64);
-        fetched.push(hit.scored.len() as f64);
+        let hit = lookup(index, TENANT, Family::Geometry, &buckets, &reg, &*compare).await?;
+        self.index_ms.push(ms(t.elapsed()));
+        self.touched.push(hit.touched as f64);
+        self.verified.push(hit.scored.len() as f64);
 
         let t = Instant::now();
         let brute: Vec<(usize, f64)> = sketches
@@ -226,7 +240,7 @@ async fn run_size(
             .map(|(i, s)| (i, sketch.similarity(s)))
             .filter(|(_, s)| *s >= SIMILAR)
             .collect();
-        brute_ms.push(ms(t.elapsed()));
+        self.brute_ms.push(ms(t.elapsed()));
 
         for (k, thr) in [DUPLICATE, SIMILAR].into_iter().enumerate() {
             let want: Vec<String> = brute
@@ -234,23 +248,50 @@ async fn run_size(
                 .filter(|(_, s)| *s >= thr)
                 .map(|(i, _)| format!("drawing-{i}"))
                 .collect();
-            truth[k] += want.len();
-            found[k] += hit
+            self.truth[k] += want.len();
+            self.found[k] += hit
                 .scored
                 .iter()
                 .filter(|c| c.similarity >= thr && want.contains(&c.record.job_id))
                 .count();
         }
+        Ok(())
     }
-    let recall = |k: usize| {
-        if truth[k] == 0 {
+
+    fn recall(&self, k: usize) -> f64 {
+        if self.truth[k] == 0 {
             1.0
         } else {
-            found[k] as f64 / truth[k] as f64
+            round3(self.found[k] as f64 / self.truth[k] as f64)
         }
-    };
-    let index_summary = summary(index_ms);
-    let brute_summary = summary(brute_ms);
+    }
+}
+
+async fn run_size(
+    conn: &mut redis::aio::ConnectionManager,
+    size: usize,
+    queries: usize,
+) -> anyhow::Result<Value> {
+    let _: () = redis::cmd("FLUSHALL").query_async(conn).await?;
+    let index = BucketIndex::new(conn.clone(), Keys::new("bench"), 0);
+    let mut rng = Rng(size as u64);
+    let sets = generate(&mut rng, size);
+    let sketches: Vec<Sketch> = sets
+        .iter()
+        .map(|s| Sketch::from_shingles(s.iter().copied()))
+        .collect();
+
+    let before = used_memory(conn).await?;
+    let build_s = build_index(&index, &sketches).await?;
+    let after = used_memory(conn).await?;
+
+    let mut tally = Tally::default();
+    for q in 0..queries {
+        let set = query_set(&mut rng, &sets);
+        tally.query(&index, &sketches, set, q).await?;
+    }
+    let index_summary = summary(std::mem::take(&mut tally.index_ms));
+    let brute_summary = summary(std::mem::take(&mut tally.brute_ms));
     let ratio =
         |p: &str| round3(brute_summary[p].as_f64().unwrap() / index_summary[p].as_f64().unwrap());
     Ok(json!({
@@ -262,12 +303,12 @@ async fn run_size(
         "brute_force_query_ms": brute_summary,
         "speedup_p50": ratio("p50"),
         "speedup_p99": ratio("p99"),
-        "candidates_touched_per_query": summary(touched),
-        "candidates_verified_per_query": summary(fetched),
+        "candidates_touched_per_query": summary(std::mem::take(&mut tally.touched)),
+        "candidates_verified_per_query": summary(std::mem::take(&mut tally.verified)),
         "brute_force_compared_per_query": size,
-        "recall_at_duplicate_threshold": round3(recall(0)),
-        "recall_at_similar_threshold": round3(recall(1)),
-        "brute_force_matches": {"duplicate": truth[0], "similar_or_better": truth[1]},
+        "recall_at_duplicate_threshold": tally.recall(0),
+        "recall_at_similar_threshold": tally.recall(1),
+        "brute_force_matches": {"duplicate": tally.truth[0], "similar_or_better": tally.truth[1]},
     }))
 }
 
