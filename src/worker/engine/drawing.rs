@@ -335,7 +335,9 @@ async fn geometry_query(data: Vec<u8>) -> Result<Option<Query<'static>>, EngineE
         let sketch = canonical.as_ref().map(Sketch::of);
         Ok::<_, dxf_geometry::DxfError>((geometry, canonical, sketch))
     });
-    let (geometry, canonical, sketch) = work.await.expect("the DXF parser does not panic")?;
+    let (geometry, canonical, sketch) = work
+        .await
+        .map_err(|e| dxf_geometry::DxfError::Unreadable(format!("the parser crashed: {e}")))??;
     let (Some(canonical), Some(sketch)) = (canonical, sketch) else {
         return Ok(None);
     };
@@ -374,7 +376,10 @@ async fn raster_query(data: Vec<u8>, format: RasterFormat) -> Result<Query<'stat
     let start = Instant::now();
     let hash = tokio::task::spawn_blocking(move || phash::phash(&data, format))
         .await
-        .expect("the image decoder does not panic")?;
+        .map_err(|e| phash::RasterError {
+            format: format.name(),
+            reason: format!("the decoder crashed: {e}"),
+        })??;
     let compare = move |r: &ItemRecord| {
         let theirs = u64::from_str_radix(&r.fingerprint, 16).ok()?;
         let sim = phash::similarity(hash, theirs);
