@@ -31,6 +31,8 @@ const TENANT: &str = "bench";
 const SHINGLES: usize = 150;
 const DUPLICATE: f64 = 0.95;
 const SIMILAR: f64 = 0.8;
+/// Queries also answered by scanning every record in Redis (slow: a few are enough).
+const REDIS_SCAN_QUERIES: usize = 20;
 
 /// A tiny deterministic generator (splitmix64), so every run indexes the same drawings.
 struct Rng(u64);
@@ -196,11 +198,41 @@ fn query_set(rng: &mut Rng, sets: &[Vec<u64>]) -> Vec<u64> {
     edited(rng, &sets[j], edits)
 }
 
+/// Reads every record of the geometry index with HSCAN and compares it: returns the matches.
+async fn scan_all(
+    mut conn: redis::aio::ConnectionManager,
+    compare: &dedup2d::worker::engine::drawing::Compare<'_>,
+) -> anyhow::Result<usize> {
+    let [_, items, _, _] = BucketIndex::family_keys(&Keys::new("bench"), TENANT, Family::Geometry);
+    let (mut cursor, mut matches) = (0u64, 0usize);
+    loop {
+        let (next, page): (u64, Vec<(u32, String)>) = redis::cmd("HSCAN")
+            .arg(&items)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        for (_, raw) in page {
+            let r: ItemRecord = serde_json::from_str(&raw)?;
+            if compare(&r).is_some_and(|(s, _, _)| s >= SIMILAR) {
+                matches += 1;
+            }
+        }
+        if next == 0 {
+            return Ok(matches);
+        }
+        cursor = next;
+    }
+}
+
 /// Per-query measurements of one size.
 #[derive(Default)]
 struct Tally {
     index_ms: Vec<f64>,
     brute_ms: Vec<f64>,
+    /// Brute force as a stateless worker would have to do it: every record read from Redis.
+    redis_scan_ms: Vec<f64>,
     touched: Vec<f64>,
     verified: Vec<f64>,
     /// Brute-force matches and those the index also answered, at [duplicate, similar].
@@ -241,6 +273,12 @@ impl Tally {
             .filter(|(_, s)| *s >= SIMILAR)
             .collect();
         self.brute_ms.push(ms(t.elapsed()));
+        if q < REDIS_SCAN_QUERIES {
+            let t = Instant::now();
+            let n = scan_all(index.connection(), &*compare).await?;
+            self.redis_scan_ms.push(ms(t.elapsed()));
+            anyhow::ensure!(n == brute.len(), "the Redis scan and brute force disagree");
+        }
 
         for (k, thr) in [DUPLICATE, SIMILAR].into_iter().enumerate() {
             let want: Vec<String> = brute
@@ -292,6 +330,7 @@ async fn run_size(
     }
     let index_summary = summary(std::mem::take(&mut tally.index_ms));
     let brute_summary = summary(std::mem::take(&mut tally.brute_ms));
+    let scan_summary = summary(std::mem::take(&mut tally.redis_scan_ms));
     let ratio =
         |p: &str| round3(brute_summary[p].as_f64().unwrap() / index_summary[p].as_f64().unwrap());
     Ok(json!({
@@ -303,6 +342,10 @@ async fn run_size(
         "brute_force_query_ms": brute_summary,
         "speedup_p50": ratio("p50"),
         "speedup_p99": ratio("p99"),
+        "brute_force_redis_scan_ms": scan_summary,
+        "brute_force_redis_scan_queries": REDIS_SCAN_QUERIES.min(queries),
+        "speedup_vs_redis_scan_p50": round3(scan_summary["p50"].as_f64().unwrap() / index_summary["p50"].as_f64().unwrap()),
+        "speedup_vs_redis_scan_p99": round3(scan_summary["p99"].as_f64().unwrap() / index_summary["p99"].as_f64().unwrap()),
         "candidates_touched_per_query": summary(std::mem::take(&mut tally.touched)),
         "candidates_verified_per_query": summary(std::mem::take(&mut tally.verified)),
         "brute_force_compared_per_query": size,
@@ -368,7 +411,7 @@ async fn main() -> anyhow::Result<()> {
                    "shingles_per_drawing": SHINGLES},
         "thresholds": {"duplicate": DUPLICATE, "similar": SIMILAR},
         "drawings_generated_as": "shingle sets sketched with Sketch::from_shingles (no DXF parsing); 1 in 5 an edited copy of an earlier drawing",
-        "brute_force": "the query sketch against every indexed sketch held in memory (no Redis reads): a lower bound on any scan",
+        "brute_force": "the query sketch against every indexed sketch held in memory (no Redis reads): a lower bound on any scan; brute_force_redis_scan: every record read from Redis with HSCAN and compared, as a stateless worker without the index would have to",
         "runs": runs,
     });
     if let Some(dir) = out.parent() {

@@ -112,6 +112,11 @@ impl BucketIndex {
         }
     }
 
+    /// A handle on the index's Redis connection (for tools that read the keys directly).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// `[buckets, items, jobs, seq]` of one tenant and family.
     pub fn family_keys(keys: &Keys, tenant: &str, family: Family) -> [String; 4] {
         let base = format!("{}:dedup:{tenant}:{}", keys.prefix(), family.key_part());
