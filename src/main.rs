@@ -54,6 +54,13 @@ enum Command {
     },
     /// Run the dedup2d job worker (reads file_ref and file_bytes_b64 payloads).
     Worker,
+    /// Delete one tenant's dedup indexes (content hash, DXF geometry, raster) in the Redis of
+    /// DEDUP2D_REDIS_URL / DEDUP2D_REDIS_KEY_PREFIX.
+    DeleteIndex {
+        /// The tenant id (16 hex characters of sha256 of its API key).
+        #[arg(long)]
+        tenant: String,
+    },
     /// Show and steer Dedup2DRollouts: status [--watch | --wait], pause, resume, promote, retry,
     /// abort [--full].
     /// Also a kubectl plugin when installed as `kubectl-dedup2d`.
@@ -149,6 +156,7 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
             .await?;
         }
         Command::Worker => worker().await?,
+        Command::DeleteIndex { tenant } => delete_index(&tenant).await?,
         Command::Rollout(args) => return Ok(dedup2d::cli::run(args).await?),
         Command::Operator {
             namespace,
@@ -211,6 +219,31 @@ fn env_var_error(e: &clap::Error) -> Option<String> {
     }
     let why = e.source().map(|s| format!(": {s}")).unwrap_or_default();
     Some(format!("{var}={value:?} is not valid for {flag}{why}"))
+}
+
+/// `dedup2d delete-index --tenant T`: one UNLINK of the tenant's fixed index keys.
+async fn delete_index(tenant: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use dedup2d::contract::redact::redact_url;
+    if tenant.is_empty()
+        || !tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        anyhow::bail!("--tenant {tenant:?} is not a tenant id (letters, digits, - and _)");
+    }
+    let config = dedup2d::contract::config::Config::from_env()?;
+    let url = redact_url(&config.redis_url);
+    let mut conn = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL {url}"))?
+        .get_connection_manager()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let n = dedup2d::worker::engine::lsh_index::delete_tenant(&mut conn, &config.keys(), tenant)
+        .await
+        .with_context(|| format!("cannot delete the index of tenant {tenant}"))?;
+    println!("deleted {n} index keys of tenant {tenant}");
+    Ok(())
 }
 
 /// `dedup2d worker`: configuration errors end the process before anything starts;

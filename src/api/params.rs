@@ -85,8 +85,9 @@ fn parse_choice(
     }
 }
 
-const KNOWN: [&str; 21] = [
+const KNOWN: [&str; 22] = [
     "async",
+    "add_to_index",
     "callback_url",
     "mode",
     "max_results",
@@ -148,6 +149,8 @@ pub(crate) fn search_params(q: &HashMap<String, String>) -> Result<SearchParams,
         "precision_diff_max_paths": parse_int(q, "precision_diff_max_paths", 200, 0, 100_000)?,
         "duplicate_threshold": duplicate,
         "similar_threshold": similar,
+        // Ours (the Python search never indexes; it has POST /2d/index/add for that).
+        "add_to_index": parse_bool(q, "add_to_index", true)?,
     });
     Ok(SearchParams {
         async_request: parse_bool(q, "async", false)?,

@@ -170,10 +170,11 @@ fn search_engine(
                 metrics.vision.clone(),
             )?)
         }
-        None => Arc::new(
-            engine::ExactEngine::new(conn.clone(), keys.clone())
-                .with_index_ttl(settings.index_ttl_seconds),
-        ),
+        None => Arc::new(engine::DrawingEngine::new(
+            conn.clone(),
+            keys.clone(),
+            settings.index_ttl_seconds,
+        )),
     })
 }
 

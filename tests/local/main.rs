@@ -6,6 +6,7 @@
 #[path = "../support"]
 mod support {
     pub mod api;
+    pub mod drawings;
     pub mod job_store;
     pub mod peer_scripts;
     pub mod peers;
@@ -26,6 +27,7 @@ mod bench_worker_rss;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
+mod engine_verdicts;
 mod fuzz_decoders;
 mod hostile_api;
 mod hostile_worker;

@@ -22,10 +22,15 @@ use crate::contract::keys::Keys;
 const MAX_RECORDS_PER_HASH: usize = 100;
 
 const LOOKUP_AND_REGISTER: &str = r#"
--- KEYS: index. ARGV: sha256, record_json, job_id, cap, ttl_s
+-- KEYS: index. ARGV: sha256, record_json, job_id, cap, ttl_s, register (0/1)
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[6] ~= '1' then return raw or '' end
+-- An entry that does not decode is replaced (the caller warns about the raw value it gets back).
 local list = {}
-if raw then list = cjson.decode(raw) end
+if raw then
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then list = decoded end
+end
 for _, r in ipairs(list) do
   if r['job_id'] == ARGV[3] then return raw end
 end
@@ -73,7 +78,7 @@ impl ExactEngine {
 }
 
 /// Milliseconds since `since`, rounded to microseconds.
-fn ms(since: Instant) -> f64 {
+pub(super) fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
@@ -108,6 +113,7 @@ impl SearchEngine for ExactEngine {
                 .arg(req.job_id)
                 .arg(MAX_RECORDS_PER_HASH)
                 .arg(self.index_ttl_seconds)
+                .arg(if req.params.add_to_index { "1" } else { "0" })
                 .invoke_async(&mut conn)
                 .await?;
             let index_ms = ms(index_start);

@@ -2,12 +2,19 @@
 //! shape of the Python API's response model, so API clients, the old API and webhooks see the
 //! same document whichever worker ran.
 
+pub mod canonical;
+pub mod drawing;
+pub mod dxf_geometry;
 pub mod exact;
+pub mod lsh_index;
+pub mod minhash;
+pub mod phash;
 pub mod result;
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
+pub use drawing::DrawingEngine;
 pub use exact::ExactEngine;
 pub use result::{MatchItem, SearchResult, Timing, Verdict};
 
@@ -19,6 +26,10 @@ pub enum EngineError {
     Vision(#[from] crate::worker::vision::VisionFailure),
     #[error("search index unavailable: {0}")]
     Index(#[from] redis::RedisError),
+    #[error(transparent)]
+    Dxf(#[from] dxf_geometry::DxfError),
+    #[error(transparent)]
+    Raster(#[from] phash::RasterError),
 }
 
 /// The request parameters the search honours, parsed from the payload's `request_params` with
@@ -31,6 +42,9 @@ pub struct SearchParams {
     pub similar_threshold: f64,
     /// The rest of the Python pipeline's parameters, read as its worker reads them.
     pub options: SearchOptions,
+    /// `add_to_index` (default true): whether the query drawing is also registered in the
+    /// tenant's index, so later searches find it.
+    pub add_to_index: bool,
 }
 
 impl Default for SearchParams {
@@ -40,6 +54,7 @@ impl Default for SearchParams {
             max_results: 50,
             duplicate_threshold: 0.95,
             similar_threshold: 0.8,
+            add_to_index: true,
             options: SearchOptions::default(),
         }
     }
@@ -153,7 +168,24 @@ impl SearchParams {
             Some(Value::String(s)) => s.trim().to_string(),
             Some(v) => return Err(bad("mode", v)),
         };
+        let add_to_index = match params.get("add_to_index") {
+            None | Some(Value::Null) => d.add_to_index,
+            Some(Value::Bool(b)) => *b,
+            Some(v @ Value::Number(n)) => match n.as_i64() {
+                Some(0) => false,
+                Some(1) => true,
+                _ => return Err(bad("add_to_index", v)),
+            },
+            Some(v @ Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "" => d.add_to_index,
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad("add_to_index", v)),
+            },
+            Some(v) => return Err(bad("add_to_index", v)),
+        };
         Ok(SearchParams {
+            add_to_index,
             mode,
             max_results: max_results as usize,
             duplicate_threshold,
@@ -213,6 +245,13 @@ mod tests {
         assert!(!o.compute_diff && o.enable_ml && !o.enable_precision);
         assert_eq!((o.precision_top_n, o.precision_geom_weight), (20, 0.5));
         assert_eq!(o.version_gate.as_deref(), Some("auto"));
+        assert!(p.add_to_index);
+        for (v, want) in [(json!(false), false), (json!("0"), false), (json!(1), true)] {
+            assert_eq!(
+                parse(json!({"add_to_index": v})).unwrap().add_to_index,
+                want
+            );
+        }
         for bad in [
             json!({"max_results": 0}),
             json!({"max_results": 2.5}),
@@ -221,6 +260,8 @@ mod tests {
             json!({"duplicate_threshold": 0.5, "similar_threshold": 0.9}),
             json!({"duplicate_threshold": 1.5}),
             json!({"mode": 3}),
+            json!({"add_to_index": "maybe"}),
+            json!({"add_to_index": 2}),
         ] {
             let err = parse(bad.clone()).unwrap_err();
             assert!(
