@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::support::drawings::{self, Placement, Variant};
+use crate::support::schema::{assert_valid, SEARCH_RESULT};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, WorkerProc};
 use dedup2d::contract::store::JobStatus;
@@ -143,9 +144,12 @@ impl Fleet {
         (view.status, result, view.error.clone().unwrap_or_default())
     }
 
+    /// A completed search's result, checked against the result schema the old API validates
+    /// with (`docs/schemas/`): every geometric, raster and content-hash answer below.
     async fn completed(&self, name: &str, data: &[u8], params: Value) -> Value {
         let (status, result, error) = self.search(name, data, params).await;
         assert_eq!(status, JobStatus::Completed, "{name}: {error}");
+        assert_valid(SEARCH_RESULT, std::slice::from_ref(&result));
         result
     }
 }

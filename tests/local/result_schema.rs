@@ -3,7 +3,7 @@
 //! response models): no match, duplicates, a partial answer (geometry the engine could not
 //! use), a failed job. The schemas themselves reject the shapes the old API refused (`final_level`
 //! null, a match item without `confidence`/`levels`). Vision pass-through results are checked
-//! in `tests/vision_backend.rs`.
+//! in `vision_backend.rs`, the geometric and raster engines' results in `engine_verdicts.rs`.
 
 use std::time::{Duration, Instant};
 
