@@ -33,28 +33,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
 /// Runs the worker until `stop` fires (the binary wires SIGTERM/SIGINT to it).
 pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::Result<()> {
     let config = &settings.config;
-    let client = redis::Client::open(config.redis_url.as_str())
-        .with_context(|| format!("invalid Redis URL {}", redact_url(&config.redis_url)))?;
-    let redacted = redact_url(&config.redis_url);
-    let connect = |config: redis::aio::ConnectionManagerConfig| {
-        let client = client.clone();
-        let redacted = redacted.clone();
-        async move {
-            client
-                .get_connection_manager_with_config(config)
-                .await
-                .with_context(|| format!("cannot connect to Redis at {redacted}"))
-        }
-    };
-    // Claims, job state and heartbeats: small calls, redis-rs's default timeout. Payload reads:
-    // their own connection, with a timeout sized for the largest call they make.
-    let conn = connect(redis::aio::ConnectionManagerConfig::new()).await?;
-    let bulk = connect(
-        redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
-            bulk_response_timeout(settings.max_payload_bytes.min(PAYLOAD_READ_STEP)),
-        )),
-    )
-    .await?;
+    let (conn, bulk) = redis_connections(&settings).await?;
 
     let metrics = Arc::new(metrics::WorkerMetrics::new());
     let storage = crate::storage::from_config(&config.storage, metrics.storage.clone())
@@ -90,42 +69,21 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     });
 
     let consuming = Arc::new(AtomicBool::new(true));
-    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
     let http_stop = CancellationToken::new();
-    let http = tokio::spawn({
-        let state = Arc::new(http::HttpState {
+    let http = serve_metrics(
+        &settings,
+        http::HttpState {
             metrics: metrics.clone(),
             conn: conn.clone(),
             consuming: consuming.clone(),
-        });
-        let http_stop = http_stop.clone();
-        async move {
-            let served = axum::serve(listener, http::router(state))
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        }
-    });
+        },
+        http_stop.clone(),
+    )
+    .await?;
 
-    let capability = heartbeat::Capability::this_process(queue_names.clone());
-    let beat = heartbeat::Heartbeat::new(
-        conn.clone(),
-        keys.worker_heartbeat(&settings.hostname),
-        &capability,
-        settings.heartbeat_ttl,
-        settings.heartbeat_interval,
-    );
-    beat.beat()
-        .await
-        .context("cannot write the capability heartbeat")?;
     let beat_stop = CancellationToken::new();
-    let beat_task = tokio::spawn(beat.run(beat_stop.clone()));
-    tracing::info!(hostname = %settings.hostname, formats = ?heartbeat::FORMATS, "capability heartbeat on");
+    let beat_task =
+        start_heartbeat(&settings, &conn, &keys, &queue_names, beat_stop.clone()).await?;
 
     let housekeeping = tokio::spawn(housekeeping(
         queues.clone(),
@@ -153,6 +111,82 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     let _ = http.await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// The worker's two Redis connections: claims, job state and heartbeats on one (small calls,
+/// redis-rs's default timeout); payload reads on their own, with a timeout sized for the
+/// largest call they make.
+async fn redis_connections(
+    settings: &WorkerSettings,
+) -> anyhow::Result<(redis::aio::ConnectionManager, redis::aio::ConnectionManager)> {
+    let config = &settings.config;
+    let client = redis::Client::open(config.redis_url.as_str())
+        .with_context(|| format!("invalid Redis URL {}", redact_url(&config.redis_url)))?;
+    let redacted = redact_url(&config.redis_url);
+    let connect = |config: redis::aio::ConnectionManagerConfig| {
+        let client = client.clone();
+        let redacted = redacted.clone();
+        async move {
+            client
+                .get_connection_manager_with_config(config)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {redacted}"))
+        }
+    };
+    let conn = connect(redis::aio::ConnectionManagerConfig::new()).await?;
+    let bulk = connect(
+        redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
+            bulk_response_timeout(settings.max_payload_bytes.min(PAYLOAD_READ_STEP)),
+        )),
+    )
+    .await?;
+    Ok((conn, bulk))
+}
+
+/// Binds `/metrics` and `/healthz` and serves them until `stop`.
+async fn serve_metrics(
+    settings: &WorkerSettings,
+    state: http::HttpState,
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(settings.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+    let state = Arc::new(state);
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, http::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+/// Writes the capability heartbeat once (a start-up error if it cannot), then keeps it fresh
+/// until `stop`.
+async fn start_heartbeat(
+    settings: &WorkerSettings,
+    conn: &redis::aio::ConnectionManager,
+    keys: &crate::contract::keys::Keys,
+    queue_names: &[String],
+    stop: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let capability = heartbeat::Capability::this_process(queue_names.to_vec());
+    let beat = heartbeat::Heartbeat::new(
+        conn.clone(),
+        keys.worker_heartbeat(&settings.hostname),
+        &capability,
+        settings.heartbeat_ttl,
+        settings.heartbeat_interval,
+    );
+    beat.beat()
+        .await
+        .context("cannot write the capability heartbeat")?;
+    let task = tokio::spawn(beat.run(stop));
+    tracing::info!(hostname = %settings.hostname, formats = ?heartbeat::FORMATS, "capability heartbeat on");
+    Ok(task)
 }
 
 /// The dedupcad-vision backend when `DEDUPCAD_VISION_URL` is set, else the built-in engine.

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crate::support::drawings::{self, Placement, Variant};
-use crate::support::schema::{assert_valid, SEARCH_RESULT};
 use crate::support::redis::RedisServer;
+use crate::support::schema::{assert_valid, SEARCH_RESULT};
 use crate::support::worker::{self as w, WorkerProc};
 use dedup2d::contract::store::JobStatus;
 use dedup2d::worker::engine::canonical::Canonical;

@@ -165,33 +165,7 @@ impl DrawingEngine {
                 MAX_CANDIDATES, found.touched
             ));
         }
-        let mut scored: Vec<(f64, MatchItem)> = found
-            .scored
-            .into_iter()
-            .filter(|c| c.record.job_id != req.job_id)
-            .filter_map(|c| {
-                let verdict = verdict(c.similarity, req.params)?;
-                let m = to_match_item(
-                    c.record,
-                    c.similarity,
-                    c.confidence,
-                    verdict,
-                    q.level,
-                    c.levels,
-                );
-                Some((c.similarity, m))
-            })
-            .collect();
-        let indexed_at = |m: &MatchItem| m.number("indexed_at").unwrap_or(0.0);
-        scored.sort_by(|a, b| {
-            b.0.total_cmp(&a.0)
-                .then(indexed_at(&b.1).total_cmp(&indexed_at(&a.1)))
-        });
-        scored.truncate(req.params.max_results);
-        let (duplicates, similar): (Vec<MatchItem>, Vec<MatchItem>) = scored
-            .into_iter()
-            .map(|(_, m)| m)
-            .partition(|m| m.verdict == Verdict::Duplicate);
+        let (duplicates, similar) = ranked_matches(found.scored, &req, q.level);
         if req.query_geom.is_some() {
             warnings.push(format!("query_geom_ignored:{}", q.engine));
         }
@@ -221,6 +195,41 @@ impl DrawingEngine {
             extra: Map::from_iter([("fingerprint".to_string(), json!(q.fingerprint))]),
         })
     }
+}
+
+/// The candidates above a threshold, best first (newest first on a tie), at most
+/// `max_results`, split into duplicates and similar.
+fn ranked_matches(
+    scored: Vec<Scored>,
+    req: &SearchRequest<'_>,
+    level: i64,
+) -> (Vec<MatchItem>, Vec<MatchItem>) {
+    let mut scored: Vec<(f64, MatchItem)> = scored
+        .into_iter()
+        .filter(|c| c.record.job_id != req.job_id)
+        .filter_map(|c| {
+            let verdict = verdict(c.similarity, req.params)?;
+            let m = to_match_item(
+                c.record,
+                c.similarity,
+                c.confidence,
+                verdict,
+                level,
+                c.levels,
+            );
+            Some((c.similarity, m))
+        })
+        .collect();
+    let indexed_at = |m: &MatchItem| m.number("indexed_at").unwrap_or(0.0);
+    scored.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(indexed_at(&b.1).total_cmp(&indexed_at(&a.1)))
+    });
+    scored.truncate(req.params.max_results);
+    scored
+        .into_iter()
+        .map(|(_, m)| m)
+        .partition(|m| m.verdict == Verdict::Duplicate)
 }
 
 /// One indexed drawing compared with the query.
@@ -327,10 +336,7 @@ fn to_match_item(
     );
     m.confidence = round4(confidence);
     m.levels = levels;
-    m.extra.insert("size_bytes".into(), json!(r.size));
-    m.extra
-        .insert("indexed_at".into(), json!(r.indexed_at_ms as f64 / 1000.0));
-    m
+    m.indexed(r.size, r.indexed_at_ms)
 }
 
 fn round4(v: f64) -> f64 {

@@ -82,6 +82,43 @@ pub(super) fn ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+impl ExactEngine {
+    /// The records already indexed under `hash`; registers `record` there too unless the
+    /// request says not to (one Lua call).
+    async fn lookup_and_register(
+        &self,
+        req: &SearchRequest<'_>,
+        hash: &str,
+        record: &IndexRecord,
+    ) -> Result<String, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        Script::new(LOOKUP_AND_REGISTER)
+            .key(self.index_key(req.tenant_id))
+            .arg(hash)
+            .arg(serde_json::to_string(record).expect("index record serializes"))
+            .arg(req.job_id)
+            .arg(MAX_RECORDS_PER_HASH)
+            .arg(self.index_ttl_seconds)
+            .arg(if req.params.add_to_index { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+    }
+}
+
+/// An earlier upload with the same content: a duplicate at the hash level.
+fn hash_match(r: IndexRecord, hash: &str) -> MatchItem {
+    MatchItem::new(
+        r.job_id,
+        hash.to_string(),
+        r.file_name,
+        1.0,
+        Verdict::Duplicate,
+        level::HASH,
+        json!({"method": "sha256", "match": true}),
+    )
+    .indexed(r.size, r.indexed_at_ms)
+}
+
 impl SearchEngine for ExactEngine {
     fn name(&self) -> &'static str {
         "exact_sha256"
@@ -105,17 +142,7 @@ impl SearchEngine for ExactEngine {
                 size: req.data.len() as u64,
                 indexed_at_ms: crate::contract::queue::now_ms(),
             };
-            let mut conn = self.conn.clone();
-            let previous: String = Script::new(LOOKUP_AND_REGISTER)
-                .key(self.index_key(req.tenant_id))
-                .arg(&hash)
-                .arg(serde_json::to_string(&record).expect("index record serializes"))
-                .arg(req.job_id)
-                .arg(MAX_RECORDS_PER_HASH)
-                .arg(self.index_ttl_seconds)
-                .arg(if req.params.add_to_index { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?;
+            let previous = self.lookup_and_register(&req, &hash, &record).await?;
             let index_ms = ms(index_start);
 
             let mut warnings = vec!["similar_search_unavailable:exact_engine".to_string()];
@@ -132,21 +159,7 @@ impl SearchEngine for ExactEngine {
                 .rev()
                 .filter(|r| r.job_id != req.job_id)
                 .take(req.params.max_results)
-                .map(|r| {
-                    let mut m = MatchItem::new(
-                        r.job_id,
-                        hash.clone(),
-                        r.file_name,
-                        1.0,
-                        Verdict::Duplicate,
-                        level::HASH,
-                        json!({"method": "sha256", "match": true}),
-                    );
-                    m.extra.insert("size_bytes".into(), json!(r.size));
-                    m.extra
-                        .insert("indexed_at".into(), json!(r.indexed_at_ms as f64 / 1000.0));
-                    m
-                })
+                .map(|r| hash_match(r, &hash))
                 .collect();
             if req.query_geom.is_some() {
                 warnings.push("query_geom_ignored:exact_engine".to_string());

@@ -111,6 +111,15 @@ impl MatchItem {
         }
     }
 
+    /// The built-in engines' facts about the indexed upload: `size_bytes` and `indexed_at`
+    /// (epoch seconds), beyond the model.
+    pub fn indexed(mut self, size_bytes: u64, indexed_at_ms: i64) -> Self {
+        self.extra.insert("size_bytes".into(), json!(size_bytes));
+        self.extra
+            .insert("indexed_at".into(), json!(indexed_at_ms as f64 / 1000.0));
+        self
+    }
+
     /// A number in `extra` (`None` when absent, null or not a number).
     pub fn number(&self, key: &str) -> Option<f64> {
         self.extra.get(key).and_then(Value::as_f64)
