@@ -8,4 +8,6 @@ pub mod operator;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 pub mod worker;

@@ -194,12 +194,7 @@ pub(crate) fn list_params(
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::string_map as q;
 
     #[test]
     fn defaults_match_the_python_api() {

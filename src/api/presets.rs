@@ -162,12 +162,7 @@ pub(crate) fn resolve(
 mod tests {
     use super::*;
 
-    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::string_map as q;
 
     fn base() -> Map<String, Value> {
         match json!({"mode": "balanced", "precision_top_n": 20, "duplicate_threshold": 0.95,

@@ -149,12 +149,7 @@ fn hostname(env: &HashMap<String, String>) -> Result<String, SettingsError> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::string_map as env;
 
     #[test]
     fn defaults_and_overrides() {

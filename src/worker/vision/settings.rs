@@ -227,12 +227,7 @@ fn dwg_converter(e: &Env) -> DwgConverter {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::string_map as env;
 
     #[test]
     fn python_defaults() {
