@@ -84,6 +84,48 @@ impl JobStatus {
     }
 }
 
+/// The job hash's webhook fields, written by the worker and read back by [`JobView`].
+pub mod callback_field {
+    pub const STATUS: &str = "callback_status";
+    pub const ATTEMPTS: &str = "callback_attempts";
+    pub const HTTP_STATUS: &str = "callback_http_status";
+    pub const FINISHED_AT: &str = "callback_finished_at";
+    pub const LAST_ERROR: &str = "callback_last_error";
+}
+
+/// A webhook outcome to record in the job hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackUpdate {
+    /// `success`, `failed` or `skipped` (canceled before it started).
+    pub status: &'static str,
+    /// Delivery attempts and the last HTTP status; `None` when nothing was sent.
+    pub delivery: Option<(u32, Option<u16>)>,
+    /// Unix seconds.
+    pub finished_at: f64,
+    pub last_error: String,
+}
+
+impl CallbackUpdate {
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            (callback_field::STATUS, self.status.to_string()),
+            (
+                callback_field::FINISHED_AT,
+                format!("{:.6}", self.finished_at),
+            ),
+            (callback_field::LAST_ERROR, self.last_error.clone()),
+        ];
+        if let Some((attempts, http_status)) = self.delivery {
+            fields.push((callback_field::ATTEMPTS, attempts.to_string()));
+            fields.push((
+                callback_field::HTTP_STATUS,
+                http_status.map(|s| s.to_string()).unwrap_or_default(),
+            ));
+        }
+        fields
+    }
+}
+
 /// A job as stored in `{prefix}:job:{id}` (plus its result when finished).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobView {
@@ -120,13 +162,13 @@ impl JobView {
             error: s("error").map(str::to_string),
             cancel_requested: s("cancel_requested") == Some("1"),
             callback_url: s("callback_url").map(str::to_string),
-            callback_status: s("callback_status").unwrap_or("").to_string(),
-            callback_attempts: s("callback_attempts")
+            callback_status: s(callback_field::STATUS).unwrap_or("").to_string(),
+            callback_attempts: s(callback_field::ATTEMPTS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            callback_http_status: s("callback_http_status").and_then(|v| v.parse().ok()),
-            callback_finished_at: f("callback_finished_at"),
-            callback_last_error: s("callback_last_error").map(str::to_string),
+            callback_http_status: s(callback_field::HTTP_STATUS).and_then(|v| v.parse().ok()),
+            callback_finished_at: f(callback_field::FINISHED_AT),
+            callback_last_error: s(callback_field::LAST_ERROR).map(str::to_string),
             result: None,
         }
     }
@@ -686,16 +728,16 @@ impl JobStore {
             .map_err(redis_err("recording a job result"))
     }
 
-    /// Worker: records callback progress fields in the job hash.
-    pub(crate) async fn set_fields(
+    /// Worker: records a webhook outcome in the job hash.
+    pub(crate) async fn record_callback(
         &self,
         job_id: &str,
-        fields: &[(&str, String)],
+        update: &CallbackUpdate,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         redis::pipe()
             .atomic()
-            .hset_multiple(self.keys.job(job_id), fields)
+            .hset_multiple(self.keys.job(job_id), &update.fields())
             .ignore()
             .expire(self.keys.job(job_id), self.ttl_seconds as i64)
             .ignore()

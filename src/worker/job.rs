@@ -17,7 +17,9 @@ use super::input::{self, Fallback, InputError, JobInput, Parsed};
 use super::metrics::{FormatLabels, OutcomeLabels, ReasonLabels, WorkerMetrics};
 use crate::contract::callback::CallbackRecord;
 use crate::contract::payload::FileRef;
-use crate::contract::store::{JobStatus, JobStore, PayloadSize, StartState, StoreError};
+use crate::contract::store::{
+    CallbackUpdate, JobStatus, JobStore, PayloadSize, StartState, StoreError,
+};
 use crate::storage::FileStorage;
 
 /// Everything a job needs, shared by all running jobs.
@@ -259,13 +261,14 @@ async fn cancel_before_start(ctx: &JobContext, job_id: &str) -> Result<JobEnd, S
         .await?;
     if facts.callback_url.is_some() {
         ctx.store
-            .set_fields(
+            .record_callback(
                 job_id,
-                &[
-                    ("callback_status", "skipped".into()),
-                    ("callback_finished_at", format!("{finished:.6}")),
-                    ("callback_last_error", "canceled_before_start".into()),
-                ],
+                &CallbackUpdate {
+                    status: "skipped",
+                    delivery: None,
+                    finished_at: finished,
+                    last_error: "canceled_before_start".into(),
+                },
             )
             .await?;
         ctx.metrics
@@ -312,21 +315,14 @@ async fn notify(ctx: &JobContext, url: &str, record: &CallbackRecord) -> Result<
         .get_or_create(&OutcomeLabels { outcome: label })
         .inc();
     ctx.store
-        .set_fields(
+        .record_callback(
             job_id,
-            &[
-                ("callback_status", label.into()),
-                ("callback_attempts", outcome.attempts.to_string()),
-                (
-                    "callback_http_status",
-                    outcome
-                        .http_status
-                        .map(|s| s.to_string())
-                        .unwrap_or_default(),
-                ),
-                ("callback_finished_at", format!("{:.6}", now())),
-                ("callback_last_error", outcome.error.unwrap_or_default()),
-            ],
+            &CallbackUpdate {
+                status: label,
+                delivery: Some((outcome.attempts, outcome.http_status)),
+                finished_at: now(),
+                last_error: outcome.error.unwrap_or_default(),
+            },
         )
         .await
 }
