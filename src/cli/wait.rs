@@ -10,10 +10,15 @@ use kube::ResourceExt;
 use super::exit::Exit;
 use crate::operator::conditions::{get_condition, STALLED};
 use crate::operator::crd::{Dedup2DRollout, Phase, REQUEST_ANNOTATION};
+use dedup2d_core::reason::StallReason;
 
 /// `Stalled` reasons that only a person lifts (a retry or abort request, or a spec edit). The
 /// others (`TargetMissing`, `RedisUnreachable`, `ConflictingRollout`, ...) heal by themselves.
-const NEEDS_A_REQUEST: [&str; 3] = ["ExternalModification", "ProgressDeadlineExceeded", "Held"];
+const NEEDS_A_REQUEST: [StallReason; 3] = [
+    StallReason::ExternalModification,
+    StallReason::ProgressDeadlineExceeded,
+    StallReason::Held,
+];
 
 /// Where a rollout stands for `--wait`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +71,12 @@ pub(crate) fn verdict(rollout: &Dedup2DRollout) -> Verdict {
             hold.reason, hold.message
         ));
     }
-    if let Some(stalled) = get_condition(&status.conditions, STALLED)
-        .filter(|c| c.status == "True" && NEEDS_A_REQUEST.contains(&c.reason.as_str()))
-    {
+    if let Some(stalled) = get_condition(&status.conditions, STALLED).filter(|c| {
+        c.status == "True"
+            && c.reason
+                .parse()
+                .is_ok_and(|r: StallReason| NEEDS_A_REQUEST.contains(&r))
+    }) {
         return Verdict::NeedsPerson(format!(
             "held by {}: {}; `dedup2d rollout retry {name}` or `abort {name}`",
             stalled.reason, stalled.message
@@ -236,7 +244,7 @@ mod tests {
     #[test]
     fn stalled_reasons_needing_a_request_end_the_wait_the_others_keep_it() {
         for reason in NEEDS_A_REQUEST {
-            let v = verdict(&with_stalled(Phase::Soaking, reason));
+            let v = verdict(&with_stalled(Phase::Soaking, reason.as_str()));
             assert!(needs_person(&v).starts_with(&format!("held by {reason}: why")));
         }
         for reason in [
