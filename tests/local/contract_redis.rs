@@ -200,7 +200,9 @@ async fn concurrent_claimers_never_claim_a_job_twice() {
         let q = ArqQueue::new(redis.manager().await, QUEUE);
         let seen = seen.clone();
         tasks.push(tokio::spawn(async move {
-            let settings = QueueSettings::for_job_timeout(60);
+            // An in-progress key outlives the whole test, however slow the machine: one that
+            // expired would make its job claimable again, as it should be.
+            let settings = QueueSettings::for_job_timeout(3600);
             while let Some(job) = q.claim_next(now_ms(), &settings, 100).await.unwrap() {
                 seen.lock().unwrap().push(job.job_id.clone());
                 // Jobs stay in progress (not completed), so every claimer keeps racing for
