@@ -42,6 +42,18 @@ impl Keys {
         format!("{}:active", self.prefix)
     }
 
+    /// `{prefix}:active:deadlines`: our submits' job ids by the time their job hash expires, so
+    /// a submit can prune expired members of the active set without walking it.
+    pub fn active_deadlines(&self) -> String {
+        format!("{}:active:deadlines", self.prefix)
+    }
+
+    /// `{prefix}:active:sweep`: where the submits' bounded sweep of the active set stands (an
+    /// `SSCAN` cursor).
+    pub fn active_sweep(&self) -> String {
+        format!("{}:active:sweep", self.prefix)
+    }
+
     /// `{prefix}:tenant:{tid}:jobs`: zset of a tenant's job ids scored by created_at.
     pub(crate) fn tenant_jobs(&self, tenant_id: &str) -> String {
         format!("{}:tenant:{tenant_id}:jobs", self.prefix)

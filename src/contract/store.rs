@@ -200,20 +200,43 @@ pub(crate) fn epoch_seconds_string() -> String {
     format!("{:.6}", now_ms() as f64 / 1000.0)
 }
 
+/// Members of the active set a submit examines beyond the expired ones: a few on every submit
+/// (a sweep that reaches every member in time), more when the set looks full (stale members
+/// must not refuse a job for long).
+const SWEEP_PER_SUBMIT: u32 = 4;
+const SWEEP_WHEN_FULL: u32 = 64;
+/// Expired members pruned per submit from the deadline index.
+const EXPIRED_PER_SUBMIT: u32 = 32;
+
 const SUBMIT: &str = r#"
--- KEYS: active, job, payload, tenant_jobs, arq_job, arq_result, queue
+-- KEYS: active, job, payload, tenant_jobs, arq_job, arq_result, queue, deadlines, sweep
 -- ARGV: job_id, tenant_id, created_at, callback_url, ttl_s, max_jobs, payload, arq_record,
---       expires_ms, score, key_prefix
+--       expires_ms, score, key_prefix, now_ms, sweep_small, sweep_full, expired_max
+-- The capacity check costs the same whatever the number of pending jobs: the members whose job
+-- hash has expired come from the deadline index (each pruned once), and a bounded SSCAN sweep,
+-- resumed from where the last submit left it, catches the others (finished without leaving the
+-- set, or added by a producer that keeps no deadline).
 local prefix = ARGV[11]
--- prune finished or expired members (the Python store does this before its capacity check)
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+local function stale(id)
   local st = redis.call('HGET', prefix .. ':job:' .. id, 'status')
-  if (not st) or st == 'completed' or st == 'failed' or st == 'canceled' then
-    redis.call('SREM', KEYS[1], id)
-  end
+  return (not st) or st == 'completed' or st == 'failed' or st == 'canceled'
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', ARGV[12], 'LIMIT', 0, ARGV[15])) do
+  if stale(id) then redis.call('SREM', KEYS[1], id) end
+  redis.call('ZREM', KEYS[8], id)
+end
+local max_jobs = tonumber(ARGV[6])
+local budget = tonumber(ARGV[13])
+if redis.call('SCARD', KEYS[1]) >= max_jobs then budget = tonumber(ARGV[14]) end
+local cursor = redis.call('GET', KEYS[9]) or '0'
+local swept = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', budget)
+redis.call('SET', KEYS[9], swept[1], 'EX', ARGV[5])
+-- COUNT is a hint: a small set (listpack, at most 128 members) comes back whole.
+for _, id in ipairs(swept[2]) do
+  if stale(id) then redis.call('SREM', KEYS[1], id) end
 end
 local active = redis.call('SCARD', KEYS[1])
-if active >= tonumber(ARGV[6]) then return {-1, active} end
+if active >= max_jobs then return {-1, active} end
 if redis.call('EXISTS', KEYS[5], KEYS[6], KEYS[2]) > 0 then return {-2, active} end
 local cb = ARGV[4]
 local cb_status = ''
@@ -225,6 +248,8 @@ redis.call('HSET', KEYS[2], 'job_id', ARGV[1], 'tenant_id', ARGV[2], 'status', '
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[7], 'EX', ARGV[5])
 redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[8], ARGV[12] + ARGV[9], ARGV[1])
+redis.call('EXPIRE', KEYS[8], ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 redis.call('SET', KEYS[5], ARGV[8], 'PX', ARGV[9])
@@ -406,6 +431,8 @@ impl JobStore {
             .key(arq_keys::job(id))
             .key(arq_keys::result(id))
             .key(&job.queue_name)
+            .key(self.keys.active_deadlines())
+            .key(self.keys.active_sweep())
             .arg(id)
             .arg(tenant)
             .arg(format!("{:.6}", enqueue_ms as f64 / 1000.0))
@@ -417,6 +444,10 @@ impl JobStore {
             .arg(self.ttl_seconds * 1000)
             .arg(enqueue_ms)
             .arg(self.keys.prefix())
+            .arg(enqueue_ms)
+            .arg(SWEEP_PER_SUBMIT)
+            .arg(SWEEP_WHEN_FULL)
+            .arg(EXPIRED_PER_SUBMIT)
             .invoke_async(&mut conn)
             .await;
         match reply {
@@ -448,6 +479,7 @@ impl JobStore {
                 arq_keys::job(job_id),
             ])
             .srem(self.keys.active(), job_id)
+            .zrem(self.keys.active_deadlines(), job_id)
             .zrem(self.keys.tenant_jobs(tenant_id), job_id)
             .zrem(queue_name, job_id)
             .query_async(&mut conn)
