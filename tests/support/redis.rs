@@ -80,10 +80,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// A connection for the test's own calls. Its response timeout is generous (redis-rs's
+    /// default is 500 ms): a test that writes a 16 MiB payload on a loaded machine must not fail
+    /// on its own setup. The processes under test keep their own timeouts.
     pub async fn manager(&self) -> redis::aio::ConnectionManager {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         redis::Client::open(self.url())
             .unwrap()
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .expect("connect to the test redis")
     }
