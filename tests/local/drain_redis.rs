@@ -205,7 +205,8 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
     let mut conn = redis.manager().await;
     let keys = Keys::new("dedup2d");
     for (raw, legacy) in &cases {
-        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {raw}");
+        let shown = &raw[..raw.len().min(120)];
+        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {shown}");
         let _: () = conn.set("dedup2d:payload:j", raw).await.unwrap();
         let _: () = conn.sadd("dedup2d:active", "j").await.unwrap();
         let scan = observe_legacy_payloads(&mut conn, &keys, 100)
@@ -214,10 +215,10 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
         assert_eq!(
             (scan.scanned, scan.legacy),
             (1, u64::from(*legacy)),
-            "Lua scan: {raw}"
+            "Lua scan ({} bytes): {shown}",
+            raw.len()
         );
         let active = observe_active_jobs(&mut conn, &keys, 100).await.unwrap();
-        let shown = &raw[..raw.len().min(120)];
         assert_eq!(
             active.file_ref_only,
             u64::from(!*legacy),
