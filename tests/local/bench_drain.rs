@@ -3,8 +3,8 @@
 //! payloads (file_ref-only, dual-write with 1–100 KiB of base64, a few of 10 MiB), then three
 //! passes over the same keys run side by side: the check before the change (its Lua kept here
 //! only), the bounded check of `operator::drain`, and a bare `SCAN`. Each pass reports Redis CPU
-//! (`INFO cpu` delta), bytes examined, wall time, and the worst round trip a second client sees
-//! pinging every 1 ms. The JSON goes to `bench/results/drain.json` with the ratios.
+//! (`INFO cpu` delta), bytes examined, wall time, the longest single command (slow log), and the
+//! worst round trip a second client sees pinging every 1 ms. The JSON goes to `bench/results/drain.json` with the ratios.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -73,6 +73,24 @@ fn payload(i: usize, b64_bytes: usize) -> String {
     p.to_string()
 }
 
+/// The longest command (µs) in the slow log, which logs every command (see `drain_check_cost_on_redis`).
+async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1_000_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .filter_map(|e| match e.get(2) {
+            Some(redis::Value::Int(us)) => Some(*us),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Loads `n` small-mix payloads (one in five dual-write, 1–100 KiB of base64) and `big` of 10 MiB.
 async fn load(conn: &mut ConnectionManager, keys: &Keys, n: usize, big: usize) -> (u64, u64) {
     let (mut legacy, mut bytes) = (0u64, 0u64);
@@ -128,6 +146,11 @@ where
         }
         (worst, count)
     });
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(conn)
+        .await
+        .unwrap();
     let cpu0 = redis_cpu_s(conn).await;
     let started = Instant::now();
     let (counted, examined) = pass(conn.clone()).await;
@@ -135,9 +158,10 @@ where
     let cpu = redis_cpu_s(conn).await - cpu0;
     stop.store(true, Ordering::Relaxed);
     let (worst, count) = pings.await.unwrap();
+    let longest = longest_command_us(conn).await;
     json!({"counted": counted, "bytes_examined": examined, "redis_cpu_s": cpu,
            "wall_s": wall.as_secs_f64(), "worst_ping_ms": worst.as_secs_f64() * 1e3,
-           "pings": count})
+           "pings": count, "longest_command_ms": longest as f64 / 1e3})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +180,19 @@ async fn drain_check_cost_on_redis() {
         .unwrap();
     let keys = Keys::new("dedup2d");
     let (legacy, stored) = load(&mut conn, &keys, n, big).await;
+    // Every command goes to the slow log, so each pass can report its longest one.
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 
     let old = measure(&redis, &mut conn, |mut c| async move {
         let script = redis::Script::new(OLD_CHECK);
@@ -199,6 +236,7 @@ async fn drain_check_cost_on_redis() {
             "redis_cpu_old_over_bare_scan": ratio(&old, &scan, "redis_cpu_s"),
             "bytes_old_over_bounded": ratio(&old, &new, "bytes_examined"),
             "worst_ping_old_over_bounded": ratio(&old, &new, "worst_ping_ms"),
+            "longest_command_old_over_bounded": ratio(&old, &new, "longest_command_ms"),
         },
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
