@@ -2,7 +2,8 @@
 //! and when the last one can expire.
 //!
 //! It walks `{prefix}:payload:*` with an incremental `SCAN` (never `KEYS`) in bounded batches and
-//! runs the check inside Redis with a Lua script per batch, so payload bodies never cross the
+//! runs the check inside Redis with Lua calls bounded in bytes examined, reading large values in
+//! `GETRANGE` windows only, so payload bodies never cross the
 //! network and no single call holds Redis for long. The same kind of check over `{prefix}:active`
 //! tells whether a full rollback would strand file_ref-only jobs.
 
@@ -35,9 +36,10 @@ pub struct DrainFigures {
     pub legacy_without_expiry: u64,
     /// The largest remaining TTL among legacy payloads (ms); `None` when there are none with one.
     pub max_legacy_pttl_ms: Option<u64>,
-    /// Lua calls made (one per SCAN batch that returned keys).
+    /// Lua calls made: one per SCAN batch that returned keys, more when a batch's payloads exceed
+    /// [`CALL_BUDGET_BYTES`].
     pub batches: u64,
-    /// Payload bytes inspected server-side (what would have crossed the network otherwise).
+    /// Payload bytes actually examined server-side (read by `GET` or `GETRANGE` windows).
     pub bytes_inspected: u64,
     /// Wall time of the pass.
     pub elapsed: Duration,
@@ -51,51 +53,181 @@ pub struct ActiveFigures {
     pub file_ref_only: u64,
 }
 
+/// Bytes of a value read per `GETRANGE` window; a value of at most two windows is read whole.
+pub const WINDOW_BYTES: u64 = 4096;
+
+/// Bytes one Lua call examines before it stops and returns where it stopped (the Rust side
+/// continues the batch from there in the next call), so no call holds Redis long.
+pub const CALL_BUDGET_BYTES: u64 = 256 * 1024;
+
 /// `contract::payload::is_legacy_payload` in Lua, for the checks below: a `"file_bytes_b64"`
-/// member whose value is a non-empty string, found in the text (no JSON decode, so the cost per
-/// payload stays a scan of its text, stopping at the member). Unlike the Rust definition it would
-/// also count such a member nested in another object, which no producer writes.
-/// `tests/local/drain_redis.rs` runs both on one table of payloads.
-const IS_LEGACY: &str = r#"
+/// member whose value is a non-empty string, found in the text (no JSON decode). Unlike the Rust
+/// definition it would also count such a member nested in another object, which no producer
+/// writes. `tests/local/drain_redis.rs` runs both on one table of payloads, small and large.
+///
+/// A value is never copied whole unless it is small (at most two windows). A large payload is
+/// large because of its base64, which directly follows the member name, so the name sits in the
+/// first window (the member comes first, or only small members precede it) or in the last one
+/// (a large other member comes first and the base64 is small): those two windows decide almost
+/// every large legacy payload. Otherwise the middle is scanned in further windows overlapping by
+/// the name's length less one, resumable across calls (`examine` returns where to go on).
+/// After a name found in a window, a whitespace run longer than [`TAIL`] before the value
+/// counts as legacy (no producer writes one; the drain then waits rather than finishes early).
+const EXAMINE: &str = r#"
+local W, BUDGET, TAIL = tonumber(ARGV[3]), tonumber(ARGV[4]), 256
+local NAME = '"file_bytes_b64"'
+local OVERLAP = #NAME - 1
 local function is_legacy(v)
   return string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') ~= nil
 end
-"#;
-
-/// Lua check of a batch of payload keys ([`IS_LEGACY`] first). Returns
-/// {legacy, legacy_without_expiry, max_legacy_pttl, bytes}.
-const CHECK_BATCH: &str = r#"
-local legacy, no_expiry, max_pttl, bytes = 0, 0, -1, 0
-for _, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v then
-    bytes = bytes + #v
-    if is_legacy(v) then
-      legacy = legacy + 1
-      local pttl = redis.call('PTTL', key)
-      if pttl == -1 then
-        no_expiry = no_expiry + 1
-      elseif pttl > max_pttl then
-        max_pttl = pttl
-      end
+-- Whether a name ending at w[e] (w starts at byte `from` of the value) opens a legacy member.
+local function member_at(key, w, e, from)
+  if string.find(w, '^%s*:%s*"[^"]', e + 1) then return true, 0 end
+  if not string.find(w, '^%s*:?%s*"?$', e + 1) then return false, 0 end
+  local c = redis.call('GETRANGE', key, from + e, from + e + TAIL)
+  if string.find(c, '^%s*:%s*"[^"]') then return true, #c end
+  return #c > TAIL and string.find(c, '^%s*:?%s*"?$') ~= nil, #c
+end
+-- Whether window w (starting at byte `from`) holds a legacy member; bytes read beyond it.
+local function window_legacy(key, w, from)
+  local i, extra = 1, 0
+  while true do
+    local s, e = string.find(w, NAME, i, true)
+    if not s then return false, extra end
+    local hit, n = member_at(key, w, e, from)
+    extra = extra + n
+    if hit then return true, extra end
+    i = s + 1
+  end
+end
+local function read(key, from, to)
+  local w = redis.call('GETRANGE', key, from, to - 1)
+  local hit, extra = window_legacy(key, w, from)
+  return hit, #w + extra
+end
+-- One step on `key` from `off` (0: not started): verdict 'missing' | 'legacy' | 'plain', or nil
+-- with the offset to go on from; and the bytes examined.
+local function examine(key, off)
+  local len = redis.call('STRLEN', key)
+  if len == 0 then
+    return (redis.call('EXISTS', key) == 1) and 'plain' or 'missing', 0
+  end
+  if len <= 2 * W then
+    local v = redis.call('GET', key)
+    return is_legacy(v) and 'legacy' or 'plain', #v
+  end
+  local stop = len - W + OVERLAP
+  local bytes = 0
+  if off == 0 then
+    local hit, n = read(key, 0, W)
+    bytes = n
+    if hit then return 'legacy', bytes end
+    hit, n = read(key, len - W, len)
+    bytes = bytes + n
+    if hit then return 'legacy', bytes end
+    off = W - OVERLAP
+    return nil, bytes, off
+  end
+  if off >= stop then return 'plain', 0 end
+  local to = math.min(off + W, stop)
+  local hit, n = read(key, off, to)
+  if hit then return 'legacy', n end
+  if to == stop then return 'plain', n end
+  return nil, n, to - OVERLAP
+end
+-- Walks KEYS from ARGV[1] (1-based) at offset ARGV[2] until done or BUDGET bytes examined,
+-- calling decided(key, verdict) per decided key; returns bytes, next index, next offset.
+local function walk(decided)
+  local idx, off, bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
+  while idx <= #KEYS and bytes < BUDGET do
+    local verdict, n, next_off = examine(KEYS[idx], off)
+    bytes = bytes + n
+    if verdict then
+      decided(KEYS[idx], verdict)
+      idx, off = idx + 1, 0
+    else
+      off = next_off
     end
   end
+  return bytes, idx, off
 end
-return {legacy, no_expiry, max_pttl, bytes}
 "#;
 
-/// Lua check of the active set ([`IS_LEGACY`] first): counts active jobs whose payload exists and
-/// is not legacy. KEYS: payload keys of the active jobs.
+/// Lua check of payload keys ([`EXAMINE`] first). Returns
+/// {legacy, legacy_without_expiry, max_legacy_pttl, bytes, next_index, next_offset}.
+const CHECK_BATCH: &str = r#"
+local legacy, no_expiry, max_pttl = 0, 0, -1
+local bytes, idx, off = walk(function(key, verdict)
+  if verdict == 'legacy' then
+    legacy = legacy + 1
+    local pttl = redis.call('PTTL', key)
+    if pttl == -1 then
+      no_expiry = no_expiry + 1
+    elseif pttl > max_pttl then
+      max_pttl = pttl
+    end
+  end
+end)
+return {legacy, no_expiry, max_pttl, bytes, idx, off}
+"#;
+
+/// Lua check of the active set ([`EXAMINE`] first): counts active jobs whose payload exists and
+/// is not legacy. KEYS: payload keys of the active jobs. Returns the same shape as
+/// [`CHECK_BATCH`], the count first.
 const CHECK_ACTIVE: &str = r#"
 local file_ref_only = 0
-for _, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v and not is_legacy(v) then
+local bytes, idx, off = walk(function(_, verdict)
+  if verdict == 'plain' then
     file_ref_only = file_ref_only + 1
   end
-end
-return file_ref_only
+end)
+return {file_ref_only, 0, -1, bytes, idx, off}
 "#;
+
+/// What the Lua calls over one batch of keys found, summed.
+#[derive(Debug, Default)]
+struct BatchCounts {
+    first: u64,
+    second: u64,
+    max_pttl: Option<u64>,
+    bytes: u64,
+    calls: u64,
+}
+
+/// Runs `script` (one of the checks above) over `keys` in as many calls as the byte budget needs.
+async fn check_keys(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    keys: &[String],
+    action: &'static str,
+) -> Result<BatchCounts, DrainError> {
+    let mut counts = BatchCounts::default();
+    let (mut idx, mut off) = (1usize, 0u64);
+    while idx <= keys.len() {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg(idx)
+            .arg(off)
+            .arg(WINDOW_BYTES)
+            .arg(CALL_BUDGET_BYTES);
+        let (first, second, max_pttl, bytes, next_idx, next_off): (u64, u64, i64, u64, usize, u64) =
+            inv.invoke_async(conn)
+                .await
+                .map_err(|source| DrainError::Redis { action, source })?;
+        counts.first += first;
+        counts.second += second;
+        counts.bytes += bytes;
+        counts.calls += 1;
+        if max_pttl >= 0 {
+            let m = max_pttl as u64;
+            counts.max_pttl = Some(counts.max_pttl.map_or(m, |x| x.max(m)));
+        }
+        (idx, off) = (next_idx, next_off);
+    }
+    Ok(counts)
+}
 
 /// Scans every payload key of `keys`' prefix, `batch` keys per SCAN step.
 pub async fn observe_legacy_payloads(
@@ -105,7 +237,7 @@ pub async fn observe_legacy_payloads(
 ) -> Result<DrainFigures, DrainError> {
     let started = Instant::now();
     let pattern = keys.payload_pattern();
-    let script = Script::new(&format!("{IS_LEGACY}{CHECK_BATCH}"));
+    let script = Script::new(&format!("{EXAMINE}{CHECK_BATCH}"));
     let mut figures = DrainFigures::default();
     let mut scan = Scan::keys(&pattern, batch);
     while let Some(found) = scan
@@ -116,24 +248,13 @@ pub async fn observe_legacy_payloads(
             source,
         })?
     {
-        let mut inv = script.prepare_invoke();
-        for k in &found {
-            inv.key(k);
-        }
-        let (legacy, no_expiry, max_pttl, bytes): (u64, u64, i64, u64) = inv
-            .invoke_async(conn)
-            .await
-            .map_err(|source| DrainError::Redis {
-                action: "checking a batch of payloads",
-                source,
-            })?;
+        let c = check_keys(conn, &script, &found, "checking a batch of payloads").await?;
         figures.scanned += found.len() as u64;
-        figures.legacy += legacy;
-        figures.legacy_without_expiry += no_expiry;
-        figures.bytes_inspected += bytes;
-        figures.batches += 1;
-        if max_pttl >= 0 {
-            let m = max_pttl as u64;
+        figures.legacy += c.first;
+        figures.legacy_without_expiry += c.second;
+        figures.bytes_inspected += c.bytes;
+        figures.batches += c.calls;
+        if let Some(m) = c.max_pttl {
             figures.max_legacy_pttl_ms = Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
         }
     }
@@ -147,7 +268,7 @@ pub async fn observe_active_jobs(
     keys: &Keys,
     batch: usize,
 ) -> Result<ActiveFigures, DrainError> {
-    let script = Script::new(&format!("{IS_LEGACY}{CHECK_ACTIVE}"));
+    let script = Script::new(&format!("{EXAMINE}{CHECK_ACTIVE}"));
     let mut figures = ActiveFigures::default();
     let active = keys.active();
     let mut scan = Scan::set_members(&active, batch);
@@ -159,19 +280,10 @@ pub async fn observe_active_jobs(
             source,
         })?
     {
-        let mut inv = script.prepare_invoke();
-        for id in &ids {
-            inv.key(keys.payload(id));
-        }
-        let n: u64 = inv
-            .invoke_async(conn)
-            .await
-            .map_err(|source| DrainError::Redis {
-                action: "checking active job payloads",
-                source,
-            })?;
+        let payloads: Vec<String> = ids.iter().map(|id| keys.payload(id)).collect();
+        let c = check_keys(conn, &script, &payloads, "checking active job payloads").await?;
         figures.active += ids.len() as u64;
-        figures.file_ref_only += n;
+        figures.file_ref_only += c.first;
     }
     Ok(figures)
 }

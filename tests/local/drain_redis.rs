@@ -4,7 +4,9 @@ use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::{is_legacy_payload, FileRef, JobPayload};
 use dedup2d::contract::scan::Scan;
-use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads, DrainError};
+use dedup2d::operator::drain::{
+    observe_active_jobs, observe_legacy_payloads, DrainError, CALL_BUDGET_BYTES, WINDOW_BYTES,
+};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -183,7 +185,7 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
         serde_json::to_string(&payload).unwrap()
     };
     #[rustfmt::skip]
-    let cases: Vec<(String, bool)> = vec![
+    let mut cases: Vec<(String, bool)> = vec![
         (ours(Some("QUJD")), true),
         (ours(None), false),
         (ours(Some("")), false),
@@ -198,11 +200,13 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
         (r#"{"file_name":"file_bytes_b64.dxf"}"#.into(), false),
         (r#"{"note":"\"file_bytes_b64\": \"x\""}"#.into(), false),
     ];
+    cases.extend(large_cases(&ours));
     let redis = RedisServer::start();
     let mut conn = redis.manager().await;
     let keys = Keys::new("dedup2d");
     for (raw, legacy) in &cases {
-        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {raw}");
+        let shown = &raw[..raw.len().min(120)];
+        assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {shown}");
         let _: () = conn.set("dedup2d:payload:j", raw).await.unwrap();
         let _: () = conn.sadd("dedup2d:active", "j").await.unwrap();
         let scan = observe_legacy_payloads(&mut conn, &keys, 100)
@@ -211,13 +215,147 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
         assert_eq!(
             (scan.scanned, scan.legacy),
             (1, u64::from(*legacy)),
-            "Lua scan: {raw}"
+            "Lua scan ({} bytes): {shown}",
+            raw.len()
         );
         let active = observe_active_jobs(&mut conn, &keys, 100).await.unwrap();
         assert_eq!(
             active.file_ref_only,
             u64::from(!*legacy),
-            "Lua active check: {raw}"
+            "Lua active check ({} bytes): {shown}",
+            raw.len()
         );
     }
+}
+
+const MIB: usize = 1 << 20;
+
+/// `n` bytes of base64-alphabet text.
+fn filler(n: usize) -> String {
+    "QUJD".repeat(n / 4 + 1)[..n].to_string()
+}
+
+/// Payloads larger than two windows, where the member sits at the start, at the end, in the
+/// middle after another large member, across a window boundary, or only inside another string.
+fn large_cases(ours: &dyn Fn(Option<&str>) -> String) -> Vec<(String, bool)> {
+    let w = WINDOW_BYTES as usize;
+    let big = |n| filler(n);
+    // `{"a":"` + pad + `","file_bytes_b64"` ends the name exactly `shift` bytes past the first window.
+    let across = |shift: usize, rest: &str| {
+        let pad = w + shift - r#"{"a":""#.len() - r#"","file_bytes_b64""#.len();
+        format!(
+            r#"{{"a":"{}","file_bytes_b64"{rest},"z":"{}"}}"#,
+            big(pad),
+            big(MIB)
+        )
+    };
+    vec![
+        (ours(Some(&big(2 * MIB))), true),
+        (ours(Some(&big(10 * MIB))), true),
+        (
+            format!(
+                r#"{{"file_bytes_b64":"{}","file_name":"a.dxf"}}"#,
+                big(10 * MIB)
+            ),
+            true,
+        ),
+        (
+            format!(
+                r#"{{"query_geom":"{}","file_bytes_b64":"QQ=="}}"#,
+                big(2 * MIB)
+            ),
+            true,
+        ),
+        (
+            format!(
+                r#"{{"query_geom":"{}","file_bytes_b64":"{}"}}"#,
+                big(MIB),
+                big(2 * MIB)
+            ),
+            true,
+        ),
+        (
+            format!(
+                r#"{{"a":"{}","file_bytes_b64":"QQ==","z":"{}"}}"#,
+                big(MIB),
+                big(MIB)
+            ),
+            true,
+        ),
+        (
+            format!(r#"{{"query_geom":"{}","file_bytes_b64":""}}"#, big(2 * MIB)),
+            false,
+        ),
+        (
+            format!(
+                r#"{{"query_geom":"{}","file_bytes_b64":null}}"#,
+                big(2 * MIB)
+            ),
+            false,
+        ),
+        (
+            format!(
+                r#"{{"a":"{}","file_bytes_b64":"","z":"{}"}}"#,
+                big(MIB),
+                big(MIB)
+            ),
+            false,
+        ),
+        (
+            format!(
+                r#"{{"a":"{}","file_bytes_b64":null,"z":"{}"}}"#,
+                big(MIB),
+                big(10 * MIB)
+            ),
+            false,
+        ),
+        (
+            format!(
+                r#"{{"note":"{} \"file_bytes_b64\":\"x\" {}"}}"#,
+                big(MIB),
+                big(MIB)
+            ),
+            false,
+        ),
+        (format!(r#"{{"query_geom":"{}"}}"#, big(10 * MIB)), false),
+        (across(0, r#":"QQ==""#), true),
+        (across(0, r#" :  "QQ==""#), true),
+        (across(7, r#":"QQ==""#), true),
+        (across(0, r#":"""#), false),
+        (across(3, r#" : null"#), false),
+    ]
+}
+
+/// A large payload is decided from its windows, not read whole; one whose middle must be
+/// scanned is scanned in calls bounded by the byte budget.
+#[tokio::test]
+async fn large_payloads_are_examined_in_bounded_windows() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("dedup2d");
+    let first = format!(r#"{{"file_bytes_b64":"{}"}}"#, filler(10 * MIB));
+    let _: () = conn.set("dedup2d:payload:j", &first).await.unwrap();
+    let f = observe_legacy_payloads(&mut conn, &keys, 100)
+        .await
+        .unwrap();
+    assert_eq!((f.legacy, f.batches), (1, 1));
+    assert!(
+        f.bytes_inspected <= 2 * WINDOW_BYTES + 512,
+        "{} bytes examined",
+        f.bytes_inspected
+    );
+
+    let none = format!(r#"{{"query_geom":"{}"}}"#, filler(10 * MIB));
+    let _: () = conn.set("dedup2d:payload:j", &none).await.unwrap();
+    let f = observe_legacy_payloads(&mut conn, &keys, 100)
+        .await
+        .unwrap();
+    assert_eq!(f.legacy, 0);
+    let len = none.len() as u64;
+    assert!(f.bytes_inspected >= len, "{} of {len}", f.bytes_inspected);
+    assert!(
+        f.batches >= len / (CALL_BUDGET_BYTES + 2 * WINDOW_BYTES),
+        "{} calls for {len} bytes",
+        f.batches
+    );
 }

@@ -22,6 +22,8 @@ mod support {
 mod api_http;
 mod api_presets;
 mod api_worker_s3;
+/// `#[ignore]`d measurement run by `bench/drain.sh`, not a test.
+mod bench_drain;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
 mod bench_worker_rss;
 mod cli_errors;

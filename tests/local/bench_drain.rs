@@ -1,0 +1,246 @@
+//! The drain check's cost on Redis: not a test (it is `#[ignore]`d and asserts nothing timed), but
+//! the measurement `bench/drain.sh` runs. One private `redis-server` is loaded with a mix of
+//! payloads (file_ref-only, dual-write with 1–100 KiB of base64, a few of 10 MiB), then three
+//! passes over the same keys run side by side: the check before the change (its Lua kept here
+//! only), the bounded check of `operator::drain`, and a bare `SCAN`. Each pass reports Redis CPU
+//! (`INFO cpu` delta), bytes examined, wall time, the longest single command (slow log), and the
+//! worst round trip a second client sees pinging every 1 ms. The JSON goes to `bench/results/drain.json` with the ratios.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::redis::RedisServer;
+use dedup2d::contract::keys::Keys;
+use dedup2d::contract::scan::Scan;
+use dedup2d::operator::drain::observe_legacy_payloads;
+use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
+
+/// The payload keys of `Keys::new("dedup2d")`.
+const PATTERN: &str = "dedup2d:payload:*";
+
+/// The operator's SCAN batch.
+const BATCH: usize = 500;
+
+/// The check before bounded windows: `GET`s every payload of a batch into Lua.
+const OLD_CHECK: &str = r#"
+local function is_legacy(v)
+  return string.find(v, '"file_bytes_b64"%s*:%s*"[^"]') ~= nil
+end
+local legacy, bytes = 0, 0
+for _, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v then
+    bytes = bytes + #v
+    if is_legacy(v) then
+      legacy = legacy + 1
+      redis.call('PTTL', key)
+    end
+  end
+end
+return {legacy, bytes}
+"#;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: a number")))
+        .unwrap_or(default)
+}
+
+async fn redis_cpu_s(conn: &mut ConnectionManager) -> f64 {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("used_cpu_sys:")
+                .or_else(|| l.strip_prefix("used_cpu_user:"))
+        })
+        .map(|v| v.trim().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn payload(i: usize, b64_bytes: usize) -> String {
+    let mut p = json!({"tenant_id":"t","file_name":format!("f{i}.dxf"),"content_type":null,
+        "file_ref":{"backend":"local","path":format!("j{i}/a.dxf")},"query_geom":null,
+        "request_params":{},"callback_url":null,"render_required":true});
+    if b64_bytes > 0 {
+        p["file_bytes_b64"] = Value::String("QUJD".repeat(b64_bytes / 4));
+    }
+    p.to_string()
+}
+
+/// The longest command (µs) in the slow log, which logs every command (see `drain_check_cost_on_redis`).
+async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
+    let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1_000_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .filter_map(|e| match e.get(2) {
+            Some(redis::Value::Int(us)) => Some(*us),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Loads `n` small-mix payloads (one in five dual-write, 1–100 KiB of base64) and `big` of 10 MiB.
+async fn load(conn: &mut ConnectionManager, keys: &Keys, n: usize, big: usize) -> (u64, u64) {
+    let (mut legacy, mut bytes) = (0u64, 0u64);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            let b64 = if i % 5 == 0 { (1 + i % 100) * 1024 } else { 0 };
+            let p = payload(i, b64);
+            legacy += u64::from(b64 > 0);
+            bytes += p.len() as u64;
+            pipe.set_ex(keys.payload(&format!("s{i}")), p, 3600)
+                .ignore();
+        }
+        let _: () = pipe.query_async(conn).await.unwrap();
+    }
+    for i in 0..big {
+        let p = payload(i, 10 << 20);
+        bytes += p.len() as u64;
+        legacy += 1;
+        let _: () = redis::cmd("SET")
+            .arg(keys.payload(&format!("b{i}")))
+            .arg(p)
+            .query_async(conn)
+            .await
+            .unwrap();
+    }
+    (legacy, bytes)
+}
+
+/// Runs `pass` while a second client pings every 1 ms; returns what it counted (legacy payloads,
+/// or keys seen by the bare SCAN) and examined, the Redis CPU
+/// it cost, its wall time and the worst ping round trip.
+async fn measure<F, Fut>(redis: &RedisServer, conn: &mut ConnectionManager, pass: F) -> Value
+where
+    F: FnOnce(ConnectionManager) -> Fut,
+    Fut: std::future::Future<Output = (u64, u64)>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut pinger = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let flag = stop.clone();
+    let pings = tokio::spawn(async move {
+        let (mut worst, mut count) = (Duration::ZERO, 0u64);
+        while !flag.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut pinger).await.unwrap();
+            worst = worst.max(t.elapsed());
+            count += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (worst, count)
+    });
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let cpu0 = redis_cpu_s(conn).await;
+    let started = Instant::now();
+    let (counted, examined) = pass(conn.clone()).await;
+    let wall = started.elapsed();
+    let cpu = redis_cpu_s(conn).await - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let (worst, count) = pings.await.unwrap();
+    let longest = longest_command_us(conn).await;
+    json!({"counted": counted, "bytes_examined": examined, "redis_cpu_s": cpu,
+           "wall_s": wall.as_secs_f64(), "worst_ping_ms": worst.as_secs_f64() * 1e3,
+           "pings": count, "longest_command_ms": longest as f64 / 1e3})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run bench/drain.sh"]
+async fn drain_check_cost_on_redis() {
+    let n = env_or("DEDUP2D_BENCH_KEYS", 20_000);
+    let big = env_or("DEDUP2D_BENCH_BIG", 50);
+    let redis = RedisServer::start();
+    // The old check holds Redis for seconds: no response timeout on the measuring side.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(None),
+        )
+        .await
+        .unwrap();
+    let keys = Keys::new("dedup2d");
+    let (legacy, stored) = load(&mut conn, &keys, n, big).await;
+    // Every command goes to the slow log, so each pass can report its longest one.
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "1000000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let old = measure(&redis, &mut conn, |mut c| async move {
+        let script = redis::Script::new(OLD_CHECK);
+        let (mut legacy, mut bytes) = (0, 0);
+        let mut scan = Scan::keys(PATTERN, BATCH);
+        while let Some(found) = scan.next_batch(&mut c).await.unwrap() {
+            let mut inv = script.prepare_invoke();
+            for k in &found {
+                inv.key(k);
+            }
+            let (l, b): (u64, u64) = inv.invoke_async(&mut c).await.unwrap();
+            (legacy, bytes) = (legacy + l, bytes + b);
+        }
+        (legacy, bytes)
+    })
+    .await;
+    let new = measure(&redis, &mut conn, |mut c| async move {
+        let f = observe_legacy_payloads(&mut c, &keys, BATCH).await.unwrap();
+        (f.legacy, f.bytes_inspected)
+    })
+    .await;
+    let scan = measure(&redis, &mut conn, |mut c| async move {
+        let mut s = Scan::keys(PATTERN, BATCH);
+        let mut seen = 0;
+        while let Some(found) = s.next_batch(&mut c).await.unwrap() {
+            seen += found.len() as u64;
+        }
+        (seen, 0)
+    })
+    .await;
+    assert_eq!(old["counted"], json!(legacy), "old check miscounted");
+    assert_eq!(new["counted"], json!(legacy), "bounded check miscounted");
+    let ratio = |a: &Value, b: &Value, f: &str| a[f].as_f64().unwrap() / b[f].as_f64().unwrap();
+    let out = json!({
+        "keys": n + big, "small_keys": n, "ten_mib_keys": big, "legacy": legacy,
+        "stored_bytes": stored, "scan_batch": BATCH,
+        "old_check": old, "bounded_check": new, "bare_scan": scan,
+        "ratios": {
+            "redis_cpu_old_over_bounded": ratio(&old, &new, "redis_cpu_s"),
+            "redis_cpu_bounded_over_bare_scan": ratio(&new, &scan, "redis_cpu_s"),
+            "redis_cpu_old_over_bare_scan": ratio(&old, &scan, "redis_cpu_s"),
+            "bytes_old_over_bounded": ratio(&old, &new, "bytes_examined"),
+            "worst_ping_old_over_bounded": ratio(&old, &new, "worst_ping_ms"),
+            "longest_command_old_over_bounded": ratio(&old, &new, "longest_command_ms"),
+        },
+    });
+    let text = serde_json::to_string_pretty(&out).unwrap();
+    println!("{text}");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/drain.json");
+    std::fs::write(path, text + "\n").unwrap();
+}
