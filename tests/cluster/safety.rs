@@ -458,3 +458,44 @@ async fn stuck_worker_rollout_with_on_failure_pause_holds_until_retry() {
         .starts_with("resumed after ProgressDeadlineExceeded"));
     print_events("stuck with onFailure Pause", &events(ns).await);
 }
+
+/// Requests act once whatever order re-applied manifests bring them back in: `abort` from the
+/// manifest rolls back, `retry:1` goes forward again, and the unchanged manifest applied again (which
+/// puts `abort` back) changes nothing and emits no Event.
+#[tokio::test]
+async fn a_reapplied_abort_after_a_retry_acts_once() {
+    let spec = rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "1h"}}));
+    let (s, _op) = Scenario::builder("op-reabort")
+        .workers(&[("worker-a", 2)])
+        .run("ra", spec.clone())
+        .await;
+    let ns = &s.ns;
+    s.wait("ra", Phase::Soaking).await;
+    let manifest = json!({"apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+        "metadata": {"name": "ra", "annotations": {"dedup2d.io/request": "abort"}},
+        "spec": spec});
+    let api = ns.api::<Dedup2DRollout>();
+    let ssa = PatchParams::apply("e2e");
+    api.patch("ra", &ssa, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    wait_phase(ns, "ra", Phase::RolledBack, Duration::from_secs(30)).await;
+    request(ns, "ra", Some("retry:1")).await;
+    s.wait("ra", Phase::Soaking).await;
+    wait_event_count(ns, "Request", 2).await;
+
+    // The retry wrote the annotation last: a GitOps sync takes it back with a forced apply.
+    api.patch("ra", &ssa.clone().force(), &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    holds(ns, "ra", Phase::Soaking, 5).await;
+    let st = status(ns, "ra").await;
+    let seen: Vec<&str> = st
+        .request_history
+        .iter()
+        .map(|r| r.request.as_str())
+        .collect();
+    assert_eq!(seen, ["abort", "retry:1"]);
+    assert_eq!(st.last_request.unwrap().request, "retry:1");
+    wait_event_count(ns, "Request", 2).await;
+}
