@@ -1,7 +1,8 @@
 //! The bad cases on the local control plane: a stuck worker rollout rolled back automatically,
 //! `spec.paused` holding the rollout in several phases, `promote` ending a soak (and a request
 //! applied twice acting once), a quick abort during `Soaking`, and a full abort that waits for the
-//! active file_ref-only jobs before restoring images. Each test runs its own operator process
+//! active file_ref-only jobs before restoring images; requests act once (a re-applied `abort` after
+//! `retry:1` changes nothing, a stale `abort` on a new rollout is ignored). Each test runs its own operator process
 //! restricted to its own namespace (helpers from `tests/support`).
 
 use std::time::Duration;
@@ -498,4 +499,39 @@ async fn a_reapplied_abort_after_a_retry_acts_once() {
     assert_eq!(seen, ["abort", "retry:1"]);
     assert_eq!(st.last_request.unwrap().request, "retry:1");
     wait_event_count(ns, "Request", 2).await;
+}
+
+/// A brand-new rollout created from a manifest that still carries a stale `abort`: nothing was
+/// written, so the abort is recorded as ignored and the rollout goes forward; it never rolls back
+/// (which would turn dual-write on and restart the API for nothing).
+#[tokio::test]
+async fn a_new_rollout_carrying_a_stale_abort_goes_forward() {
+    let s = Scenario::builder("op-staleabort")
+        .workers(&[("worker-a", 2)])
+        .fleet()
+        .await;
+    let ns = &s.ns;
+    let manifest = json!({"apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+        "metadata": {"name": "sa", "annotations": {"dedup2d.io/request": "abort"}},
+        "spec": rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "1h"}}))});
+    ns.api::<Dedup2DRollout>()
+        .patch("sa", &PatchParams::apply("e2e"), &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    let _op = crate::support::operator::Operator::start(&ns.name);
+    let r = s.wait("sa", Phase::Soaking).await;
+    let st = r.status.unwrap();
+    let handled = st.last_request.expect("request recorded");
+    assert_eq!(
+        (handled.request.as_str(), handled.outcome.as_str()),
+        ("abort", "ignored: nothing to roll back")
+    );
+    assert!(st.rollback.is_none());
+    let phases: Vec<String> = transitions(ns).await.into_iter().map(|t| t.1).collect();
+    assert!(
+        !phases
+            .iter()
+            .any(|p| p.starts_with("Rolling") || p.starts_with("Rolled")),
+        "{phases:?}"
+    );
 }
