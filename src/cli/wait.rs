@@ -91,17 +91,21 @@ pub(crate) fn verdict(rollout: &Dedup2DRollout) -> Verdict {
 }
 
 /// The `dedup2d.io/request` value the operator has not handled yet, if any.
+/// A value in `lastRequest` or `requestHistory` is handled: the operator ignores it silently.
 pub(crate) fn pending_request(rollout: &Dedup2DRollout) -> Option<&str> {
-    let handled = rollout
-        .status
-        .as_ref()
-        .and_then(|s| s.last_request.as_ref())
-        .map(|r| r.request.as_str());
+    let handled = |v: &str| {
+        rollout.status.as_ref().is_some_and(|s| {
+            s.last_request
+                .iter()
+                .chain(&s.request_history)
+                .any(|r| r.request == v)
+        })
+    };
     rollout
         .annotations()
         .get(REQUEST_ANNOTATION)
         .map(String::as_str)
-        .filter(|v| Some(*v) != handled)
+        .filter(|v| !handled(v))
 }
 
 /// The status describes the newest spec and every request sent so far.
@@ -297,6 +301,11 @@ mod tests {
         });
         assert_eq!(pending_request(&r), None);
         assert_eq!(verdict(&r).exit(), Some(Exit::NeedsPerson));
+        // An older value re-applied is in the history: the operator ignores it, nothing to wait for.
+        let st = r.status.as_mut().unwrap();
+        st.request_history = vec![st.last_request.clone().unwrap()];
+        st.last_request.as_mut().unwrap().request = "retry:n9".into();
+        assert_eq!(pending_request(&r), None);
 
         // An abort-full sent after Completed: wait for the rollback, not exit 0.
         let mut r = rollout(Phase::Completed);

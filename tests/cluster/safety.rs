@@ -1,7 +1,8 @@
 //! The bad cases on the local control plane: a stuck worker rollout rolled back automatically,
 //! `spec.paused` holding the rollout in several phases, `promote` ending a soak (and a request
 //! applied twice acting once), a quick abort during `Soaking`, and a full abort that waits for the
-//! active file_ref-only jobs before restoring images. Each test runs its own operator process
+//! active file_ref-only jobs before restoring images; requests act once (a re-applied `abort` after
+//! `retry:1` changes nothing, a stale `abort` on a new rollout is ignored). Each test runs its own operator process
 //! restricted to its own namespace (helpers from `tests/support`).
 
 use std::time::Duration;
@@ -457,4 +458,80 @@ async fn stuck_worker_rollout_with_on_failure_pause_holds_until_retry() {
         .outcome
         .starts_with("resumed after ProgressDeadlineExceeded"));
     print_events("stuck with onFailure Pause", &events(ns).await);
+}
+
+/// Requests act once whatever order re-applied manifests bring them back in: `abort` from the
+/// manifest rolls back, `retry:1` goes forward again, and the unchanged manifest applied again (which
+/// puts `abort` back) changes nothing and emits no Event.
+#[tokio::test]
+async fn a_reapplied_abort_after_a_retry_acts_once() {
+    let spec = rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "1h"}}));
+    let (s, _op) = Scenario::builder("op-reabort")
+        .workers(&[("worker-a", 2)])
+        .run("ra", spec.clone())
+        .await;
+    let ns = &s.ns;
+    s.wait("ra", Phase::Soaking).await;
+    let manifest = json!({"apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+        "metadata": {"name": "ra", "annotations": {"dedup2d.io/request": "abort"}},
+        "spec": spec});
+    let api = ns.api::<Dedup2DRollout>();
+    let ssa = PatchParams::apply("e2e");
+    api.patch("ra", &ssa, &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    wait_phase(ns, "ra", Phase::RolledBack, Duration::from_secs(30)).await;
+    request(ns, "ra", Some("retry:1")).await;
+    s.wait("ra", Phase::Soaking).await;
+    wait_event_count(ns, "Request", 2).await;
+
+    // The retry wrote the annotation last: a GitOps sync takes it back with a forced apply.
+    api.patch("ra", &ssa.clone().force(), &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    holds(ns, "ra", Phase::Soaking, 5).await;
+    let st = status(ns, "ra").await;
+    let seen: Vec<&str> = st
+        .request_history
+        .iter()
+        .map(|r| r.request.as_str())
+        .collect();
+    assert_eq!(seen, ["abort", "retry:1"]);
+    assert_eq!(st.last_request.unwrap().request, "retry:1");
+    wait_event_count(ns, "Request", 2).await;
+}
+
+/// A brand-new rollout created from a manifest that still carries a stale `abort`: nothing was
+/// written, so the abort is recorded as ignored and the rollout goes forward; it never rolls back
+/// (which would turn dual-write on and restart the API for nothing).
+#[tokio::test]
+async fn a_new_rollout_carrying_a_stale_abort_goes_forward() {
+    let s = Scenario::builder("op-staleabort")
+        .workers(&[("worker-a", 2)])
+        .fleet()
+        .await;
+    let ns = &s.ns;
+    let manifest = json!({"apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+        "metadata": {"name": "sa", "annotations": {"dedup2d.io/request": "abort"}},
+        "spec": rollout_spec(&["worker-a"], json!({"dualWrite": {"soak": "1h"}}))});
+    ns.api::<Dedup2DRollout>()
+        .patch("sa", &PatchParams::apply("e2e"), &Patch::Apply(&manifest))
+        .await
+        .unwrap();
+    let _op = crate::support::operator::Operator::start(&ns.name);
+    let r = s.wait("sa", Phase::Soaking).await;
+    let st = r.status.unwrap();
+    let handled = st.last_request.expect("request recorded");
+    assert_eq!(
+        (handled.request.as_str(), handled.outcome.as_str()),
+        ("abort", "ignored: nothing to roll back")
+    );
+    assert!(st.rollback.is_none());
+    let phases: Vec<String> = transitions(ns).await.into_iter().map(|t| t.1).collect();
+    assert!(
+        !phases
+            .iter()
+            .any(|p| p.starts_with("Rolling") || p.starts_with("Rolled")),
+        "{phases:?}"
+    );
 }

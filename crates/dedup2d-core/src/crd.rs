@@ -406,6 +406,11 @@ pub struct Dedup2DRolloutStatus {
     /// The last `dedup2d.io/request` handled (never handled twice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request: Option<HandledRequest>,
+    /// The latest handled `dedup2d.io/request` values, oldest first (at most 16). A value found
+    /// here is never handled again, whatever order re-applied manifests bring values back in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_REQUEST_HISTORY))]
+    pub request_history: Vec<HandledRequest>,
     /// When the rollout reached `Completed` or `RolledBack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
@@ -418,6 +423,9 @@ pub struct Dedup2DRolloutStatus {
 
 /// How many transitions `status.transitions` keeps.
 pub(crate) const MAX_TRANSITIONS: usize = 10;
+
+/// How many handled requests `status.requestHistory` keeps.
+pub(crate) const MAX_REQUEST_HISTORY: usize = 16;
 
 /// One phase transition, as its Event tells it.
 #[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD

@@ -5,9 +5,11 @@ local status = obj.status
 local phase = nil
 local level = nil
 local held = false
+local written = false
 if status ~= nil then
   phase = status.phase
   held = status.hold ~= nil
+  written = status.fields ~= nil and #status.fields > 0
   if status.rollback ~= nil then
     level = status.rollback.level
   end
@@ -19,7 +21,8 @@ local rollingBack = phase == "RollingBack" or phase == "RolledBack"
 actions["pause"] = {["disabled"] = paused or finished}
 actions["resume"] = {["disabled"] = not paused}
 actions["promote"] = {["disabled"] = not (phase == "Soaking" or phase == "AwaitingFinalize")}
-actions["abort"] = {["disabled"] = phase == nil or rollingBack}
-actions["abort-full"] = {["disabled"] = phase == nil or (rollingBack and level == "Full")}
+-- Before any field was written there is nothing to roll back.
+actions["abort"] = {["disabled"] = not written or rollingBack}
+actions["abort-full"] = {["disabled"] = not written or (rollingBack and level == "Full")}
 actions["retry"] = {["disabled"] = not (held or phase == "RolledBack" or phase == "Failed")}
 return actions

@@ -1,12 +1,14 @@
 //! What a person asks for: spec edits (a new `metadata.generation`) and the `dedup2d.io/request`
-//! annotation, each handled once and recorded in `status.lastRequest`.
+//! annotation, each value handled once: recorded in `status.lastRequest` and in the bounded
+//! `status.requestHistory`, and a value found in either is ignored silently (no Event), so a
+//! re-applied manifest never repeats a request, whatever order its values come back in.
 
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{EventKind, EventReason, PlanEvent, Planner, Request, TransitionReason};
-use crate::crd::{HandledRequest, Phase, RollbackLevel};
+use crate::crd::{HandledRequest, Phase, RollbackLevel, MAX_REQUEST_HISTORY};
 
 /// What the operator did with a request (`status.lastRequest.outcome`, the Event message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub enum RequestOutcome {
     AlreadyFullRollback(Phase),
     /// Ignored: a retry with no hold and nothing finished to restart.
     NothingToRetry,
+    /// Ignored: an abort or abort-full before the operator wrote any field.
+    NothingToRollBack,
 }
 
 impl RequestOutcome {
@@ -48,6 +52,7 @@ impl RequestOutcome {
                 | RequestOutcome::AlreadyRollingBack(_)
                 | RequestOutcome::AlreadyFullRollback(_)
                 | RequestOutcome::NothingToRetry
+                | RequestOutcome::NothingToRollBack
         )
     }
 }
@@ -73,6 +78,7 @@ impl fmt::Display for RequestOutcome {
                 write!(f, "ignored: a full rollback is already {p}")
             }
             RequestOutcome::NothingToRetry => f.write_str("ignored: nothing to retry"),
+            RequestOutcome::NothingToRollBack => f.write_str("ignored: nothing to roll back"),
         }
     }
 }
@@ -120,12 +126,7 @@ impl Planner<'_> {
         let Some(value) = self.obs.request.clone() else {
             return;
         };
-        if self
-            .st
-            .last_request
-            .as_ref()
-            .is_some_and(|r| r.request == value)
-        {
+        if self.was_handled(&value) {
             return;
         }
         let outcome = match Request::parse(&value) {
@@ -151,11 +152,33 @@ impl Planner<'_> {
             message: format!("request {value:?}: {outcome}"),
             transition: None,
         });
-        self.st.last_request = Some(HandledRequest {
+        let handled = HandledRequest {
             request: value,
             handled_at: Time(self.stamp),
             outcome: outcome.to_string(),
-        });
+        };
+        self.st.request_history.push(handled.clone());
+        let excess = self
+            .st
+            .request_history
+            .len()
+            .saturating_sub(MAX_REQUEST_HISTORY);
+        self.st.request_history.drain(..excess);
+        self.st.last_request = Some(handled);
+    }
+
+    /// The value is `lastRequest` (a status from before the history existed) or in the history.
+    fn was_handled(&self, value: &str) -> bool {
+        self.st
+            .last_request
+            .iter()
+            .chain(&self.st.request_history)
+            .any(|r| r.request == value)
+    }
+
+    /// Nothing was ever written, so a rollback would only turn dual-write on and restart the API.
+    fn nothing_written(&self) -> bool {
+        self.st.fields.is_empty()
     }
 
     fn promote(&mut self) -> RequestOutcome {
@@ -184,6 +207,9 @@ impl Planner<'_> {
         if matches!(self.phase, Phase::RollingBack | Phase::RolledBack) {
             return RequestOutcome::AlreadyRollingBack(self.phase);
         }
+        if self.nothing_written() {
+            return RequestOutcome::NothingToRollBack;
+        }
         self.start_rollback(
             RollbackLevel::Quick,
             TransitionReason::AbortRequested,
@@ -198,6 +224,9 @@ impl Planner<'_> {
             && level == Some(RollbackLevel::Full)
         {
             return RequestOutcome::AlreadyFullRollback(self.phase);
+        }
+        if self.nothing_written() {
+            return RequestOutcome::NothingToRollBack;
         }
         self.start_rollback(
             RollbackLevel::Full,

@@ -496,6 +496,7 @@ impl World {
             recorded, told,
             "transitions missing from status.transitions"
         );
+        check_requests_act_once(&prev, d, obs);
         // Invariant 4: images are reverted only when no active job lacks file_bytes_b64.
         let rolling_back =
             d.status.phase == Some(Phase::RollingBack) || prev.phase == Some(Phase::RollingBack);
@@ -648,6 +649,37 @@ impl World {
             "rollout did not settle: {:?}",
             self.status.as_ref().map(|s| (&s.phase, &s.message))
         );
+    }
+}
+
+/// Requests act once: a value handled before (in `lastRequest` or the history) leaves no Event and
+/// the history as it was; a new value gets one Event and is appended, newest last, bounded.
+fn check_requests_act_once(prev: &Status, d: &Decision, obs: &Observed) {
+    let history = &d.status.request_history;
+    assert!(history.len() <= crate::crd::MAX_REQUEST_HISTORY);
+    let told = d
+        .events
+        .iter()
+        .filter(|e| e.reason == EventReason::Request.to_string())
+        .count();
+    let Some(value) = &obs.request else {
+        assert_eq!(told, 0, "a Request Event without a request");
+        return;
+    };
+    let seen = prev
+        .last_request
+        .iter()
+        .chain(&prev.request_history)
+        .any(|r| &r.request == value);
+    if seen {
+        assert_eq!(told, 0, "request {value:?} handled again");
+        assert_eq!(
+            history, &prev.request_history,
+            "history changed by a repeat"
+        );
+    } else {
+        assert_eq!(told, 1, "request {value:?} not told exactly once");
+        assert_eq!(history.last().map(|r| &r.request), Some(value));
     }
 }
 

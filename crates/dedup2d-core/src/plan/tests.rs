@@ -386,6 +386,130 @@ fn requests_are_handled_once() {
     assert!(!d.events.iter().any(|e| e.reason == "Request"));
 }
 
+/// The Request Events of one decision.
+fn request_events(d: &Decision) -> Vec<&PlanEvent> {
+    d.events.iter().filter(|e| e.reason == "Request").collect()
+}
+
+#[test]
+fn a_reapplied_abort_after_a_retry_does_not_roll_back_again() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+    w.request = Some("abort".into());
+    assert!(w
+        .reconcile()
+        .transitions()
+        .any(|t| t.1 == Phase::RollingBack));
+    assert_eq!(w.settle(100), Phase::RolledBack);
+    w.request = Some("retry:1".into());
+    let d = w.reconcile();
+    assert!(d
+        .transitions()
+        .any(|t| t == (Phase::RolledBack, Phase::Pending)));
+    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+    // The unchanged manifest is applied again: `abort` comes back.
+    w.request = Some("abort".into());
+    let d = w.reconcile();
+    assert!(
+        request_events(&d).is_empty(),
+        "handled again: {:?}",
+        d.events
+    );
+    assert!(d.transitions().next().is_none());
+    assert_eq!(d.status.last_request.as_ref().unwrap().request, "retry:1");
+    assert_eq!(w.settle(300), Phase::Completed);
+    assert_eq!(
+        w.phases
+            .iter()
+            .filter(|p| **p == Phase::RollingBack)
+            .count(),
+        1,
+        "{:?}",
+        w.phases
+    );
+}
+
+#[test]
+fn values_coming_back_in_any_order_each_act_at_most_once() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+    let sent = [
+        "abort", "retry:1", "abort", "retry:1", "retry:2", "abort:3", "retry:2", "abort",
+        "retry:4", "abort:3", "retry:1",
+    ];
+    let mut told: BTreeMap<&str, usize> = BTreeMap::new();
+    for value in sent {
+        w.request = Some(value.into());
+        for _ in 0..40 {
+            let d = round(&mut w);
+            *told.entry(value).or_default() += request_events(&d).len();
+        }
+    }
+    assert!(told.values().all(|n| *n <= 1), "{told:?}");
+    // abort, retry:1, retry:2 (ignored: nothing to retry after retry:1 restarted), abort:3, retry:4.
+    let acted: Vec<&str> = w
+        .status
+        .as_ref()
+        .unwrap()
+        .request_history
+        .iter()
+        .map(|r| r.request.as_str())
+        .collect();
+    assert_eq!(acted, ["abort", "retry:1", "retry:2", "abort:3", "retry:4"]);
+    let rollbacks = w
+        .phases
+        .iter()
+        .filter(|p| **p == Phase::RollingBack)
+        .count();
+    assert_eq!(rollbacks, 2, "one per distinct abort value: {:?}", w.phases);
+}
+
+#[test]
+fn a_new_rollout_carrying_a_stale_abort_changes_nothing() {
+    for value in ["abort", "abort-full"] {
+        let mut w = World::new(spec(1), 1);
+        w.request = Some(value.into());
+        let (include, restart) = (w.include.clone(), w.api.annotation.clone());
+        let d = w.reconcile();
+        assert_eq!(
+            d.status.last_request.as_ref().unwrap().outcome,
+            "ignored: nothing to roll back"
+        );
+        assert_eq!(request_events(&d)[0].kind, EventKind::Warning);
+        assert!(d.status.rollback.is_none());
+        assert!(!matches!(
+            d.action,
+            Action::SetConfig { .. } | Action::SetApiRestartAnnotation { .. }
+        ));
+        assert_eq!(
+            (w.include.clone(), w.api.annotation.clone()),
+            (include, restart)
+        );
+        // The rollout goes on as if the stale request were not there.
+        assert_eq!(w.settle(300), Phase::Completed);
+        assert!(!w.phases.contains(&Phase::RollingBack), "{:?}", w.phases);
+    }
+}
+
+#[test]
+fn the_request_history_stays_bounded_newest_last() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+    for i in 0..40 {
+        w.request = Some(format!("promote:{i}"));
+        w.reconcile();
+    }
+    let st = w.status.as_ref().unwrap();
+    let kept: Vec<&str> = st
+        .request_history
+        .iter()
+        .map(|r| r.request.as_str())
+        .collect();
+    let want: Vec<String> = (24..40).map(|i| format!("promote:{i}")).collect();
+    assert_eq!(kept, want);
+    assert_eq!(st.last_request.as_ref().unwrap().request, "promote:39");
+}
+
 #[test]
 fn quick_abort_keeps_workers_full_abort_waits_for_file_ref_only_jobs() {
     let mut w = World::new(spec(1), 1);
@@ -715,6 +839,8 @@ enum Ev {
     NewImage,
     Pause(bool),
     Request(&'static str),
+    /// A manifest re-applied with a value handled before (the n-th newest in the history).
+    Reapply(usize),
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -732,6 +858,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => Just(Ev::NewImage),
         1 => prop::sample::select(vec![false, false, false, true]).prop_map(Ev::Pause),
         1 => prop::sample::select(vec!["promote", "promote", "retry", "retry", "abort", "abort-full"]).prop_map(Ev::Request),
+        1 => (0usize..20).prop_map(Ev::Reapply),
     ]
 }
 
@@ -780,6 +907,15 @@ fn apply_event(w: &mut World, e: &Ev, i: usize) {
             }
         }
         Ev::Request(r) => w.request = Some(format!("{r}:{i}")),
+        Ev::Reapply(back) => {
+            let history = w
+                .status
+                .as_ref()
+                .map_or(&[][..], |s| &s.request_history[..]);
+            if let Some(n) = history.len().checked_sub(1) {
+                w.request = Some(history[n - back % history.len()].request.clone());
+            }
+        }
     }
 }
 
