@@ -233,7 +233,8 @@ async fn namespaced_chart_rolls_its_fleet_as_its_service_account_and_stays_in_it
         .fleet()
         .await;
     let (ns, redis, mut conn) = (&s.ns, &s.redis, s.conn.clone());
-    let other = TestNamespace::new("chart-other").await;
+    // Under the scenario's claim: a second claim could deadlock behind a cluster-wide test.
+    let other = ns.sibling("chart-other").await;
 
     let mut values = test_values();
     for v in [

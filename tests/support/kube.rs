@@ -112,6 +112,12 @@ impl TestNamespace {
         }
     }
 
+    /// Another namespace under this one's claim (a second `new` could wait forever behind a
+    /// waiting [`ClusterWide::claim`] while this one's claim is held). Drop it before this one.
+    pub async fn sibling(&self, prefix: &str) -> TestNamespace {
+        TestNamespace::create(prefix, None).await
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
