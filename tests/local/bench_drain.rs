@@ -241,6 +241,6 @@ async fn drain_check_cost_on_redis() {
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
     println!("{text}");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/results/drain.json");
+    let path = crate::support::bench::bench_result_path("drain.json");
     std::fs::write(path, text + "\n").unwrap();
 }

@@ -108,8 +108,7 @@ async fn worker_peak_rss_per_job() {
         "note": "growth_over_file = (peak - idle) / file size; b64_only payloads are 4/3 of the file",
         "results": rows,
     });
-    let path =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results/worker-rss.json");
+    let path = crate::support::bench::bench_result_path("worker-rss.json");
     std::fs::write(&path, serde_json::to_string_pretty(&out).unwrap() + "\n").unwrap();
     eprintln!("wrote {}", path.display());
 }

@@ -6,6 +6,7 @@
 #[path = "../support"]
 mod support {
     pub mod api;
+    pub mod bench;
     pub mod drawings;
     pub mod job_store;
     pub mod peer_scripts;
