@@ -23,6 +23,8 @@ mod support {
 mod api_http;
 mod api_presets;
 mod api_worker_s3;
+/// `#[ignore]`d measurements run by `bench/api-submit.sh`, not tests.
+mod bench_api_submit;
 /// `#[ignore]`d measurement run by `bench/drain.sh`, not a test.
 mod bench_drain;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
