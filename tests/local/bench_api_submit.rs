@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::support::api::{ApiProcess, KEY_A};
+use crate::support::api::{submit_file, ApiProcess};
 use crate::support::bench::{env_or, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, QUEUE, TENANT};
@@ -86,7 +86,7 @@ async fn scard(conn: &mut ConnectionManager, key: &str) -> u64 {
 enum Submitter {
     Api {
         http: reqwest::Client,
-        url: String,
+        base: String,
         file: Vec<u8>,
     },
     Store {
@@ -103,24 +103,9 @@ enum Submitter {
 impl Submitter {
     async fn submit_one(&self) {
         match self {
-            Submitter::Api { http, url, file } => {
-                let form = reqwest::multipart::Form::new().part(
-                    "file",
-                    reqwest::multipart::Part::bytes(file.clone()).file_name("part.dxf"),
-                );
-                let resp = http
-                    .post(url)
-                    .header("X-API-Key", KEY_A)
-                    .multipart(form)
-                    .send()
-                    .await
-                    .expect("POST search");
-                let status = resp.status();
-                assert!(
-                    status.is_success(),
-                    "submit answered {status}: {}",
-                    resp.text().await.unwrap_or_default()
-                );
+            Submitter::Api { http, base, file } => {
+                let (status, body) = submit_file(http, base, "part.dxf", file.clone()).await;
+                assert!(status.is_success(), "submit answered {status}: {body}");
             }
             Submitter::Store { store, payload } => {
                 let job = NewJob {
@@ -263,7 +248,7 @@ async fn passes_at(concurrency: usize, n: usize, file: &[u8]) -> Value {
         );
         let s = Submitter::Api {
             http: reqwest::Client::new(),
-            url: api.url("/api/v1/dedup/2d/search?async=true"),
+            base: api.base.clone(),
             file: file.to_vec(),
         };
         summary(run_blocks(&s, &mut redis.manager().await, n, concurrency).await)

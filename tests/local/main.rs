@@ -27,6 +27,8 @@ mod api_worker_s3;
 mod bench_api_submit;
 /// `#[ignore]`d measurement run by `bench/drain.sh`, not a test.
 mod bench_drain;
+/// `#[ignore]`d measurements run by `bench/redis-memory.sh`, not tests.
+mod bench_redis_memory;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
 mod bench_worker_rss;
 mod cli_errors;
