@@ -8,6 +8,7 @@ mod support {
     pub mod api;
     pub mod bench;
     pub mod drawings;
+    pub mod faults;
     pub mod job_store;
     pub mod peer_scripts;
     pub mod peers;
@@ -35,6 +36,7 @@ mod cli_errors;
 mod contract_redis;
 mod drain_redis;
 mod engine_verdicts;
+mod faults_drain_live;
 mod fuzz_decoders;
 mod hostile_api;
 mod hostile_worker;
