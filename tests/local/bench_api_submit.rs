@@ -13,8 +13,8 @@
 //!   its Lua kept here only) with the same writes, on the same payload, once, at the highest
 //!   concurrency.
 //!
-//! For each block: submits/s, Redis CPU per submit (`INFO cpu` delta) and the pending jobs at its
-//! end; the JSON goes to `bench/results/api-submit.json` with the last/first ratios.
+//! For each block: submits/s, Redis CPU per submit (`INFO cpu` delta), Redis commands per submit
+//! (`INFO commandstats`, script calls included) and the pending jobs at its end; the JSON goes to `bench/results/api-submit.json` with the last/first ratios.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -74,6 +74,27 @@ pub fn small_dxf(bytes: usize) -> Vec<u8> {
     }
     s.push_str("0\nENDSEC\n0\nEOF\n");
     s.into_bytes()
+}
+
+/// Commands Redis has run so far, those run by scripts included (`INFO commandstats`), less the
+/// measurement's own `INFO` calls: a cost figure that a loaded machine does not blur.
+async fn redis_commands(conn: &mut ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 async fn scard(conn: &mut ConnectionManager, key: &str) -> u64 {
@@ -176,6 +197,7 @@ async fn run_blocks(
         let size = block.min(n - b * block);
         let next = Arc::new(AtomicUsize::new(0));
         let cpu0 = redis_cpu_s(conn).await;
+        let commands0 = redis_commands(conn).await;
         let started = Instant::now();
         let tasks: Vec<_> = (0..concurrency.min(size))
             .map(|_| {
@@ -192,6 +214,7 @@ async fn run_blocks(
         }
         let wall = started.elapsed().as_secs_f64();
         let cpu = redis_cpu_s(conn).await - cpu0;
+        let commands = redis_commands(conn).await - commands0;
         let pending = scard(conn, &active_key).await;
         assert_eq!(pending as usize, b * block + size, "every submit pending");
         rows.push(json!({
@@ -200,6 +223,7 @@ async fn run_blocks(
             "pending_after": pending,
             "submits_per_s": round1(size as f64 / wall),
             "redis_cpu_us_per_submit": round1(cpu * 1e6 / size as f64),
+            "redis_commands_per_submit": round1(commands as f64 / size as f64),
         }));
     }
     rows
@@ -215,6 +239,9 @@ fn summary(rows: Vec<Value>) -> Value {
     let last = rows.len() - 1;
     json!({
         "last_over_first_rate": round3(f(last, "submits_per_s") / f(0, "submits_per_s")),
+        "last_over_first_redis_commands": round3(
+            f(last, "redis_commands_per_submit") / f(0, "redis_commands_per_submit")
+        ),
         "last_over_first_redis_cpu": round3(
             f(last, "redis_cpu_us_per_submit") / f(0, "redis_cpu_us_per_submit").max(1e-9)
         ),
@@ -338,6 +365,10 @@ async fn api_submit_rate_as_pending_jobs_grow() {
             "concurrency": top,
             "rate": round3(rate(new, last) / rate(&old, last)),
             "redis_cpu_old_over_new": round3(cpu(&old, last) / cpu(new, last)),
+            "redis_commands_old_over_new": round3(
+                old["blocks"][last]["redis_commands_per_submit"].as_f64().unwrap()
+                    / new["blocks"][last]["redis_commands_per_submit"].as_f64().unwrap()
+            ),
         },
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
