@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::{env_or, redis_cpu_s};
+use crate::support::bench::{env_list, env_or, info_section, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, QUEUE, TENANT};
 use dedup2d::contract::arq::JobRecord;
@@ -79,12 +79,9 @@ pub fn small_dxf(bytes: usize) -> Vec<u8> {
 /// Commands Redis has run so far, those run by scripts included (`INFO commandstats`), less the
 /// measurement's own `INFO` calls: a cost figure that a loaded machine does not blur.
 async fn redis_commands(conn: &mut ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
+    info_section(conn, "commandstats")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
         .filter_map(|l| {
             l.split("calls=")
@@ -329,11 +326,7 @@ fn store_payload() -> JobPayload {
 #[ignore = "a benchmark: run bench/api-submit.sh"]
 async fn api_submit_rate_as_pending_jobs_grow() {
     let n = env_or("DEDUP2D_BENCH_SUBMITS", 10_000);
-    let concurrencies: Vec<usize> = std::env::var("DEDUP2D_BENCH_CONCURRENCY")
-        .unwrap_or_else(|_| "1,8,32".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("concurrency: numbers"))
-        .collect();
+    let concurrencies = env_list("DEDUP2D_BENCH_CONCURRENCY", "1,8,32");
     let file = small_dxf(1024);
     let mut results = Vec::new();
     for &c in &concurrencies {

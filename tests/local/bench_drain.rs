@@ -8,9 +8,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::support::bench::{env_or, load_payload_mix, redis_cpu_s};
+use crate::support::bench::{env_or, load_payload_mix, pinger, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::scan::Scan;
@@ -70,23 +70,7 @@ where
     Fut: std::future::Future<Output = (u64, u64)>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut pinger = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let flag = stop.clone();
-    let pings = tokio::spawn(async move {
-        let (mut worst, mut count) = (Duration::ZERO, 0u64);
-        while !flag.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut pinger).await.unwrap();
-            worst = worst.max(t.elapsed());
-            count += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        (worst, count)
-    });
+    let pings = pinger(redis.url(), stop.clone());
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(conn)

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::env_or;
+use crate::support::bench::{env_list, env_or, info_section};
 use crate::support::redis::RedisServer;
 use crate::support::worker as w;
 use dedup2d::contract::keys::{arq as arq_keys, Keys};
@@ -53,12 +53,9 @@ impl Format {
 }
 
 async fn used_memory(conn: &mut ConnectionManager) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
+    info_section(conn, "memory")
         .await
-        .unwrap();
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .map(|v| v.trim().parse().unwrap())
         .expect("used_memory in INFO memory")
@@ -234,11 +231,7 @@ async fn measure(format: Format, kib: usize, k: usize) -> Value {
 #[ignore = "a benchmark: run bench/redis-memory.sh"]
 async fn redis_memory_per_pending_job() {
     let k = env_or("DEDUP2D_BENCH_JOBS", 20);
-    let sizes: Vec<usize> = std::env::var("DEDUP2D_BENCH_SIZES_KIB")
-        .unwrap_or_else(|_| "100,1024,10240".into())
-        .split(',')
-        .map(|s| s.trim().parse().expect("sizes in KiB"))
-        .collect();
+    let sizes = env_list("DEDUP2D_BENCH_SIZES_KIB", "100,1024,10240");
     let mut rows = Vec::new();
     for &kib in &sizes {
         let mut by_format = Vec::new();

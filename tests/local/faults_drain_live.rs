@@ -11,10 +11,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::load_payload_mix;
+use crate::support::bench::{load_payload_mix, pinger};
 use crate::support::faults::{fault_count, record_fault_counts};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, WorkerProc};
@@ -39,9 +39,12 @@ struct DrainLoop {
 
 /// Runs the drain check, payload scan then active-set scan, until `stop`.
 async fn drain_loop(url: String, legacy: u64, stop: Arc<AtomicBool>) -> DrainLoop {
+    // The operator's connection settings (operator::observe): a 10 s response timeout.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)));
     let mut conn = redis::Client::open(url)
         .unwrap()
-        .get_connection_manager()
+        .get_connection_manager_with_config(config)
         .await
         .unwrap();
     let keys = Keys::new(w::PREFIX);
@@ -58,24 +61,6 @@ async fn drain_loop(url: String, legacy: u64, stop: Arc<AtomicBool>) -> DrainLoo
         seen.active_seen_max = seen.active_seen_max.max(a.active);
     }
     seen
-}
-
-/// Pings every millisecond until `stop`; the worst round trip and the number of pings.
-async fn pinger(url: String, stop: Arc<AtomicBool>) -> (Duration, u64) {
-    let mut conn = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let (mut worst, mut count) = (Duration::ZERO, 0u64);
-    while !stop.load(Ordering::Relaxed) {
-        let t = Instant::now();
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-        worst = worst.max(t.elapsed());
-        count += 1;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    (worst, count)
 }
 
 /// Log lines of the worker that report a timeout.
@@ -114,7 +99,7 @@ async fn faults_drain_live_traffic_sees_no_redis_timeouts() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let drain = tokio::spawn(drain_loop(redis.url(), legacy, stop.clone()));
-    let pings = tokio::spawn(pinger(redis.url(), stop.clone()));
+    let pings = pinger(redis.url(), stop.clone());
 
     let http = reqwest::Client::new();
     let drawing = b"0\nSECTION\n2\nENTITIES\n0\nLINE\n0\nENDSEC\n0\nEOF\n";

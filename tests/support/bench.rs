@@ -20,20 +20,66 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Redis CPU seconds so far (`INFO cpu`: `used_cpu_sys` + `used_cpu_user`).
-pub async fn redis_cpu_s(conn: &mut redis::aio::ConnectionManager) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
+/// One section of `INFO` (`cpu`, `memory`, `commandstats`, ...).
+pub async fn info_section(conn: &mut redis::aio::ConnectionManager, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(conn)
         .await
-        .unwrap();
-    info.lines()
+        .unwrap()
+}
+
+/// Redis CPU seconds so far (`INFO cpu`: `used_cpu_sys` + `used_cpu_user`).
+pub async fn redis_cpu_s(conn: &mut redis::aio::ConnectionManager) -> f64 {
+    info_section(conn, "cpu")
+        .await
+        .lines()
         .filter_map(|l| {
             l.strip_prefix("used_cpu_sys:")
                 .or_else(|| l.strip_prefix("used_cpu_user:"))
         })
         .map(|v| v.trim().parse::<f64>().unwrap())
         .sum()
+}
+
+/// A list knob of a measurement: the comma-separated numbers in env var `name`, else `default`.
+pub fn env_list(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: comma-separated numbers"))
+        })
+        .collect()
+}
+
+/// A client pinging Redis every millisecond until `stop`: the worst round trip it saw and the
+/// number of pings.
+pub fn pinger(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(std::time::Duration, u64)> {
+    use std::time::{Duration, Instant};
+    tokio::spawn(async move {
+        // No response timeout: a ping held up by a blocked Redis is the figure, not an error.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap();
+        let (mut worst, mut count) = (Duration::ZERO, 0u64);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+            worst = worst.max(t.elapsed());
+            count += 1;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (worst, count)
+    })
 }
 
 /// A payload as our API writes it, with `b64_bytes` of base64 when above zero.
