@@ -8,8 +8,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::support::bench::{env_or, load_payload_mix, pinger, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::scan::Scan;
@@ -42,37 +43,6 @@ end
 return {legacy, bytes}
 "#;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: a number")))
-        .unwrap_or(default)
-}
-
-async fn redis_cpu_s(conn: &mut ConnectionManager) -> f64 {
-    let info: String = redis::cmd("INFO")
-        .arg("cpu")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            l.strip_prefix("used_cpu_sys:")
-                .or_else(|| l.strip_prefix("used_cpu_user:"))
-        })
-        .map(|v| v.trim().parse::<f64>().unwrap())
-        .sum()
-}
-
-fn payload(i: usize, b64_bytes: usize) -> String {
-    let mut p = json!({"tenant_id":"t","file_name":format!("f{i}.dxf"),"content_type":null,
-        "file_ref":{"backend":"local","path":format!("j{i}/a.dxf")},"query_geom":null,
-        "request_params":{},"callback_url":null,"render_required":true});
-    if b64_bytes > 0 {
-        p["file_bytes_b64"] = Value::String("QUJD".repeat(b64_bytes / 4));
-    }
-    p.to_string()
-}
-
 /// The longest command (µs) in the slow log, which logs every command (see `drain_check_cost_on_redis`).
 async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
     let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
@@ -91,35 +61,6 @@ async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
         .unwrap_or(0)
 }
 
-/// Loads `n` small-mix payloads (one in five dual-write, 1–100 KiB of base64) and `big` of 10 MiB.
-async fn load(conn: &mut ConnectionManager, keys: &Keys, n: usize, big: usize) -> (u64, u64) {
-    let (mut legacy, mut bytes) = (0u64, 0u64);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
-        let mut pipe = redis::pipe();
-        for &i in chunk {
-            let b64 = if i % 5 == 0 { (1 + i % 100) * 1024 } else { 0 };
-            let p = payload(i, b64);
-            legacy += u64::from(b64 > 0);
-            bytes += p.len() as u64;
-            pipe.set_ex(keys.payload(&format!("s{i}")), p, 3600)
-                .ignore();
-        }
-        let _: () = pipe.query_async(conn).await.unwrap();
-    }
-    for i in 0..big {
-        let p = payload(i, 10 << 20);
-        bytes += p.len() as u64;
-        legacy += 1;
-        let _: () = redis::cmd("SET")
-            .arg(keys.payload(&format!("b{i}")))
-            .arg(p)
-            .query_async(conn)
-            .await
-            .unwrap();
-    }
-    (legacy, bytes)
-}
-
 /// Runs `pass` while a second client pings every 1 ms; returns what it counted (legacy payloads,
 /// or keys seen by the bare SCAN) and examined, the Redis CPU
 /// it cost, its wall time and the worst ping round trip.
@@ -129,23 +70,7 @@ where
     Fut: std::future::Future<Output = (u64, u64)>,
 {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut pinger = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let flag = stop.clone();
-    let pings = tokio::spawn(async move {
-        let (mut worst, mut count) = (Duration::ZERO, 0u64);
-        while !flag.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut pinger).await.unwrap();
-            worst = worst.max(t.elapsed());
-            count += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        (worst, count)
-    });
+    let pings = pinger(redis.url(), stop.clone());
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(conn)
@@ -179,7 +104,7 @@ async fn drain_check_cost_on_redis() {
         .await
         .unwrap();
     let keys = Keys::new("dedup2d");
-    let (legacy, stored) = load(&mut conn, &keys, n, big).await;
+    let (legacy, stored) = load_payload_mix(&mut conn, &keys, n, big).await;
     // Every command goes to the slow log, so each pass can report its longest one.
     for (name, value) in [
         ("slowlog-log-slower-than", "0"),

@@ -8,6 +8,7 @@ mod support {
     pub mod api;
     pub mod bench;
     pub mod drawings;
+    pub mod faults;
     pub mod job_store;
     pub mod peer_scripts;
     pub mod peers;
@@ -23,14 +24,19 @@ mod support {
 mod api_http;
 mod api_presets;
 mod api_worker_s3;
+/// `#[ignore]`d measurements run by `bench/api-submit.sh`, not tests.
+mod bench_api_submit;
 /// `#[ignore]`d measurement run by `bench/drain.sh`, not a test.
 mod bench_drain;
+/// `#[ignore]`d measurements run by `bench/redis-memory.sh`, not tests.
+mod bench_redis_memory;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
 mod bench_worker_rss;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
 mod engine_verdicts;
+mod faults_drain_live;
 mod fuzz_decoders;
 mod hostile_api;
 mod hostile_worker;

@@ -74,3 +74,26 @@ impl Drop for ApiProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `POST {base}/api/v1/dedup/2d/search?async=true` with `bytes` as the multipart `file`, under
+/// tenant A's key: the status and the JSON body (`null` when it is not JSON).
+pub async fn submit_file(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    bytes: Vec<u8>,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(name.to_string()),
+    );
+    let resp = http
+        .post(format!("{base}/api/v1/dedup/2d/search?async=true"))
+        .header("X-API-Key", KEY_A)
+        .multipart(form)
+        .send()
+        .await
+        .expect("POST /api/v1/dedup/2d/search");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
