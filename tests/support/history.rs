@@ -14,11 +14,16 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        coordination::v1::Lease,
         core::v1::{ConfigMap, Pod},
     },
     jiff::Timestamp,
 };
-use kube::{runtime::watcher, Api, ResourceExt};
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::watcher,
+    Api, ResourceExt,
+};
 
 use dedup2d::operator::crd::{Dedup2DRollout, Phase};
 
@@ -180,6 +185,51 @@ impl History {
     pub fn arrived(&self) -> Vec<Entry> {
         self.entries.lock().unwrap().clone()
     }
+}
+
+/// The store's revision now: writes a marker object of a kind the recorder does not watch (a
+/// Lease) and returns its `resourceVersion`. History entries with a lower revision were written
+/// before this call, higher ones after it.
+pub async fn revision_now(ns: &TestNamespace) -> u64 {
+    let marker = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "e2e-revision-marker"},
+        "spec": {"holderIdentity": uuid::Uuid::new_v4().to_string()}
+    });
+    let lease = ns
+        .api::<Lease>()
+        .patch(
+            "e2e-revision-marker",
+            &PatchParams::apply("e2e-marker").force(),
+            &Patch::Apply(marker),
+        )
+        .await
+        .expect("write the revision marker");
+    lease
+        .resource_version()
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+/// The rollout phases recorded at revisions strictly between `from` and `to`, repeats collapsed.
+pub fn phases_between(entries: &[Entry], from: u64, to: u64) -> Vec<Option<Phase>> {
+    let inside: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.rv > from && e.rv < to)
+        .cloned()
+        .collect();
+    sequence(&inside, |r| match r {
+        Rec::Rollout { phase } => Some(*phase),
+        _ => None,
+    })
+}
+
+/// The revision of the first recorded rollout version in `phase`.
+pub fn first_in_phase(entries: &[Entry], phase: Phase) -> Option<u64> {
+    entries
+        .iter()
+        .find(|e| matches!(e.rec, Rec::Rollout { phase: Some(p) } if p == phase))
+        .map(|e| e.rv)
 }
 
 /// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every
