@@ -25,7 +25,7 @@ use kube::{
     Api, ResourceExt,
 };
 
-use dedup2d::operator::crd::{Dedup2DRollout, Phase};
+use dedup2d::operator::crd::{Dedup2DRollout, Phase, FIELD_MANAGER};
 
 use super::fleet::{
     rolled_out, template_annotation, template_image, API_NEW, API_OLD, INCLUDE, NEW_IMAGE,
@@ -45,6 +45,8 @@ pub enum Rec {
     },
     ConfigMap {
         include_b64: Option<String>,
+        /// The operator's managedFields entry ([`operator_stamp`]).
+        ours: Option<String>,
     },
     Deployment {
         name: String,
@@ -52,6 +54,8 @@ pub enum Rec {
         restart_annotation: Option<String>,
         /// kubectl's rollout-status test holds for this version.
         rolled: bool,
+        /// The operator's managedFields entry ([`operator_stamp`]).
+        ours: Option<String>,
     },
     Rollout {
         phase: Option<Phase>,
@@ -65,6 +69,31 @@ pub struct Entry {
     /// When the test saw it.
     pub seen: Timestamp,
     pub rec: Rec,
+}
+
+/// The operator's (field manager [`FIELD_MANAGER`]) managedFields entry of an object, as text:
+/// its time and the fields it owns. It changes exactly when a write of the operator changed the
+/// object (at the entry's one-second resolution, two writes of the same fields within one second
+/// read as one).
+pub fn operator_stamp<K: kube::Resource>(obj: &K) -> Option<String> {
+    let entry = obj
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| m.manager.as_deref() == Some(FIELD_MANAGER))?;
+    Some(format!("{:?} {:?}", entry.time, entry.fields_v1))
+}
+
+/// How many writes of the operator changed the objects `pick` selects (repeats of its
+/// managedFields entry collapsed, [`operator_stamp`]).
+pub fn operator_writes(entries: &[Entry], pick: impl Fn(&Rec) -> bool) -> usize {
+    let chosen: Vec<Entry> = entries.iter().filter(|e| pick(&e.rec)).cloned().collect();
+    sequence(&chosen, |r| match r {
+        Rec::ConfigMap { ours, .. } | Rec::Deployment { ours, .. } => ours.clone(),
+        _ => None,
+    })
+    .len()
 }
 
 /// Everything the namespace's watches delivered, in arrival order.
@@ -145,6 +174,7 @@ impl History {
                     let get = |k: &str| c.data.as_ref().and_then(|d| d.get(k)).cloned();
                     Rec::ConfigMap {
                         include_b64: get(INCLUDE),
+                        ours: operator_stamp(c),
                     }
                 },
             ),
@@ -159,6 +189,7 @@ impl History {
                         dedup2d::operator::crd::PAYLOAD_CONFIG_ANNOTATION,
                     ),
                     rolled: rolled_out(d),
+                    ours: operator_stamp(d),
                 },
             ),
             spawn_watch(
