@@ -179,6 +179,12 @@ impl<'a> Planner<'a> {
         if let Some(back) = self.workers_regressed() {
             return back;
         }
+        if !self.all_workers_upgraded() {
+            return self.with_deadline(Step::Wait {
+                message: "waiting for the worker Deployments to settle (observedGeneration)".into(),
+                requeue: POLL,
+            });
+        }
         if let Err(step) = self.ensure_payload_config(t, false) {
             return self.with_deadline(step);
         }
@@ -195,7 +201,7 @@ impl<'a> Planner<'a> {
     /// After the workers were upgraded, one is not any more (a new target image, another writer, a
     /// scaled-up old ReplicaSet): go back to the phase that fixes it.
     fn workers_regressed(&self) -> Option<Step> {
-        if self.all_workers_upgraded() {
+        if !self.any_worker_regressed() {
             return None;
         }
         Some(Step::next(

@@ -734,6 +734,26 @@ fn cluster_problems_stall_with_a_reason() {
     );
 }
 
+/// Another writer edits a worker Deployment outside its pod template (`revisionHistoryLimit`):
+/// the generation moves ahead of `observedGeneration` for a moment. Not a regression: the soak goes
+/// on, dual-write goes off only once the Deployment settled, and the rollout completes.
+#[test]
+fn an_edit_outside_the_worker_template_is_no_regression() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::Soaking, 100);
+    w.workers[0].generation += 1;
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::Soaking), "{:?}", d.events);
+    assert_eq!(d.transitions().count(), 0);
+    // Past the soak, still unsettled: waits in DualWriteOff with dual-write on.
+    w.tick(3600);
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::DualWriteOff));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(w.include.as_deref(), Some("1"));
+    assert_eq!(w.settle(300), Phase::Completed);
+}
+
 #[test]
 fn new_target_image_mid_rollout_goes_back_to_the_right_phase() {
     let mut w = World::new(spec(1), 1);
