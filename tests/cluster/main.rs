@@ -28,6 +28,8 @@ mod cli_with_operator;
 mod crd;
 mod edits;
 mod faults_operator_kill;
+mod faults_other_writer;
+mod faults_redis_restart;
 mod leadership;
 mod live_traffic;
 mod restart;

@@ -10,9 +10,12 @@ use super::process::{free_port, which};
 /// A `redis-server` owned by one test; killed on drop.
 pub struct RedisServer {
     child: Child,
+    /// For [`RedisServer::restart`] (the cluster tests' fault suite; tests/local has no restart).
+    #[allow(dead_code)]
     bin: PathBuf,
     pub port: u16,
     /// Its working directory: where `SAVE` writes and a restart loads the data from.
+    #[allow(dead_code)]
     dir: tempfile::TempDir,
 }
 
@@ -94,6 +97,7 @@ impl RedisServer {
 
     /// Stops the server the way a persistent Redis goes down: its data snapshotted (`SAVE`), then
     /// SIGKILLed, so a [`RedisServer::restart`] comes back with the same keys on the same port.
+    #[allow(dead_code)]
     pub fn stop(&mut self) {
         let mut c = redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
@@ -104,6 +108,7 @@ impl RedisServer {
 
     /// Starts the server again on the same port with the data of the last `SAVE`; returns once it
     /// answers.
+    #[allow(dead_code)]
     pub fn restart(&mut self) {
         self.child = spawn(&self.bin, self.port, self.dir.path());
         assert!(
