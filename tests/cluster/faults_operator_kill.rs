@@ -100,7 +100,12 @@ impl Replicas {
 }
 
 async fn phase_now(ns: &TestNamespace) -> String {
-    let r = ns.api::<Dedup2DRollout>().get_opt(ROLLOUT).await.ok().flatten();
+    let r = ns
+        .api::<Dedup2DRollout>()
+        .get_opt(ROLLOUT)
+        .await
+        .ok()
+        .flatten();
     r.and_then(|r| r.status?.phase)
         .map_or_else(|| "none yet".to_string(), |p| p.to_string())
 }
@@ -273,7 +278,10 @@ impl Story {
             }
             (story, _) => unreachable!("{story:?} drove to the wrong outcome"),
         };
-        assert!(offs.len() <= 1, "dual-write turned off more than once: {offs:?}");
+        assert!(
+            offs.len() <= 1,
+            "dual-write turned off more than once: {offs:?}"
+        );
         rest + 1
     }
 

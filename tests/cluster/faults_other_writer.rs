@@ -65,9 +65,7 @@ async fn other_writer(ns: &TestNamespace, ticks: &mut usize) -> Infallible {
 /// The operator's writes per object: (ConfigMap, worker-a, api).
 fn our_writes(s: &Scenario) -> (usize, usize, usize) {
     let h = s.history().by_revision();
-    let deployment = |want: &'static str| {
-        move |r: &Rec| matches!(r, Rec::Deployment { name, .. } if name == want)
-    };
+    let deployment = |want: &'static str| move |r: &Rec| matches!(r, Rec::Deployment { name, .. } if name == want);
     (
         operator_writes(&h, |r| matches!(r, Rec::ConfigMap { .. })),
         operator_writes(&h, deployment("worker-a")),
@@ -105,10 +103,22 @@ async fn faults_another_writer_on_the_same_objects_loses_nothing_and_loops_nothi
     for name in ["worker-a", "api"] {
         let d = deploy(ns, name).await;
         let annotations = d.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.get(TICK), Some(&last), "{name}: the writer's last tick");
+        assert_eq!(
+            annotations.get(TICK),
+            Some(&last),
+            "{name}: the writer's last tick"
+        );
         let labels = d.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(labels.get(TEAM).map(String::as_str), Some("search"), "{name}");
-        assert_eq!(d.spec.as_ref().unwrap().revision_history_limit, Some(7), "{name}");
+        assert_eq!(
+            labels.get(TEAM).map(String::as_str),
+            Some("search"),
+            "{name}"
+        );
+        assert_eq!(
+            d.spec.as_ref().unwrap().revision_history_limit,
+            Some(7),
+            "{name}"
+        );
     }
     // ...and ours.
     assert_eq!(cm.get(INCLUDE).map(String::as_str), Some("0"));

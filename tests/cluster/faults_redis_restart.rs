@@ -46,7 +46,10 @@ async fn redis_down_while(
 /// The rollout's `RollbackSafe` condition as `(status, reason)`.
 async fn rollback_safe(ns: &TestNamespace) -> Option<(String, String)> {
     let st = status(ns, ROLLOUT).await;
-    let c = st.conditions.into_iter().find(|c| c.type_ == "RollbackSafe")?;
+    let c = st
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RollbackSafe")?;
     Some((c.status, c.reason))
 }
 
@@ -62,14 +65,13 @@ async fn not_stalled(ns: &TestNamespace) {
 
 /// What a new worker writes to Redis for each pod of `app`: its capability heartbeat.
 async fn heartbeats_of(s: &Scenario, app: &str) {
-    let pods = s
-        .ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(&format!("app={app}")))
-        .await
-        .unwrap();
-    let body = serde_json::to_string(&Capability::this_process(vec!["dedup2d:queue".into()]))
-        .unwrap();
+    let pods =
+        s.ns.api::<Pod>()
+            .list(&ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap();
+    let body =
+        serde_json::to_string(&Capability::this_process(vec!["dedup2d:queue".into()])).unwrap();
     for p in pods.items {
         let key = format!("dedup2d:worker:{}", p.metadata.name.unwrap());
         let _: () = redis::cmd("SET")
@@ -142,7 +144,10 @@ async fn faults_redis_down_in_upgrading_workers_holds_then_resumes() {
             (safe.1 != "RedisUnreachable").then_some(())
         })
         .await;
-        assert_eq!(status(&s.ns, ROLLOUT).await.phase, Some(Phase::UpgradingWorkers));
+        assert_eq!(
+            status(&s.ns, ROLLOUT).await.phase,
+            Some(Phase::UpgradingWorkers)
+        );
     }
     // The workers heartbeat into the restarted Redis: the rollout goes on and completes.
     heartbeats_of(&s, "worker-a").await;
@@ -173,7 +178,10 @@ async fn faults_redis_down_in_draining_holds_then_resumes() {
         let ns = &s.ns;
         let window = redis_down_while(&mut s.redis, ns, async {
             let message = stalled(ns, ROLLOUT, "RedisUnreachable").await;
-            assert!(message.contains("Redis unreachable, drain on hold"), "{message}");
+            assert!(
+                message.contains("Redis unreachable, drain on hold"),
+                "{message}"
+            );
             assert_eq!(
                 rollback_safe(ns).await,
                 Some(("Unknown".into(), "RedisUnreachable".into()))

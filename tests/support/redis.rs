@@ -23,7 +23,14 @@ pub struct RedisServer {
 /// `SAVE` writes one, which a start in the same `dir` loads).
 fn spawn(bin: &Path, port: u16, dir: &Path) -> Child {
     Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
         .args(["--appendonly", "no", "--protected-mode", "yes"])
         .arg("--dir")
         .arg(dir)
