@@ -132,7 +132,10 @@ async fn faults_redis_down_in_upgrading_workers_holds_then_resumes() {
             .await;
             holds(ns, ROLLOUT, Phase::UpgradingWorkers, 3).await;
             let message = status(ns, ROLLOUT).await.message.unwrap_or_default();
-            assert!(message.contains("0/2 pods new"), "{message}");
+            assert!(
+                message.contains("0/2 pods new") && message.contains("heartbeats unreadable"),
+                "{message}"
+            );
         })
         .await;
         windows.push(window);

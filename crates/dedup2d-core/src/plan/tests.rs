@@ -179,6 +179,17 @@ fn heartbeat_evidence_requires_a_file_ref_heartbeat() {
     obs.heartbeats = Heartbeats::Read(Default::default());
     let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
     assert_eq!(d.status.phase, Some(Phase::UpgradingWorkers));
+    // Redis down: the same wait, and the message says the heartbeats could not be read.
+    obs.heartbeats = Heartbeats::Unavailable("connection refused".into());
+    let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
+    assert_eq!(d.status.phase, Some(Phase::UpgradingWorkers));
+    let message = d.status.message.unwrap();
+    assert!(
+        message.ends_with(
+            "pods new, 1 old (terminating included); heartbeats unreadable: connection refused"
+        ),
+        "{message}"
+    );
     let d = plan(&w.spec, w.status.as_ref(), &w.observe(), ts(w.now));
     assert!(d
         .transitions()
