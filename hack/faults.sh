@@ -17,6 +17,7 @@ case "$GROUP" in
     ;;
 esac
 cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
 export DEDUP2D_CACHE="${DEDUP2D_CACHE:-$HOME/.cache/dedup2d}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$DEDUP2D_CACHE/target}"
 export DEDUP2D_FAULTS=full

@@ -44,7 +44,7 @@ async fn elector_with(
 }
 
 /// The Lease's holder identity, `None` while there is no Lease.
-async fn holder(ns: &TestNamespace) -> Option<String> {
+pub(crate) async fn holder(ns: &TestNamespace) -> Option<String> {
     ns.api::<Lease>()
         .get_opt(LEASE)
         .await
@@ -249,7 +249,7 @@ async fn a_leader_that_lost_the_lease_stands_by_and_leads_again_when_it_expires(
 /// `--lease-duration` in [`crate::support::operator::LEASE_ARGS`].
 const LEASE_DURATION: Duration = Duration::from_secs(6);
 
-fn is_holder(holder: &Option<String>, op: &Operator) -> bool {
+pub(crate) fn is_holder(holder: &Option<String>, op: &Operator) -> bool {
     holder
         .as_deref()
         .is_some_and(|h| h.ends_with(&format!("-{}", op.pid())))

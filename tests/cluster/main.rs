@@ -6,7 +6,9 @@
 
 #[path = "../support"]
 mod support {
+    pub mod bench;
     pub mod events;
+    pub mod faults;
     pub mod fleet;
     pub mod history;
     pub mod job_store;
@@ -25,6 +27,9 @@ mod cli;
 mod cli_with_operator;
 mod crd;
 mod edits;
+mod faults_operator_kill;
+mod faults_other_writer;
+mod faults_redis_restart;
 mod leadership;
 mod live_traffic;
 mod restart;

@@ -15,7 +15,7 @@ use crate::support::{
 };
 
 /// Waits for `Stalled=True` with `reason` and returns its message.
-async fn stalled(ns: &TestNamespace, name: &str, reason: &str) -> String {
+pub(crate) async fn stalled(ns: &TestNamespace, name: &str, reason: &str) -> String {
     let api = ns.api::<Dedup2DRollout>();
     eventually(&format!("{name} Stalled with {reason}"), WAIT, || async {
         let r = api.get(name).await.ok()?;

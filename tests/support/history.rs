@@ -14,13 +14,18 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
+        coordination::v1::Lease,
         core::v1::{ConfigMap, Pod},
     },
     jiff::Timestamp,
 };
-use kube::{runtime::watcher, Api, ResourceExt};
+use kube::{
+    api::{Patch, PatchParams},
+    runtime::watcher,
+    Api, ResourceExt,
+};
 
-use dedup2d::operator::crd::{Dedup2DRollout, Phase};
+use dedup2d::operator::crd::{Dedup2DRollout, Phase, FIELD_MANAGER};
 
 use super::fleet::{
     rolled_out, template_annotation, template_image, API_NEW, API_OLD, INCLUDE, NEW_IMAGE,
@@ -40,6 +45,8 @@ pub enum Rec {
     },
     ConfigMap {
         include_b64: Option<String>,
+        /// The operator's managedFields entry ([`operator_stamp`]).
+        ours: Option<String>,
     },
     Deployment {
         name: String,
@@ -47,6 +54,8 @@ pub enum Rec {
         restart_annotation: Option<String>,
         /// kubectl's rollout-status test holds for this version.
         rolled: bool,
+        /// The operator's managedFields entry ([`operator_stamp`]).
+        ours: Option<String>,
     },
     Rollout {
         phase: Option<Phase>,
@@ -60,6 +69,31 @@ pub struct Entry {
     /// When the test saw it.
     pub seen: Timestamp,
     pub rec: Rec,
+}
+
+/// The operator's (field manager [`FIELD_MANAGER`]) managedFields entry of an object, as text:
+/// its time and the fields it owns. It changes exactly when a write of the operator changed the
+/// object (at the entry's one-second resolution, two writes of the same fields within one second
+/// read as one).
+pub fn operator_stamp<K: kube::Resource>(obj: &K) -> Option<String> {
+    let entry = obj
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .find(|m| m.manager.as_deref() == Some(FIELD_MANAGER))?;
+    Some(format!("{:?} {:?}", entry.time, entry.fields_v1))
+}
+
+/// How many writes of the operator changed the objects `pick` selects (repeats of its
+/// managedFields entry collapsed, [`operator_stamp`]).
+pub fn operator_writes(entries: &[Entry], pick: impl Fn(&Rec) -> bool) -> usize {
+    let chosen: Vec<Entry> = entries.iter().filter(|e| pick(&e.rec)).cloned().collect();
+    sequence(&chosen, |r| match r {
+        Rec::ConfigMap { ours, .. } | Rec::Deployment { ours, .. } => ours.clone(),
+        _ => None,
+    })
+    .len()
 }
 
 /// Everything the namespace's watches delivered, in arrival order.
@@ -140,6 +174,7 @@ impl History {
                     let get = |k: &str| c.data.as_ref().and_then(|d| d.get(k)).cloned();
                     Rec::ConfigMap {
                         include_b64: get(INCLUDE),
+                        ours: operator_stamp(c),
                     }
                 },
             ),
@@ -154,6 +189,7 @@ impl History {
                         dedup2d::operator::crd::PAYLOAD_CONFIG_ANNOTATION,
                     ),
                     rolled: rolled_out(d),
+                    ours: operator_stamp(d),
                 },
             ),
             spawn_watch(
@@ -180,6 +216,51 @@ impl History {
     pub fn arrived(&self) -> Vec<Entry> {
         self.entries.lock().unwrap().clone()
     }
+}
+
+/// The store's revision now: writes a marker object of a kind the recorder does not watch (a
+/// Lease) and returns its `resourceVersion`. History entries with a lower revision were written
+/// before this call, higher ones after it.
+pub async fn revision_now(ns: &TestNamespace) -> u64 {
+    let marker = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "e2e-revision-marker"},
+        "spec": {"holderIdentity": uuid::Uuid::new_v4().to_string()}
+    });
+    let lease = ns
+        .api::<Lease>()
+        .patch(
+            "e2e-revision-marker",
+            &PatchParams::apply("e2e-marker").force(),
+            &Patch::Apply(marker),
+        )
+        .await
+        .expect("write the revision marker");
+    lease
+        .resource_version()
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+/// The rollout phases recorded at revisions strictly between `from` and `to`, repeats collapsed.
+pub fn phases_between(entries: &[Entry], from: u64, to: u64) -> Vec<Option<Phase>> {
+    let inside: Vec<Entry> = entries
+        .iter()
+        .filter(|e| e.rv > from && e.rv < to)
+        .cloned()
+        .collect();
+    sequence(&inside, |r| match r {
+        Rec::Rollout { phase } => Some(*phase),
+        _ => None,
+    })
+}
+
+/// The revision of the first recorded rollout version in `phase`.
+pub fn first_in_phase(entries: &[Entry], phase: Phase) -> Option<u64> {
+    entries
+        .iter()
+        .find(|e| matches!(e.rec, Rec::Rollout { phase: Some(p) } if p == phase))
+        .map(|e| e.rv)
 }
 
 /// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every

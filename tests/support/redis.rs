@@ -1,7 +1,7 @@
 //! A private `redis-server` per test on a free loopback port. A missing binary is a test failure
 //! with an install hint, never a skip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,34 @@ use super::process::{free_port, which};
 /// A `redis-server` owned by one test; killed on drop.
 pub struct RedisServer {
     child: Child,
+    /// For [`RedisServer::restart`] (the cluster tests' fault suite; tests/local has no restart).
+    #[allow(dead_code)]
+    bin: PathBuf,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    /// Its working directory: where `SAVE` writes and a restart loads the data from.
+    #[allow(dead_code)]
+    dir: tempfile::TempDir,
+}
+
+/// `redis-server` on `port` with its data in `dir` (no automatic snapshots: only an explicit
+/// `SAVE` writes one, which a start in the same `dir` loads).
+fn spawn(bin: &Path, port: u16, dir: &Path) -> Child {
+    Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--protected-mode", "yes"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
 impl RedisServer {
@@ -25,35 +51,18 @@ impl RedisServer {
                      or run the tests through `.ci/run`, which installs it."
                 )
             });
-        let dir = tempfile::tempdir().expect("temp dir for redis");
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&bin)
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                ])
-                .args(["--appendonly", "no", "--protected-mode", "yes"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let dir = tempfile::tempdir().expect("temp dir for redis");
             let mut server = RedisServer {
-                child,
+                child: spawn(&bin, port, dir.path()),
+                bin: bin.clone(),
                 port,
-                _dir: tempfile::tempdir().unwrap(),
+                dir,
             };
             if server.wait_ready(Duration::from_secs(10)) {
-                server._dir = dir;
                 return server;
             }
-            let _ = server.child.kill();
         }
         panic!("redis-server did not become ready on a loopback port");
     }
@@ -91,6 +100,29 @@ impl RedisServer {
             .get_connection_manager_with_config(config)
             .await
             .expect("connect to the test redis")
+    }
+
+    /// Stops the server the way a persistent Redis goes down: its data snapshotted (`SAVE`), then
+    /// SIGKILLed, so a [`RedisServer::restart`] comes back with the same keys on the same port.
+    #[allow(dead_code)]
+    pub fn stop(&mut self) {
+        let mut c = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis to SAVE");
+        let _: () = redis::cmd("SAVE").query(&mut c).expect("SAVE");
+        self.kill();
+    }
+
+    /// Starts the server again on the same port with the data of the last `SAVE`; returns once it
+    /// answers.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.child = spawn(&self.bin, self.port, self.dir.path());
+        assert!(
+            self.wait_ready(Duration::from_secs(10)),
+            "redis-server did not come back on port {}",
+            self.port
+        );
     }
 
     /// Stops the server (for "Redis down" tests).

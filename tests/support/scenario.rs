@@ -67,6 +67,11 @@ impl Scenario {
             .expect("the scenario was built without .history()")
     }
 
+    /// Starts recording the history now (a test that changes the fleet before it records).
+    pub async fn start_history(&mut self) {
+        self.history = Some(History::start(&self.ns).await);
+    }
+
     /// Starts the operator on the namespace and applies the rollout `name`.
     pub async fn run(&self, name: &str, spec: Value) -> Operator {
         let op = Operator::start(&self.ns.name);

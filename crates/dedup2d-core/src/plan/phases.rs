@@ -12,9 +12,9 @@ use super::{
     Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, NEXT_SCAN, POLL,
 };
 use crate::{
-    crd::{DrainStrategy, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
+    crd::{DrainStrategy, Evidence, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
     duration::parse_duration,
-    snapshot::{DrainFigures, DrainObs, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    snapshot::{DrainFigures, DrainObs, Heartbeats, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 impl<'a> Planner<'a> {
@@ -102,9 +102,16 @@ impl<'a> Planner<'a> {
             });
         }
         let new = self.new_worker_pods(target, d, c);
+        // With heartbeat evidence, say when the heartbeats could not be read at all.
+        let unread = match &self.obs.heartbeats {
+            Heartbeats::Unavailable(why) if target.evidence == Evidence::Heartbeat => {
+                format!("; heartbeats unreadable: {why}")
+            }
+            _ => String::new(),
+        };
         let wait = Step::Wait {
             message: format!(
-                "waiting for worker Deployment {}: {new}/{} pods new, {} old (terminating included)",
+                "waiting for worker Deployment {}: {new}/{} pods new, {} old (terminating included){unread}",
                 d.name,
                 d.replicas,
                 d.pods.len() - new
@@ -179,6 +186,12 @@ impl<'a> Planner<'a> {
         if let Some(back) = self.workers_regressed() {
             return back;
         }
+        if !self.all_workers_upgraded() {
+            return self.with_deadline(Step::Wait {
+                message: "waiting for the worker Deployments to settle (observedGeneration)".into(),
+                requeue: POLL,
+            });
+        }
         if let Err(step) = self.ensure_payload_config(t, false) {
             return self.with_deadline(step);
         }
@@ -195,7 +208,7 @@ impl<'a> Planner<'a> {
     /// After the workers were upgraded, one is not any more (a new target image, another writer, a
     /// scaled-up old ReplicaSet): go back to the phase that fixes it.
     fn workers_regressed(&self) -> Option<Step> {
-        if self.all_workers_upgraded() {
+        if !self.any_worker_regressed() {
             return None;
         }
         Some(Step::next(

@@ -98,7 +98,9 @@ impl Planner<'_> {
                 "the spec changed",
             );
         }
-        let targets_met = self.all_workers_upgraded() && self.api_image_rolled();
+        // In UpgradingApi the API is still being rolled: only the workers must still be done.
+        let api_done = self.phase == Phase::UpgradingApi || self.api_image_rolled();
+        let targets_met = self.all_workers_upgraded() && api_done;
         match self.phase {
             Phase::Completed | Phase::RolledBack | Phase::Failed if !targets_met => {
                 self.st.rollback = None;

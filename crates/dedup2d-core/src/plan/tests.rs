@@ -179,6 +179,17 @@ fn heartbeat_evidence_requires_a_file_ref_heartbeat() {
     obs.heartbeats = Heartbeats::Read(Default::default());
     let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
     assert_eq!(d.status.phase, Some(Phase::UpgradingWorkers));
+    // Redis down: the same wait, and the message says the heartbeats could not be read.
+    obs.heartbeats = Heartbeats::Unavailable("connection refused".into());
+    let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
+    assert_eq!(d.status.phase, Some(Phase::UpgradingWorkers));
+    let message = d.status.message.unwrap();
+    assert!(
+        message.ends_with(
+            "pods new, 1 old (terminating included); heartbeats unreadable: connection refused"
+        ),
+        "{message}"
+    );
     let d = plan(&w.spec, w.status.as_ref(), &w.observe(), ts(w.now));
     assert!(d
         .transitions()
@@ -732,6 +743,26 @@ fn cluster_problems_stall_with_a_reason() {
             .reason,
         "ContainerNotFound"
     );
+}
+
+/// Another writer edits a worker Deployment outside its pod template (`revisionHistoryLimit`):
+/// the generation moves ahead of `observedGeneration` for a moment. Not a regression: the soak goes
+/// on, dual-write goes off only once the Deployment settled, and the rollout completes.
+#[test]
+fn an_edit_outside_the_worker_template_is_no_regression() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::Soaking, 100);
+    w.workers[0].generation += 1;
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::Soaking), "{:?}", d.events);
+    assert_eq!(d.transitions().count(), 0);
+    // Past the soak, still unsettled: waits in DualWriteOff with dual-write on.
+    w.tick(3600);
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::DualWriteOff));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(w.include.as_deref(), Some("1"));
+    assert_eq!(w.settle(300), Phase::Completed);
 }
 
 #[test]

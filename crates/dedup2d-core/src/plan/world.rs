@@ -54,6 +54,20 @@ impl<'a> Planner<'a> {
             && d.fully_rolled(|p| self.worker_pod_is_new(w, &c, p))
     }
 
+    /// A worker upgraded before is not any more: its template left the target image, or a pod that
+    /// cannot read file_ref exists. A lagging `observedGeneration` alone (another writer's edit
+    /// outside the pod template, such as `revisionHistoryLimit`) is no regression: the phase that
+    /// needs the Deployment settled waits for it.
+    pub(super) fn any_worker_regressed(&self) -> bool {
+        self.spec.workers.iter().any(|w| {
+            let Some((d, c)) = self.worker_container(w) else {
+                return true;
+            };
+            d.template_image(&c) != Some(w.image.as_str())
+                || !d.pods.iter().all(|p| self.worker_pod_is_new(w, &c, p))
+        })
+    }
+
     /// Invariant 1's precondition for turning dual-write off.
     pub(super) fn all_workers_upgraded(&self) -> bool {
         self.spec.workers.iter().all(|w| self.worker_upgraded(w))
