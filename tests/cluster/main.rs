@@ -24,6 +24,7 @@ mod chart_rbac;
 mod cli;
 mod cli_with_operator;
 mod crd;
+mod delete;
 mod edits;
 mod leadership;
 mod live_traffic;

@@ -73,7 +73,7 @@ async fn drop_quota(ns: &TestNamespace) {
 
 /// One worker Deployment `worker-a` (2 pods) that cannot roll: the API recreates its pod, and the
 /// namespace quota of 4 pods leaves no room for the worker surge.
-async fn stuck_worker_fleet(prefix: &str) -> Scenario {
+pub(crate) async fn stuck_worker_fleet(prefix: &str) -> Scenario {
     let s = Scenario::builder(prefix)
         .workers(&[("worker-a", 2)])
         .fleet()

@@ -283,7 +283,8 @@ pub mod field_id {
     pub fn image(deployment: &str, container: &str) -> String {
         format!("Deployment/{deployment}/containers/{container}/image")
     }
-    pub(crate) fn config_key(config_map: &str, key: &str) -> String {
+    /// A key of the ConfigMap's `data`.
+    pub fn config_key(config_map: &str, key: &str) -> String {
         format!("ConfigMap/{config_map}/data/{key}")
     }
     /// The payload-config annotation of a Deployment's pod template.
