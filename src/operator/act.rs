@@ -155,7 +155,9 @@ where
     let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
     api.patch(name, &ssa, &Patch::Apply(&body))
         .await
-        .map_err(kube_err(format!("applying the originals annotation of {what}")))?;
+        .map_err(kube_err(format!(
+            "applying the originals annotation of {what}"
+        )))?;
     Ok(())
 }
 

@@ -62,7 +62,10 @@ pub fn remove_patch(rollout: &Dedup2DRollout) -> Option<serde_json::Value> {
 
 /// Put the finalizer on a rollout that is not being deleted. Returns whether it patched (the
 /// rollout's `resourceVersion` moved: plan from a fresh read).
-pub async fn ensure(api: &Api<Dedup2DRollout>, rollout: &Dedup2DRollout) -> Result<bool, FinalizerError> {
+pub async fn ensure(
+    api: &Api<Dedup2DRollout>,
+    rollout: &Dedup2DRollout,
+) -> Result<bool, FinalizerError> {
     if has_finalizer(rollout) || rollout.metadata.deletion_timestamp.is_some() {
         return Ok(false);
     }
@@ -114,10 +117,7 @@ pub fn deletion_event(rollout: &Dedup2DRollout) -> PlanEvent {
         })
         .collect();
     let dual_write = status.dual_write.as_deref().unwrap_or("Unknown");
-    let state = format!(
-        "workers: {}; dual-write {dual_write}",
-        workers.join(", ")
-    );
+    let state = format!("workers: {}; dual-write {dual_write}", workers.join(", "));
     let nothing_written = status.fields.is_empty();
     let (kind, tail) = match phase {
         _ if nothing_written => (EventKind::Normal, "it had changed nothing".to_string()),
@@ -200,7 +200,11 @@ mod tests {
     fn a_finished_or_untouched_rollout_leaves_a_normal_event() {
         let done = deletion_event(&rollout(Some(draining_half_way(Phase::Completed))));
         assert_eq!(done.kind, EventKind::Normal);
-        assert!(done.message.contains("nothing is left to do"), "{}", done.message);
+        assert!(
+            done.message.contains("nothing is left to do"),
+            "{}",
+            done.message
+        );
         let fresh = deletion_event(&rollout(None));
         assert_eq!(fresh.kind, EventKind::Normal);
         assert!(

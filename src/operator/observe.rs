@@ -845,9 +845,10 @@ mod tests {
             Some(Phase::Completed),
         );
         let mut gone = rollout("gone", "2026-01-04T00:00:00Z", &["w1"], "api", None);
-        gone.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2026-01-05T00:00:00Z".parse().unwrap(),
-        ));
+        gone.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-05T00:00:00Z".parse().unwrap(),
+            ));
         let all = vec![
             me.clone(),
             rollout("older", "2026-01-01T00:00:00Z", &["w1"], "api", None),
@@ -858,10 +859,22 @@ mod tests {
                 "api2",
                 Some(Phase::Completed),
             ),
-            rollout("newer-elsewhere", "2026-01-03T00:00:00Z", &["z"], "zapi", None),
+            rollout(
+                "newer-elsewhere",
+                "2026-01-03T00:00:00Z",
+                &["z"],
+                "zapi",
+                None,
+            ),
             gone,
         ];
-        assert_eq!(superseded_by(&me, &all), vec!["newer (Deployment w2)".to_string()]);
-        assert!(superseded_by(&all[2], &all).is_empty(), "nothing newer on w2");
+        assert_eq!(
+            superseded_by(&me, &all),
+            vec!["newer (Deployment w2)".to_string()]
+        );
+        assert!(
+            superseded_by(&all[2], &all).is_empty(),
+            "nothing newer on w2"
+        );
     }
 }

@@ -51,7 +51,10 @@ async fn deleted_half_way_then_recreated_and_fully_aborted_restores_the_true_ori
     .await;
     assert!(r.finalizers().iter().any(|f| f == CLEANUP_FINALIZER));
     let on_worker = originals_of(&deploy(ns, "worker-a").await);
-    assert_eq!(on_worker.get(&image_field), Some(&Some(OLD_IMAGE.to_string())));
+    assert_eq!(
+        on_worker.get(&image_field),
+        Some(&Some(OLD_IMAGE.to_string()))
+    );
     let on_config = originals_of(&config_map(ns).await);
     assert_eq!(on_config.get(&include_field), Some(&Some("0".to_string())));
     assert_eq!(include(ns).await, "1", "dual-write on before the workers");
@@ -93,14 +96,25 @@ async fn deleted_half_way_then_recreated_and_fully_aborted_restores_the_true_ori
     request(ns, "d", Some("abort-full:1")).await;
     let r = s.wait("d", Phase::RolledBack).await;
     let st = r.status.unwrap();
-    assert_eq!(st.rollback.as_ref().map(|r| r.level), Some(RollbackLevel::Full));
+    assert_eq!(
+        st.rollback.as_ref().map(|r| r.level),
+        Some(RollbackLevel::Full)
+    );
     let rec = st.fields.iter().find(|f| f.field == image_field).unwrap();
-    assert_eq!(rec.previous.as_deref(), Some(OLD_IMAGE), "adopted, not the half-done value");
+    assert_eq!(
+        rec.previous.as_deref(),
+        Some(OLD_IMAGE),
+        "adopted, not the half-done value"
+    );
     wait_rolled_to(ns, "worker-a", OLD_IMAGE).await;
     assert_eq!(include(ns).await, "1", "dual-write on");
     // The image is back: its entry is gone; the ConfigMap key still differs and keeps its entry.
     let w: Deployment = deploy(ns, "worker-a").await;
-    assert!(!originals_of(&w).contains_key(&image_field), "{:?}", w.annotations());
+    assert!(
+        !originals_of(&w).contains_key(&image_field),
+        "{:?}",
+        w.annotations()
+    );
     assert_eq!(
         originals_of(&config_map(ns).await).get(&include_field),
         Some(&Some("0".to_string()))
@@ -137,8 +151,15 @@ async fn a_finished_rollout_retargeted_by_a_newer_one_says_it_is_superseded() {
     .await;
     let c = get_condition(&st.conditions, SUPERSEDED).unwrap();
     assert_eq!(c.reason, "NewerRollout");
-    assert!(c.message.contains("second (Deployment worker-a, api)"), "{}", c.message);
-    assert!(st.worker_summary.is_none() && st.workers.is_empty(), "{st:?}");
+    assert!(
+        c.message.contains("second (Deployment worker-a, api)"),
+        "{}",
+        c.message
+    );
+    assert!(
+        st.worker_summary.is_none() && st.workers.is_empty(),
+        "{st:?}"
+    );
     let message = st.message.unwrap_or_default();
     assert!(message.contains("superseded by second"), "{message}");
     assert_eq!(st.phase, Some(Phase::Completed));

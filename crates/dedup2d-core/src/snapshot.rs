@@ -331,7 +331,9 @@ mod tests {
 
     #[test]
     fn originals_annotation_parsing() {
-        let parsed = parse_originals(Some(r#"{"ConfigMap/c/data/K": null, "Deployment/w/containers/w/image": "reg/w:1"}"#));
+        let parsed = parse_originals(Some(
+            r#"{"ConfigMap/c/data/K": null, "Deployment/w/containers/w/image": "reg/w:1"}"#,
+        ));
         assert_eq!(parsed.get("ConfigMap/c/data/K"), Some(&None));
         assert_eq!(
             parsed.get("Deployment/w/containers/w/image"),

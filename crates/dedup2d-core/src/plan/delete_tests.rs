@@ -49,7 +49,10 @@ fn originals_are_on_the_targets_before_the_first_write_to_them() {
 #[test]
 fn a_rollout_created_again_adopts_the_originals_and_a_full_abort_restores_them() {
     let mut w = deleted_half_way();
-    assert_eq!(w.workers[0].image, NEW, "the deleted rollout had changed it");
+    assert_eq!(
+        w.workers[0].image, NEW,
+        "the deleted rollout had changed it"
+    );
     // At once, before the new rollout recorded anything: the abort is not "nothing to roll back".
     w.request = Some("abort-full:1".into());
     let d = w.reconcile();
@@ -150,7 +153,10 @@ fn a_superseded_rollout_says_so_drops_its_counts_and_leaves_the_originals() {
     let d = plan(&w.spec, w.status.as_ref(), &obs, ts(w.now));
     assert_eq!(d.action, Action::None, "the newer rollout's entries stay");
     let c = cond::get_condition(&d.status.conditions, cond::SUPERSEDED).unwrap();
-    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "NewerRollout"));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", "NewerRollout")
+    );
     assert!(c.message.contains("next"), "{}", c.message);
     assert!(d.status.workers.is_empty() && d.status.worker_summary.is_none());
     let message = d.status.message.clone().unwrap();

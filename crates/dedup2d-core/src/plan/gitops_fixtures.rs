@@ -226,7 +226,8 @@ fn cases() -> BTreeMap<&'static str, Case> {
     assert_eq!(w.settle(100), Phase::RolledBack);
     add("rolled-back-abort", of_world(&w));
     // A newer rollout re-targets the same Deployments: healthy, whatever phase this one ended in.
-    let newer = |o: &mut Observed| o.superseded_by = vec!["next-upgrade (Deployment worker-0)".into()];
+    let newer =
+        |o: &mut Observed| o.superseded_by = vec!["next-upgrade (Deployment worker-0)".into()];
     add("superseded-rolled-back", stalled(&w, newer));
     add("superseded-completed", stalled(&completed(), newer));
 

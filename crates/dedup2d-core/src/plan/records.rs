@@ -85,7 +85,8 @@ impl Planner<'_> {
             return current;
         };
         if original != current {
-            let shown = |v: &Option<String>| v.as_deref().map_or("absent".into(), |v| format!("{v:?}"));
+            let shown =
+                |v: &Option<String>| v.as_deref().map_or("absent".into(), |v| format!("{v:?}"));
             self.event(
                 EventKind::Normal,
                 EventReason::OriginalAdopted,
@@ -113,7 +114,11 @@ impl Planner<'_> {
             .values()
             .chain(self.obs.api.as_ref())
             .any(|d| !d.originals.is_empty())
-            || self.obs.config.as_ref().is_some_and(|c| !c.originals.is_empty())
+            || self
+                .obs
+                .config
+                .as_ref()
+                .is_some_and(|c| !c.originals.is_empty())
     }
 
     /// The annotation entries of a target object, keeping only those naming one of its own fields
@@ -202,12 +207,13 @@ impl Planner<'_> {
 
     fn originals_update(&self, target: TargetObject, release: Option<Release>) -> Option<Action> {
         let wanted = self.originals_wanted(&target, release)?;
-        (Some(&wanted) != self.observed_originals(&target).as_ref()).then_some(Action::SetOriginals {
-            target,
-            values: wanted,
-        })
+        (Some(&wanted) != self.observed_originals(&target).as_ref()).then_some(
+            Action::SetOriginals {
+                target,
+                values: wanted,
+            },
+        )
     }
-
 
     pub(super) fn record(&self, field: &str) -> Option<&FieldRecord> {
         self.st.fields.iter().find(|r| r.field == field)

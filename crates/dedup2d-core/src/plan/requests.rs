@@ -207,7 +207,12 @@ impl Planner<'_> {
 
     /// Records written before values were bounded hold them whole: keep them in the stored form.
     fn bound_request_records(&mut self) {
-        for r in self.st.last_request.iter_mut().chain(&mut self.st.request_history) {
+        for r in self
+            .st
+            .last_request
+            .iter_mut()
+            .chain(&mut self.st.request_history)
+        {
             if r.request.len() > MAX_STORED_REQUEST {
                 r.request = stored_form(&r.request);
             }
@@ -353,7 +358,10 @@ mod tests {
             "{}",
             told[0]
         );
-        assert!(told[0].len() < 300, "the Event names the digest, not the value");
+        assert!(
+            told[0].len() < 300,
+            "the Event names the digest, not the value"
+        );
         let last = d.status.last_request.unwrap();
         assert!(last.outcome.starts_with("ignored"), "{}", last.outcome);
         assert!(last.request.len() <= MAX_STORED_REQUEST);

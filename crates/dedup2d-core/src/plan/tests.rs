@@ -27,7 +27,10 @@ pub(super) fn next_write(w: &mut World) -> Decision {
             return d;
         }
     }
-    panic!("no write: {:?}", w.status.as_ref().and_then(|s| s.message.clone()));
+    panic!(
+        "no write: {:?}",
+        w.status.as_ref().and_then(|s| s.message.clone())
+    );
 }
 
 /// Run rounds until the phase is `p` (panics after `max`).
