@@ -144,7 +144,8 @@ impl Action {
     /// simulator changes.
     pub fn writes(&self) -> Vec<(String, String)> {
         match self {
-            Action::None => vec![],
+            // SetOriginals: not a field the rollout records (the annotation copies the records).
+            Action::None | Action::SetOriginals { .. } => vec![],
             Action::SetWorkerImage {
                 deployment,
                 container,
@@ -172,8 +173,6 @@ impl Action {
             Action::SetApiRestartAnnotation { deployment, value } => {
                 vec![(field_id::restart_annotation(deployment), value.clone())]
             }
-            // Not a field the rollout records: the annotation is a copy of the records.
-            Action::SetOriginals { .. } => vec![],
         }
     }
 }
