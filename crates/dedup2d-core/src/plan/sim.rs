@@ -2,7 +2,8 @@
 //! step at a time (old pods go terminating, then away), an API whose pods keep the payload config they
 //! started with, Redis payloads with TTLs, and an operator that persists the planner's status and
 //! applies its actions. It checks invariants 1–5 of docs/design.md §5 at every reconcile and panics
-//! on a breach.
+//! on a breach, and that every write finds the written field's original on its target object
+//! (`dedup2d.io/originals`, so it survives the rollout's deletion).
 
 use std::collections::BTreeMap;
 
@@ -503,6 +504,13 @@ impl World {
                     "{field}: recorded previous value is not the original"
                 );
             }
+            // The target itself holds the original before it is written, so it survives the
+            // rollout's deletion.
+            assert_eq!(
+                originals_on(obs, &field).and_then(|o| o.get(&field)),
+                Some(&rec.previous),
+                "{field}: written before its original was on the target"
+            );
         }
         self.check_world_safety(d, obs);
         // Every transition Event is also recorded in status (newest last, bounded), so a crash
@@ -716,6 +724,18 @@ fn check_requests_act_once(prev: &Status, d: &Decision, obs: &Observed) {
     } else {
         assert_eq!(told, 1, "request {value:?} not told exactly once");
         assert_eq!(history.last().map(|r| &r.request), Some(&stored));
+    }
+}
+
+/// The originals annotation of the object a field belongs to, as observed.
+fn originals_on<'a>(obs: &'a Observed, field: &str) -> Option<&'a Originals> {
+    match field_id::object(field)? {
+        TargetObject::ConfigMap(_) => obs.config.as_ref().map(|c| &c.originals),
+        TargetObject::Deployment(name) => obs
+            .workers
+            .get(&name)
+            .or(obs.api.as_ref().filter(|a| a.name == name))
+            .map(|d| &d.originals),
     }
 }
 
