@@ -15,7 +15,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    crd::{Dedup2DRollout, Phase, CLEANUP_FINALIZER},
+    crd::{Dedup2DRollout, Phase, CLEANUP_FINALIZER, FIELD_MANAGER},
     plan::{EventKind, EventReason, PlanEvent},
 };
 
@@ -95,7 +95,11 @@ async fn patch(
     what: &'static str,
 ) -> Result<(), FinalizerError> {
     let name = rollout.name_any();
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&name, &pp, &Patch::Merge(&body))
         .await
         .map_err(|source| FinalizerError { what, name, source })?;
     Ok(())

@@ -133,14 +133,9 @@ async fn a_finished_rollout_retargeted_by_a_newer_one_says_it_is_superseded() {
     let _op = s.run("first", rollout_spec(&["worker-a"], json!({}))).await;
     let r = s.wait("first", Phase::Completed).await;
     assert_eq!(r.status.unwrap().worker_summary.as_deref(), Some("1/1"));
-    // Completed: the originals it recorded are removed (the write after the one that persisted
+    // Completed: the originals it recorded are removed (the writes after the one that persisted
     // the phase), so the next upgrade records fresh ones.
-    eventually("worker-a's originals removed", WAIT, || async {
-        originals_of(&deploy(ns, "worker-a").await)
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    wait_originals_released(ns, "first").await;
 
     apply_rollout(ns, "second", rollout_spec(&["worker-a"], json!({}))).await;
     let st = eventually("first superseded", WAIT, || async {
