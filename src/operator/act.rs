@@ -156,7 +156,7 @@ where
     api.patch(name, &ssa, &Patch::Apply(&body))
         .await
         .map_err(kube_err(format!(
-            "applying the originals annotation of {what}"
+            "applying {what} (its {ORIGINALS_ANNOTATION} annotation)"
         )))?;
     Ok(())
 }
