@@ -39,6 +39,14 @@ end
 local phase = status.phase
 local message = text(status.message)
 
+-- A finished rollout whose Deployments a newer one targets: that one tells the fleet's health.
+local superseded = condition(status, "Superseded")
+if superseded ~= nil and superseded.status == "True" then
+  hs.status = "Healthy"
+  hs.message = message
+  return hs
+end
+
 if phase == "Completed" then
   hs.status = "Healthy"
   hs.message = message

@@ -8,21 +8,31 @@
 //!   on that object at its current value, because an apply that leaves out an owned field removes it.
 //!   The apply also carries the `resourceVersion` it was built from, so it never creates a deleted
 //!   object again and never overwrites a change it did not see.
+//! - The `dedup2d.io/originals` metadata annotation is applied by a field manager of its own
+//!   (`dedup2d-operator-originals`), stating exactly the entries the planner wants: the target
+//!   writes above never need to restate it, and an apply without it removes it.
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::ConfigMap},
+    NamespaceResourceScope,
+};
 use kube::{
     api::{Patch, PatchParams, PostParams},
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
 };
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::{
-    crd::{Dedup2DRollout, Dedup2DRolloutStatus, FIELD_MANAGER, PAYLOAD_CONFIG_ANNOTATION},
+    crd::{
+        Dedup2DRollout, Dedup2DRolloutStatus, FIELD_MANAGER, ORIGINALS_ANNOTATION,
+        ORIGINALS_FIELD_MANAGER, PAYLOAD_CONFIG_ANNOTATION,
+    },
     managed,
-    plan::{field_id, Action},
-    snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    plan::{field_id, Action, TargetObject},
+    snapshot::{Originals, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +114,66 @@ pub async fn apply(client: &Client, ns: &str, action: &Action) -> Result<(), Act
                 .map_err(kube_err(format!("applying ConfigMap {config_map}")))?;
             Ok(())
         }
+        Action::SetOriginals { target, values } => match target {
+            TargetObject::Deployment(name) => {
+                apply_originals::<Deployment>(client, ns, name, values).await
+            }
+            TargetObject::ConfigMap(name) => {
+                apply_originals::<ConfigMap>(client, ns, name, values).await
+            }
+        },
     }
+}
+
+/// Apply the originals annotation of one existing target object (its read `resourceVersion` as
+/// precondition: a deleted object is not created again).
+async fn apply_originals<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    values: &Originals,
+) -> Result<(), ActError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let what = format!("{} {name}", K::kind(&()));
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let current = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?
+        .ok_or_else(|| ActError::Missing(what.clone()))?;
+    let body = originals_apply(
+        (&K::api_version(&()), &K::kind(&())),
+        name,
+        current.resource_version().as_deref(),
+        values,
+    );
+    let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
+    api.patch(name, &ssa, &Patch::Apply(&body))
+        .await
+        .map_err(kube_err(format!(
+            "applying {what} (its {ORIGINALS_ANNOTATION} annotation)"
+        )))?;
+    Ok(())
+}
+
+/// The apply configuration of the originals annotation: exactly `values` (none: no annotation).
+pub fn originals_apply(
+    (api_version, kind): (&str, &str),
+    name: &str,
+    resource_version: Option<&str>,
+    values: &Originals,
+) -> Value {
+    let mut metadata = json!({"name": name, "resourceVersion": resource_version});
+    if !values.is_empty() {
+        let encoded = serde_json::to_string(values).expect("a map of strings serializes");
+        metadata["annotations"] = json!({ ORIGINALS_ANNOTATION: encoded });
+    }
+    json!({"apiVersion": api_version, "kind": kind, "metadata": metadata})
 }
 
 async fn apply_deployment(
@@ -272,6 +341,31 @@ mod tests {
                 "metadata": {"annotations": {PAYLOAD_CONFIG_ANNOTATION: "old-hash"}},
                 "spec": {"containers": [{"name": "sidecar", "image": "side:2"}]}
             })
+        );
+    }
+
+    #[test]
+    fn originals_apply_states_exactly_the_entries() {
+        let values = Originals::from([
+            (field_id::image("w", "worker"), Some("reg/w:1".to_string())),
+            (field_id::restart_annotation("w"), None),
+        ]);
+        let body = originals_apply(("apps/v1", "Deployment"), "w", Some("9"), &values);
+        assert_eq!(body["metadata"]["resourceVersion"], "9");
+        let encoded = body["metadata"]["annotations"][ORIGINALS_ANNOTATION]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            crate::operator::snapshot::parse_originals(Some(encoded)),
+            values,
+            "the observer reads back what the actor wrote"
+        );
+        assert!(body.get("spec").is_none(), "metadata only: no pod restarts");
+        let cleared = originals_apply(("v1", "ConfigMap"), "cfg", Some("3"), &Originals::new());
+        assert_eq!(
+            cleared,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "cfg", "resourceVersion": "3"}})
         );
     }
 

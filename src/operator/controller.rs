@@ -38,6 +38,7 @@ use super::{
     act::{self, ActError},
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
     events::Announcer,
+    finalizer,
     metrics::OperatorMetrics,
     observe::{self, ObserveError, RedisPool},
     plan::{self, Action, Decision},
@@ -54,6 +55,8 @@ pub enum ReconcileError {
     Observe(#[from] ObserveError),
     #[error(transparent)]
     Act(#[from] ActError),
+    #[error(transparent)]
+    Finalizer(#[from] finalizer::FinalizerError),
     #[error("reading Dedup2DRollout {name}: {source}")]
     Read {
         name: String,
@@ -89,7 +92,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Observe(_) => ErrorCategory::Observe,
             ReconcileError::Act(ActError::StaleRollout(_)) => ErrorCategory::Conflict,
-            ReconcileError::Act(_) => ErrorCategory::Act,
+            ReconcileError::Act(_) | ReconcileError::Finalizer(_) => ErrorCategory::Act,
             ReconcileError::Read { .. } => ErrorCategory::Read,
         }
     }
@@ -353,9 +356,15 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
         return Ok(Requeue::await_change());
     };
     if rollout.metadata.deletion_timestamp.is_some() {
+        // the Event that tells the state the fleet is left in, then let it go
+        finalizer::release(&api, &ctx.events, &rollout).await?;
         ctx.metrics.forget_rollout(ns, name);
         ctx.events.forget(ns, name);
         return Ok(Requeue::await_change());
+    }
+    if finalizer::ensure(&api, &rollout).await? {
+        // the rollout changed under us: plan from the next read
+        return Ok(Requeue::requeue(AFTER_STALE));
     }
 
     // events a crash may have lost

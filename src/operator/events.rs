@@ -206,6 +206,12 @@ impl Announcer {
         all_sent
     }
 
+    /// Publish one Event about a rollout that is not a planner decision (its deletion); false
+    /// (logged) if it failed.
+    pub async fn announce(&self, rollout: &Dedup2DRollout, event: &PlanEvent) -> bool {
+        self.publish(rollout, std::slice::from_ref(event)).await
+    }
+
     /// Publish a Warning Event about an object the planner did not decide on (a reconcile error, a
     /// rollout that does not deserialize): the reason is also the action, so repeats of one reason
     /// count on one Event series.

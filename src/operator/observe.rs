@@ -29,12 +29,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
 use super::{
-    crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER},
+    crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
     drain::{self, ActiveFigures},
     managed,
     snapshot::{
-        ConfigObs, DeploymentObs, DrainFigures, DrainObs, Heartbeats, Observed, PodObs,
-        KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS,
+        parse_originals, ConfigObs, DeploymentObs, DrainFigures, DrainObs, Heartbeats, Observed,
+        Originals, PodObs, KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS,
     },
 };
 use crate::contract::keys::Keys;
@@ -171,6 +171,7 @@ pub async fn observe(
         .await
         .map_err(kube_err("the namespace's Dedup2DRollouts"))?;
     let conflicts = conflicts(rollout, &others.items);
+    let superseded_by = superseded_by(rollout, &others.items);
 
     let secret = redis_url_secret(client, &ns, spec).await?;
     let (heartbeats, drain) = observe_redis_in_budget(
@@ -191,6 +192,7 @@ pub async fn observe(
         heartbeats,
         drain,
         conflicts,
+        superseded_by,
     })
 }
 
@@ -437,6 +439,7 @@ pub fn deployment_obs(d: &Deployment, pods: &[Pod]) -> DeploymentObs {
         managers: managed::managers(d.managed_fields(), FIELD_MANAGER, |f| {
             managed::deployment_fields(&deployment_name, f)
         }),
+        originals: originals_of(&d.metadata),
         name,
     }
 }
@@ -500,13 +503,47 @@ pub fn config_obs(cm: &ConfigMap) -> ConfigObs {
         include_b64: get(KEY_INCLUDE_B64),
         max_bytes: get(KEY_MAX_BYTES),
         ttl_seconds: get(KEY_TTL_SECONDS),
+        originals: originals_of(&cm.metadata),
     }
+}
+
+/// The `dedup2d.io/originals` annotation of a target object.
+fn originals_of(meta: &ObjectMeta) -> Originals {
+    parse_originals(
+        meta.annotations
+            .as_ref()
+            .and_then(|a| a.get(ORIGINALS_ANNOTATION))
+            .map(String::as_str),
+    )
 }
 
 /// Older, unfinished rollouts in the namespace that target one of this rollout's Deployments. A
 /// rollout in a terminal phase (Completed, RolledBack, Failed) or being deleted does not conflict, so
 /// the next upgrade of the same fleet can start once the previous one finished.
 pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
+    sharing_a_deployment(this, all, |o| {
+        o.age() < this.age()
+            && !o
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|p| p.is_terminal())
+    })
+}
+
+/// Newer rollouts in the namespace (not being deleted) that target one of this rollout's
+/// Deployments, in any phase: once this one is finished, they supersede it.
+pub fn superseded_by(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
+    sharing_a_deployment(this, all, |o| o.age() > this.age())
+}
+
+/// The other rollouts (not being deleted) for which `pred` holds and that share a Deployment with
+/// `this`, as `name (Deployment a, b)`, sorted.
+fn sharing_a_deployment(
+    this: &Dedup2DRollout,
+    all: &[Dedup2DRollout],
+    pred: impl Fn(&Dedup2DRollout) -> bool,
+) -> Vec<String> {
     let targets = |r: &Dedup2DRollout| -> Vec<String> {
         r.spec
             .workers
@@ -516,27 +553,11 @@ pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
             .collect()
     };
     let mine = targets(this);
-    let age = |r: &Dedup2DRollout| {
-        (
-            r.metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.as_second()),
-            r.name_any(),
-        )
-    };
-    let my_age = age(this);
     let mut out: Vec<String> = all
         .iter()
         .filter(|o| o.uid() != this.uid() && o.name_any() != this.name_any())
         .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter(|o| {
-            !o.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(|p| p.is_terminal())
-        })
-        .filter(|o| age(o) < my_age)
+        .filter(|o| pred(o))
         .filter_map(|o| {
             let shared: Vec<String> = targets(o)
                 .into_iter()
@@ -548,6 +569,24 @@ pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// The order rollouts were created in: creation second, then name (so two rollouts of one second
+/// still have an order).
+trait Age {
+    fn age(&self) -> (Option<i64>, String);
+}
+
+impl Age for Dedup2DRollout {
+    fn age(&self) -> (Option<i64>, String) {
+        (
+            self.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second()),
+            self.name_any(),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -794,5 +833,48 @@ mod tests {
         let both = vec![a.clone(), b.clone()];
         assert!(conflicts(&a, &both).is_empty());
         assert_eq!(conflicts(&b, &both).len(), 1);
+    }
+
+    #[test]
+    fn newer_rollouts_on_shared_deployments_supersede_in_any_phase() {
+        let me = rollout(
+            "me",
+            "2026-01-02T00:00:00Z",
+            &["w1", "w2"],
+            "api",
+            Some(Phase::Completed),
+        );
+        let mut gone = rollout("gone", "2026-01-04T00:00:00Z", &["w1"], "api", None);
+        gone.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-01-05T00:00:00Z".parse().unwrap(),
+            ));
+        let all = vec![
+            me.clone(),
+            rollout("older", "2026-01-01T00:00:00Z", &["w1"], "api", None),
+            rollout(
+                "newer",
+                "2026-01-03T00:00:00Z",
+                &["w2"],
+                "api2",
+                Some(Phase::Completed),
+            ),
+            rollout(
+                "newer-elsewhere",
+                "2026-01-03T00:00:00Z",
+                &["z"],
+                "zapi",
+                None,
+            ),
+            gone,
+        ];
+        assert_eq!(
+            superseded_by(&me, &all),
+            vec!["newer (Deployment w2)".to_string()]
+        );
+        assert!(
+            superseded_by(&all[2], &all).is_empty(),
+            "nothing newer on w2"
+        );
     }
 }

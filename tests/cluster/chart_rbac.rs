@@ -218,6 +218,7 @@ async fn complete_across_a_restart(
         .unwrap();
     let r = wait_phase(ns, rollout, Phase::Completed, WAIT).await;
     assert_eq!(r.status.unwrap().worker_summary.as_deref(), Some("1/1"));
+    wait_originals_released(ns, rollout).await;
     let log = op.log_text();
     assert!(log.contains("leading"), "the new process leads:\n{log}");
     op

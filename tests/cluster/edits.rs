@@ -145,8 +145,9 @@ async fn conflicting_rollout_stalls_until_the_older_one_is_gone() {
     let st = r.status.unwrap();
     assert_eq!(
         worker_image_record(&st),
-        (Some(NEW_IMAGE), NEXT_IMAGE),
-        "the second rollout took over from what the first one left"
+        (Some(OLD_IMAGE), NEXT_IMAGE),
+        "the second rollout took over, with the true original the first one left on worker-a \
+         (dedup2d.io/originals), not the half-done value"
     );
 
     let h = history.by_revision();

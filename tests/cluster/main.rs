@@ -26,6 +26,7 @@ mod chart_rbac;
 mod cli;
 mod cli_with_operator;
 mod crd;
+mod delete;
 mod edits;
 mod faults_operator_kill;
 mod faults_other_writer;

@@ -17,7 +17,7 @@ use kube::{
 };
 use serde_json::{json, Value};
 
-use dedup2d::operator::crd::{Dedup2DRollout, Dedup2DRolloutStatus, Phase};
+use dedup2d::operator::crd::{Dedup2DRollout, Dedup2DRolloutStatus, Phase, ORIGINALS_ANNOTATION};
 
 use super::kube::TestNamespace;
 use super::poll::eventually;
@@ -309,6 +309,39 @@ pub async fn wait_rolled_to(ns: &TestNamespace, name: &str, image: &str) {
         let d = ns.api::<Deployment>().get(name).await.ok()?;
         let pods = pod_images(ns, name).await;
         (template_image(&d) == image && rolled_out(&d) && pods.iter().all(|i| i == image))
+            .then_some(())
+    })
+    .await
+}
+
+/// Waits until no target of the rollout `name` (its Deployments, its ConfigMap) carries the
+/// `dedup2d.io/originals` annotation: a `Completed` rollout removes it with writes after the one
+/// that persisted the phase (metadata only, but a Deployment's generation moves with it).
+pub async fn wait_originals_released(ns: &TestNamespace, name: &str) {
+    let r = ns.api::<Dedup2DRollout>().get(name).await.unwrap();
+    eventually(&format!("{name}'s originals released"), WAIT, || async {
+        let mut annotations = vec![];
+        for w in r
+            .spec
+            .workers
+            .iter()
+            .map(|w| &w.deployment)
+            .chain([&r.spec.api.deployment])
+        {
+            annotations.push(deploy(ns, w).await.metadata.annotations);
+        }
+        let cm = ns
+            .api::<ConfigMap>()
+            .get(&r.spec.api.config_map)
+            .await
+            .ok()?;
+        annotations.push(cm.metadata.annotations);
+        annotations
+            .iter()
+            .all(|a| {
+                a.as_ref()
+                    .is_none_or(|a| !a.contains_key(ORIGINALS_ANNOTATION))
+            })
             .then_some(())
     })
     .await

@@ -367,11 +367,10 @@ pub fn includes(entries: &[Entry]) -> Vec<String> {
 pub fn check_full_rollback_order(history: &History, jobs_finished: Timestamp) {
     let h = history.by_revision();
     assert_eq!(includes(&h), ["0", "1", "0", "1"]);
-    let on_again = h
-        .iter()
-        .rfind(|e| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == "1"))
-        .unwrap()
-        .rv;
+    // The first "1" after the last "0" (later revisions may only change the ConfigMap's metadata).
+    let is = |e: &Entry, want: &str| matches!(&e.rec, Rec::ConfigMap { include_b64: Some(v), .. } if v == want);
+    let last_off = h.iter().rfind(|e| is(e, "0")).unwrap().rv;
+    let on_again = h.iter().find(|e| e.rv > last_off && is(e, "1")).unwrap().rv;
     let arrived = history.arrived();
     for (name, old, new) in [
         ("worker-a", OLD_IMAGE, NEW_IMAGE),

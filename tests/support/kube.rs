@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 
 use super::process::which;
@@ -127,6 +127,20 @@ impl TestNamespace {
     }
 }
 
+/// Take the operator's `dedup2d.io/cleanup` finalizer off every rollout of a namespace about to
+/// be deleted: the test's operator is gone by now, and the namespace would never go away.
+async fn release_rollouts(client: &Client, ns: &str) {
+    let api: Api<dedup2d::operator::crd::Dedup2DRollout> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = api.list(&Default::default()).await else {
+        return;
+    };
+    let null = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    for r in list.items {
+        let name = r.metadata.name.unwrap_or_default();
+        let _ = api.patch(&name, &PatchParams::default(), &null).await;
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::env::var_os("DEDUP2D_KEEP_NAMESPACES").is_some() {
@@ -145,6 +159,7 @@ impl Drop for TestNamespace {
                 let Ok(client) = Client::try_default().await else {
                     return;
                 };
+                release_rollouts(&client, &name).await;
                 let _ = Api::<Namespace>::all(client)
                     .delete(&name, &DeleteParams::background())
                     .await;

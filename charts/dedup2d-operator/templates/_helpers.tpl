@@ -98,14 +98,15 @@ imagePullSecrets:
 
 {{/* The operator's RBAC rules on its resources (examples/operator-role.yaml without the Lease rule). */}}
 {{- define "dedup2d.operatorRules" -}}
-# The rollouts it reconciles, and their status.
+# The rollouts it reconciles, and their status; patch: its dedup2d.io/cleanup finalizer.
 - apiGroups: ["dedup2d.io"]
   resources: ["dedup2drollouts"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["dedup2d.io"]
   resources: ["dedup2drollouts/status"]
   verbs: ["get", "update", "patch"]
-# Targets: worker and API images, the API's restart annotation (server-side apply).
+# Targets: worker and API images, the API's restart annotation, the dedup2d.io/originals
+# annotation (server-side apply).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "patch"]

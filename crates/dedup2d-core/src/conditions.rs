@@ -14,6 +14,8 @@ pub(crate) const WORKERS_UPGRADED: &str = "WorkersUpgraded";
 pub(crate) const DUAL_WRITE: &str = "DualWrite";
 pub(crate) const DRAINED: &str = "Drained";
 pub(crate) const ROLLBACK_SAFE: &str = "RollbackSafe";
+/// `True` on a finished rollout whose Deployments a newer rollout targets: its figures are no longer kept.
+pub const SUPERSEDED: &str = "Superseded";
 
 /// A condition status value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,18 @@ pub const REQUEST_ANNOTATION: &str = "dedup2d.io/request";
 pub const PAYLOAD_CONFIG_ANNOTATION: &str = "dedup2d.io/payload-config";
 /// Field manager of every server-side apply the operator does.
 pub const FIELD_MANAGER: &str = "dedup2d-operator";
+/// Metadata annotation on each target object (worker and API Deployments, the ConfigMap): a JSON
+/// object from field id (see `FieldRecord::field`) to the value found before the operator's first
+/// write (`null`: the field was absent). It outlives the rollout, so a rollout deleted half-way and
+/// created again still knows the true originals.
+pub const ORIGINALS_ANNOTATION: &str = "dedup2d.io/originals";
+/// Field manager of the [`ORIGINALS_ANNOTATION`] applies. A manager of its own: the target writes
+/// (by [`FIELD_MANAGER`]) never have to restate the annotation, and an apply of the annotation alone
+/// removes the entries it no longer states.
+pub const ORIGINALS_FIELD_MANAGER: &str = "dedup2d-operator-originals";
+/// Finalizer the operator puts on every rollout so that its deletion is announced with an Event
+/// telling the state the fleet is left in. Removed by the operator once the Event is out.
+pub const CLEANUP_FINALIZER: &str = "dedup2d.io/cleanup";
 
 // CEL snippets shared by several fields.
 const DNS_SUBDOMAIN: &str =
@@ -427,6 +439,9 @@ pub(crate) const MAX_TRANSITIONS: usize = 10;
 /// How many handled requests `status.requestHistory` keeps.
 pub(crate) const MAX_REQUEST_HISTORY: usize = 16;
 
+/// Longest request value kept as is in status (longer ones are kept as their sha256 digest).
+pub(crate) const MAX_STORED_REQUEST: usize = 128;
+
 /// One phase transition, as its Event tells it.
 #[allow(missing_docs)] // see the module docs: a doc comment here would change the CRD
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -516,7 +531,8 @@ pub struct RollbackRecord {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HandledRequest {
-    /// The annotation value, nonce included.
+    /// The annotation value, nonce included (over 128 bytes: `sha256:<hex>` of it).
+    #[schemars(length(max = MAX_STORED_REQUEST))]
     pub request: String,
     pub handled_at: Time,
     /// What the operator did with it.

@@ -29,7 +29,7 @@
 //! `world` (predicates on the observed world), `timeline` (events, transitions, pause time,
 //! deadlines) and `status` (the summary and one function per condition).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fmt, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use sha2::{Digest, Sha256};
@@ -40,9 +40,9 @@ pub use crate::reason::{
 use crate::{
     crd::{
         Dedup2DRolloutSpec as Spec, Dedup2DRolloutStatus as Status, Hold, Phase, TransitionRecord,
-        PAYLOAD_CONFIG_ANNOTATION,
+        ORIGINALS_ANNOTATION, PAYLOAD_CONFIG_ANNOTATION,
     },
-    snapshot::{Observed, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    snapshot::{Observed, Originals, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 mod phases;
@@ -110,6 +110,32 @@ pub enum Action {
         /// [`payload_config_hash`] of the values in effect.
         value: String,
     },
+    /// Set the `dedup2d.io/originals` metadata annotation of a target object to exactly these
+    /// entries (no entry: no annotation). Metadata, not the pod template: no pod restarts.
+    SetOriginals {
+        /// The target object.
+        target: TargetObject,
+        /// The entries, by field id.
+        values: Originals,
+    },
+}
+
+/// A target object the rollout writes to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TargetObject {
+    /// A worker or the API Deployment, by name.
+    Deployment(String),
+    /// The API's ConfigMap, by name.
+    ConfigMap(String),
+}
+
+impl fmt::Display for TargetObject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetObject::Deployment(n) => write!(f, "Deployment {n}"),
+            TargetObject::ConfigMap(n) => write!(f, "ConfigMap {n}"),
+        }
+    }
 }
 
 impl Action {
@@ -118,7 +144,8 @@ impl Action {
     /// simulator changes.
     pub fn writes(&self) -> Vec<(String, String)> {
         match self {
-            Action::None => vec![],
+            // SetOriginals: not a field the rollout records (the annotation copies the records).
+            Action::None | Action::SetOriginals { .. } => vec![],
             Action::SetWorkerImage {
                 deployment,
                 container,
@@ -255,12 +282,23 @@ pub mod field_id {
     pub fn image(deployment: &str, container: &str) -> String {
         format!("Deployment/{deployment}/containers/{container}/image")
     }
-    pub(crate) fn config_key(config_map: &str, key: &str) -> String {
+    /// A key of the ConfigMap's `data`.
+    pub fn config_key(config_map: &str, key: &str) -> String {
         format!("ConfigMap/{config_map}/data/{key}")
     }
     /// The payload-config annotation of a Deployment's pod template.
     pub fn restart_annotation(deployment: &str) -> String {
         format!("Deployment/{deployment}/template/annotations/{PAYLOAD_CONFIG_ANNOTATION}")
+    }
+    /// The object a field id belongs to.
+    pub fn object(field: &str) -> Option<TargetObject> {
+        let (kind, rest) = field.split_once('/')?;
+        let (name, _) = rest.split_once('/')?;
+        match kind {
+            "Deployment" => Some(TargetObject::Deployment(name.into())),
+            "ConfigMap" => Some(TargetObject::ConfigMap(name.into())),
+            _ => None,
+        }
     }
 }
 
@@ -362,8 +400,7 @@ impl<'a> Planner<'a> {
         self.track_pause();
 
         if self.phase.is_terminal() {
-            self.message = self.terminal_message();
-            return (Action::None, Some(IDLE_POLL));
+            return self.idle();
         }
         if self.spec.paused {
             self.message = format!("paused in {} (spec.paused)", self.phase);
@@ -429,11 +466,19 @@ impl<'a> Planner<'a> {
                 self.fail(message);
                 self.st.hold.is_some().then(|| self.held())
             }
-            Step::Idle => {
-                self.message = self.terminal_message();
-                Some((Action::None, Some(IDLE_POLL)))
-            }
+            Step::Idle => Some(self.idle()),
         }
+    }
+
+    /// A terminal phase: clear the original values this rollout recorded on its targets once they
+    /// are no longer needed (see `records`), else nothing to do.
+    fn idle(&mut self) -> Outcome {
+        if let Some(action) = self.release_originals() {
+            self.message = format!("{}: {}", self.phase, describe(&action));
+            return (action, Some(AFTER_ACTION));
+        }
+        self.message = self.terminal_message();
+        (Action::None, Some(IDLE_POLL))
     }
 
     fn held(&mut self) -> Outcome {
@@ -469,6 +514,12 @@ fn describe(action: &Action) -> String {
         Action::SetApiRestartAnnotation { deployment, value } => {
             format!("restarting API Deployment {deployment} ({PAYLOAD_CONFIG_ANNOTATION}={value})")
         }
+        Action::SetOriginals { target, values } if values.is_empty() => {
+            format!("clearing the original values recorded on {target} ({ORIGINALS_ANNOTATION})")
+        }
+        Action::SetOriginals { target, .. } => {
+            format!("recording the original values on {target} ({ORIGINALS_ANNOTATION})")
+        }
     }
 }
 
@@ -492,6 +543,8 @@ use crate::{
 #[cfg(test)]
 use records::world_values;
 
+#[cfg(test)]
+mod delete_tests;
 #[cfg(test)]
 mod gitops_fixtures;
 #[cfg(test)]

@@ -120,6 +120,11 @@ pub enum EventReason {
     ProgressDeadlineExceeded,
     /// A `dedup2d.io/request` was handled.
     Request,
+    /// A field's previous value was taken from the target's `dedup2d.io/originals` annotation
+    /// (left by an earlier rollout of the same fleet that was deleted unfinished).
+    OriginalAdopted,
+    /// The rollout was deleted: the Event tells the state the fleet is left in.
+    Deleted,
 }
 
 /// `status.dualWrite`: dual-write as the world shows it.

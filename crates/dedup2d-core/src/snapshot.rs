@@ -38,6 +38,20 @@ pub struct Observed {
     pub drain: DrainObs,
     /// Older rollouts that target one of this rollout's Deployments (names), for `ConflictingRollout`.
     pub conflicts: Vec<String>,
+    /// Newer rollouts that target one of this rollout's Deployments (names), for `Superseded`.
+    pub superseded_by: Vec<String>,
+}
+
+/// Values found before a rollout's first write, by field id (`None`: the field was absent), as
+/// recorded on a target object's `dedup2d.io/originals` annotation.
+pub type Originals = BTreeMap<String, Option<String>>;
+
+/// The `dedup2d.io/originals` annotation's entries; a value that is not such a JSON object counts
+/// as none (the next write restates the entries the rollout knows).
+pub fn parse_originals(annotation: Option<&str>) -> Originals {
+    annotation
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
 }
 
 /// One Deployment as the rollout-status test and the planner need it.
@@ -69,6 +83,8 @@ pub struct DeploymentObs {
     pub pods: Vec<PodObs>,
     /// Field managers of fields the operator writes, by field id (see `FieldRecord::field`), when known.
     pub managers: BTreeMap<String, String>,
+    /// The `dedup2d.io/originals` annotation of the Deployment's metadata.
+    pub originals: Originals,
 }
 
 /// One pod of a Deployment.
@@ -173,6 +189,8 @@ pub struct ConfigObs {
     pub max_bytes: Option<String>,
     /// `DEDUP2D_ASYNC_TTL_SECONDS`.
     pub ttl_seconds: Option<String>,
+    /// The `dedup2d.io/originals` annotation of the ConfigMap.
+    pub originals: Originals,
 }
 
 /// Worker heartbeats, or why they could not be read.
@@ -309,6 +327,21 @@ mod tests {
             two.resolve_container(None),
             Err(ContainerError::Ambiguous { count: 2, .. })
         ));
+    }
+
+    #[test]
+    fn originals_annotation_parsing() {
+        let parsed = parse_originals(Some(
+            r#"{"ConfigMap/c/data/K": null, "Deployment/w/containers/w/image": "reg/w:1"}"#,
+        ));
+        assert_eq!(parsed.get("ConfigMap/c/data/K"), Some(&None));
+        assert_eq!(
+            parsed.get("Deployment/w/containers/w/image"),
+            Some(&Some("reg/w:1".to_string()))
+        );
+        assert!(parse_originals(Some("not json")).is_empty());
+        assert!(parse_originals(Some(r#"{"a": 1}"#)).is_empty());
+        assert!(parse_originals(None).is_empty());
     }
 
     #[test]

@@ -225,6 +225,11 @@ fn cases() -> BTreeMap<&'static str, Case> {
     w.request = Some("abort:1700000300".into());
     assert_eq!(w.settle(100), Phase::RolledBack);
     add("rolled-back-abort", of_world(&w));
+    // A newer rollout re-targets the same Deployments: healthy, whatever phase this one ended in.
+    let newer =
+        |o: &mut Observed| o.superseded_by = vec!["next-upgrade (Deployment worker-0)".into()];
+    add("superseded-rolled-back", stalled(&w, newer));
+    add("superseded-completed", stalled(&completed(), newer));
 
     let mut w = World::new(spec(1), 1);
     until_phase(&mut w, Phase::UpgradingWorkers, 50);

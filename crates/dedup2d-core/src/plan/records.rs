@@ -1,12 +1,19 @@
 //! Record-then-act: every field the rollout writes is recorded in status (its previous value and the
 //! value about to be written) before the write, confirmed once seen, and watched for other writers.
+//!
+//! The previous values are also kept on the target objects themselves (the `dedup2d.io/originals`
+//! annotation), written after the status record and before the first write to the object, so they
+//! survive the rollout's deletion: a new rollout adopts an entry found there as its previous value.
+//! Once they are no longer needed (the rollout `Completed`, or a full rollback put them back) the
+//! rollout removes the entries it holds, so the next upgrade records fresh originals. A superseded
+//! rollout leaves them to the newer one.
 
 use std::collections::BTreeMap;
 
-use super::{field_id, Planner, Spec, Step};
+use super::{field_id, Action, EventKind, EventReason, Planner, Spec, Step, TargetObject};
 use crate::{
-    crd::{FieldRecord, PAYLOAD_CONFIG_ANNOTATION},
-    snapshot::{Observed, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    crd::{FieldRecord, Phase, RollbackLevel, PAYLOAD_CONFIG_ANNOTATION},
+    snapshot::{Observed, Originals, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 impl Planner<'_> {
@@ -38,31 +45,174 @@ impl Planner<'_> {
             let current = self.world.get(field).cloned().flatten();
             let in_place = current.as_deref() == Some(desired.as_str());
             all_in_place &= in_place;
-            match self.st.fields.iter_mut().find(|r| &r.field == field) {
+            match self.st.fields.iter().position(|r| &r.field == field) {
                 None => {
+                    let previous = self.adopt_original(field, current);
                     self.st.fields.push(FieldRecord {
                         field: field.clone(),
-                        previous: current,
+                        previous,
                         written: desired.clone(),
                         confirmed: in_place,
                     });
                     recorded = true;
                 }
-                Some(r) if &r.written != desired => {
-                    r.written.clone_from(desired);
-                    r.confirmed = in_place;
-                    recorded = true;
+                Some(i) => {
+                    let r = &mut self.st.fields[i];
+                    if &r.written != desired {
+                        r.written.clone_from(desired);
+                        r.confirmed = in_place;
+                        recorded = true;
+                    }
                 }
-                Some(_) => {}
             }
         }
         if all_in_place {
             Ok(true)
         } else if recorded {
             Err(Step::Recorded)
+        } else if let Some(action) = self.record_originals(wants) {
+            Err(Step::Act(action))
         } else {
             Ok(false)
         }
+    }
+
+    /// The previous value of a field recorded for the first time: the entry of the object's
+    /// `dedup2d.io/originals` annotation when there is one (a rollout deleted half-way left it),
+    /// else the current value.
+    fn adopt_original(&mut self, field: &str, current: Option<String>) -> Option<String> {
+        let Some(original) = self.original_on_target(field) else {
+            return current;
+        };
+        if original != current {
+            let shown =
+                |v: &Option<String>| v.as_deref().map_or("absent".into(), |v| format!("{v:?}"));
+            self.event(
+                EventKind::Normal,
+                EventReason::OriginalAdopted,
+                &format!(
+                    "{field}: previous value {} adopted from the target's originals annotation (it is now {})",
+                    shown(&original),
+                    shown(&current)
+                ),
+            );
+        }
+        original
+    }
+
+    /// The entry for `field` in its object's originals annotation (`Some(None)`: it was absent).
+    pub(super) fn original_on_target(&self, field: &str) -> Option<Option<String>> {
+        field_id::object(field)
+            .and_then(|t| self.observed_originals(&t))
+            .and_then(|o| o.get(field).cloned())
+    }
+
+    /// Some target carries an originals annotation entry (an earlier rollout changed it).
+    pub(super) fn targets_carry_originals(&self) -> bool {
+        self.obs
+            .workers
+            .values()
+            .chain(self.obs.api.as_ref())
+            .any(|d| !d.originals.is_empty())
+            || self
+                .obs
+                .config
+                .as_ref()
+                .is_some_and(|c| !c.originals.is_empty())
+    }
+
+    /// The annotation entries of a target object, keeping only those naming one of its own fields
+    /// (`None`: the object was not observed).
+    fn observed_originals(&self, t: &TargetObject) -> Option<Originals> {
+        let found = match t {
+            TargetObject::Deployment(name) => self
+                .obs
+                .workers
+                .get(name)
+                .or(self.obs.api.as_ref().filter(|a| &a.name == name))
+                .map(|d| &d.originals),
+            TargetObject::ConfigMap(name) if name == &self.spec.api.config_map => {
+                self.obs.config.as_ref().map(|c| &c.originals)
+            }
+            TargetObject::ConfigMap(_) => None,
+        }?;
+        Some(
+            found
+                .iter()
+                .filter(|(f, _)| field_id::object(f).as_ref() == Some(t))
+                .map(|(f, v)| (f.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// What the object's annotation should hold: what it holds, plus this rollout's previous values
+    /// (an entry already there is the older original and stays), or, when releasing, minus the
+    /// entries that are this rollout's previous values and that `release` lets go.
+    fn originals_wanted(&self, t: &TargetObject, release: Option<Release>) -> Option<Originals> {
+        let mut wanted = self.observed_originals(t)?;
+        let mine = self
+            .st
+            .fields
+            .iter()
+            .filter(|r| field_id::object(&r.field).as_ref() == Some(t));
+        for r in mine {
+            let Some(release) = release else {
+                wanted
+                    .entry(r.field.clone())
+                    .or_insert_with(|| r.previous.clone());
+                continue;
+            };
+            let back = self.world.get(&r.field) == Some(&r.previous);
+            let lets_go = release == Release::All || back;
+            if lets_go && wanted.get(&r.field) == Some(&r.previous) {
+                wanted.remove(&r.field);
+            }
+        }
+        Some(wanted)
+    }
+
+    /// The annotation write that must come before writing `wants` (one object at a time).
+    fn record_originals(&self, wants: &[(String, String)]) -> Option<Action> {
+        wants
+            .iter()
+            .filter_map(|(f, _)| field_id::object(f))
+            .find_map(|t| self.originals_update(t, None))
+    }
+
+    /// In a terminal phase: the annotation write that removes entries this rollout no longer needs.
+    pub(super) fn release_originals(&self) -> Option<Action> {
+        let full_rollback = self
+            .st
+            .rollback
+            .as_ref()
+            .is_some_and(|r| r.level == RollbackLevel::Full);
+        let release = match self.phase {
+            Phase::Completed => Release::All,
+            Phase::RolledBack if full_rollback => Release::PutBack,
+            _ => return None,
+        };
+        if !self.obs.superseded_by.is_empty() {
+            return None;
+        }
+        let spec = self.spec;
+        spec.workers
+            .iter()
+            .map(|w| TargetObject::Deployment(w.deployment.clone()))
+            .chain([
+                TargetObject::Deployment(spec.api.deployment.clone()),
+                TargetObject::ConfigMap(spec.api.config_map.clone()),
+            ])
+            .find_map(|t| self.originals_update(t, Some(release)))
+    }
+
+    fn originals_update(&self, target: TargetObject, release: Option<Release>) -> Option<Action> {
+        let wanted = self.originals_wanted(&target, release)?;
+        (Some(&wanted) != self.observed_originals(&target).as_ref()).then_some(
+            Action::SetOriginals {
+                target,
+                values: wanted,
+            },
+        )
     }
 
     pub(super) fn record(&self, field: &str) -> Option<&FieldRecord> {
@@ -95,6 +245,16 @@ impl Planner<'_> {
         }
         None
     }
+}
+
+/// Which of its entries a finished rollout removes from the targets' originals annotations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// `Completed`: all of them; what it leaves is the original of the next upgrade.
+    All,
+    /// A full rollback: those whose field holds its original again (the images). The others
+    /// (the ConfigMap keys, the API's restart annotation) still differ and keep their entry.
+    PutBack,
 }
 
 /// Current values of every field the rollout may write, by field id.

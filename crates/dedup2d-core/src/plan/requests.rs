@@ -2,13 +2,31 @@
 //! annotation, each value handled once: recorded in `status.lastRequest` and in the bounded
 //! `status.requestHistory`, and a value found in either is ignored silently (no Event), so a
 //! re-applied manifest never repeats a request, whatever order its values come back in.
+//!
+//! The history's size is bounded whatever the annotation holds (an annotation may be 256 KiB): a
+//! value longer than [`MAX_STORED_REQUEST`] bytes is stored, and compared, as its sha256 digest,
+//! and a value longer than [`MAX_REQUEST_BYTES`] is not acted on (ignored, with the reason).
 
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use sha2::{Digest, Sha256};
 
 use super::{EventKind, EventReason, PlanEvent, Planner, Request, TransitionReason};
-use crate::crd::{HandledRequest, Phase, RollbackLevel, MAX_REQUEST_HISTORY};
+use crate::crd::{HandledRequest, Phase, RollbackLevel, MAX_REQUEST_HISTORY, MAX_STORED_REQUEST};
+
+/// Longest request value acted on: a verb and a nonce never need more.
+pub const MAX_REQUEST_BYTES: usize = 1024;
+
+/// How a request value is kept in status and compared: as is up to [`MAX_STORED_REQUEST`] bytes,
+/// else `sha256:<hex>` of it (71 bytes).
+pub fn stored_form(value: &str) -> String {
+    if value.len() <= MAX_STORED_REQUEST {
+        value.to_string()
+    } else {
+        format!("sha256:{}", hex::encode(Sha256::digest(value.as_bytes())))
+    }
+}
 
 /// What the operator did with a request (`status.lastRequest.outcome`, the Event message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +58,8 @@ pub enum RequestOutcome {
     NothingToRetry,
     /// Ignored: an abort or abort-full before the operator wrote any field.
     NothingToRollBack,
+    /// Ignored: the value is longer than any request (this many bytes).
+    TooLong(usize),
 }
 
 impl RequestOutcome {
@@ -53,6 +73,7 @@ impl RequestOutcome {
                 | RequestOutcome::AlreadyFullRollback(_)
                 | RequestOutcome::NothingToRetry
                 | RequestOutcome::NothingToRollBack
+                | RequestOutcome::TooLong(_)
         )
     }
 }
@@ -79,6 +100,10 @@ impl fmt::Display for RequestOutcome {
             }
             RequestOutcome::NothingToRetry => f.write_str("ignored: nothing to retry"),
             RequestOutcome::NothingToRollBack => f.write_str("ignored: nothing to roll back"),
+            RequestOutcome::TooLong(n) => write!(
+                f,
+                "ignored: the value is {n} bytes; a request is a verb and an optional nonce of at most {MAX_REQUEST_BYTES} bytes"
+            ),
         }
     }
 }
@@ -125,13 +150,16 @@ impl Planner<'_> {
 
     /// Handle a new `dedup2d.io/request` value once and record it.
     pub(super) fn handle_request(&mut self) {
+        self.bound_request_records();
         let Some(value) = self.obs.request.clone() else {
             return;
         };
         if self.was_handled(&value) {
             return;
         }
+        let stored = stored_form(&value);
         let outcome = match Request::parse(&value) {
+            _ if value.len() > MAX_REQUEST_BYTES => RequestOutcome::TooLong(value.len()),
             None => RequestOutcome::Unknown,
             Some(Request::Promote) => self.promote(),
             Some(Request::Abort) => self.abort(),
@@ -147,15 +175,15 @@ impl Planner<'_> {
         self.events.push(PlanEvent {
             kind,
             reason: EventReason::Request.to_string(),
-            action: match value.trim() {
+            action: match stored.trim() {
                 "" => EventReason::Request.to_string(),
                 v => v.chars().take(128).collect(), // the Events API limit
             },
-            message: format!("request {value:?}: {outcome}"),
+            message: format!("request {stored:?}: {outcome}"),
             transition: None,
         });
         let handled = HandledRequest {
-            request: value,
+            request: stored,
             handled_at: Time(self.stamp),
             outcome: outcome.to_string(),
         };
@@ -171,16 +199,33 @@ impl Planner<'_> {
 
     /// The value is `lastRequest` (a status from before the history existed) or in the history.
     fn was_handled(&self, value: &str) -> bool {
+        let stored = stored_form(value);
         self.st
             .last_request
             .iter()
             .chain(&self.st.request_history)
-            .any(|r| r.request == value)
+            .any(|r| r.request == stored)
+    }
+
+    /// Records written before values were bounded hold them whole: keep them in the stored form.
+    fn bound_request_records(&mut self) {
+        for r in self
+            .st
+            .last_request
+            .iter_mut()
+            .chain(&mut self.st.request_history)
+        {
+            if r.request.len() > MAX_STORED_REQUEST {
+                r.request = stored_form(&r.request);
+            }
+        }
     }
 
     /// Nothing was ever written, so a rollback would only turn dual-write on and restart the API.
+    /// Originals annotations on the targets mean an earlier rollout of this fleet (deleted
+    /// unfinished) wrote something, which a rollback of this one puts back.
     fn nothing_written(&self) -> bool {
-        self.st.fields.is_empty()
+        self.st.fields.is_empty() && !self.targets_carry_originals()
     }
 
     fn promote(&mut self) -> RequestOutcome {
@@ -261,5 +306,84 @@ impl Planner<'_> {
         } else {
             RequestOutcome::NothingToRetry
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sim::*;
+    use super::super::tests::until_phase;
+    use super::*;
+
+    fn request_events(d: &super::super::Decision) -> Vec<String> {
+        d.events
+            .iter()
+            .filter(|e| e.reason == EventReason::Request.as_str())
+            .map(|e| e.message.clone())
+            .collect()
+    }
+
+    #[test]
+    fn short_values_are_kept_as_they_are() {
+        assert_eq!(stored_form("abort-full:7"), "abort-full:7");
+        let at_limit = "r".repeat(MAX_STORED_REQUEST);
+        assert_eq!(stored_form(&at_limit), at_limit);
+    }
+
+    #[test]
+    fn a_long_value_is_kept_as_its_digest_and_still_acts_once() {
+        let mut w = World::new(spec(1), 1);
+        let long = format!("retry:{}", "n".repeat(300));
+        w.request = Some(long.clone());
+        let d = w.reconcile();
+        let kept = &d.status.request_history.last().unwrap().request;
+        assert!(kept.starts_with("sha256:") && kept.len() == 71, "{kept}");
+        assert_eq!(kept, &stored_form(&long));
+        assert_ne!(stored_form(&long), stored_form(&format!("{long}x")));
+        assert_eq!(request_events(&d).len(), 1);
+        assert!(request_events(&d)[0].contains("nothing to retry"));
+        assert!(request_events(&w.reconcile()).is_empty(), "handled once");
+    }
+
+    #[test]
+    fn an_absurd_value_is_ignored_with_the_reason_and_changes_nothing() {
+        let mut w = World::new(spec(1), 1);
+        until_phase(&mut w, Phase::Soaking, 100);
+        let absurd = format!("abort:{}", "x".repeat(256 * 1024));
+        w.request = Some(absurd.clone());
+        let d = w.reconcile();
+        assert_eq!(d.status.phase, Some(Phase::Soaking), "not aborted");
+        let told = request_events(&d);
+        assert_eq!(told.len(), 1);
+        assert!(
+            told[0].contains(&format!("ignored: the value is {} bytes", absurd.len())),
+            "{}",
+            told[0]
+        );
+        assert!(
+            told[0].len() < 300,
+            "the Event names the digest, not the value"
+        );
+        let last = d.status.last_request.unwrap();
+        assert!(last.outcome.starts_with("ignored"), "{}", last.outcome);
+        assert!(last.request.len() <= MAX_STORED_REQUEST);
+    }
+
+    #[test]
+    fn a_record_from_before_the_bound_is_kept_in_the_stored_form_and_still_matches() {
+        let mut w = World::new(spec(1), 1);
+        w.reconcile();
+        let long = format!("abort:{}", "o".repeat(200));
+        let mut st = w.status.clone().unwrap();
+        st.last_request = Some(HandledRequest {
+            request: long.clone(),
+            handled_at: Time(ts(T0)),
+            outcome: "ignored: nothing to roll back".into(),
+        });
+        w.status = Some(st);
+        w.request = Some(long.clone());
+        let d = w.reconcile();
+        assert!(request_events(&d).is_empty(), "already handled");
+        assert_eq!(d.status.last_request.unwrap().request, stored_form(&long));
     }
 }

@@ -100,7 +100,13 @@ impl<'a> Planner<'a> {
     fn restore_image(&mut self, r: Restore<'a>) -> Result<(), Step> {
         let (d, container) = (r.deployment, r.container);
         let field = field_id::image(&d.name, &container);
-        let Some(previous) = self.record(&field).and_then(|r| r.previous.clone()) else {
+        // A rollout created again after a deletion may have no record yet: the target's
+        // originals annotation still says what to restore.
+        let previous = match self.record(&field) {
+            Some(r) => r.previous.clone(),
+            None => self.original_on_target(&field).flatten(),
+        };
+        let Some(previous) = previous else {
             return Ok(());
         };
         if d.template_image(&container) != Some(previous.as_str()) {

@@ -2,7 +2,8 @@
 //! step at a time (old pods go terminating, then away), an API whose pods keep the payload config they
 //! started with, Redis payloads with TTLs, and an operator that persists the planner's status and
 //! applies its actions. It checks invariants 1–5 of docs/design.md §5 at every reconcile and panics
-//! on a breach.
+//! on a breach, and that every write finds the written field's original on its target object
+//! (`dedup2d.io/originals`, so it survives the rollout's deletion).
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::*;
 use crate::{
     crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
-    snapshot::{ConfigObs, DrainFigures},
+    snapshot::{ConfigObs, DrainFigures, Originals},
 };
 
 pub const OLD: &str = "reg/dedup2d:2.4.0";
@@ -75,6 +76,8 @@ pub struct SimDeployment {
     pub pods: Vec<SimPod>,
     /// New pods never become Ready (an unschedulable template).
     pub stuck: bool,
+    /// The `dedup2d.io/originals` metadata annotation.
+    pub originals: Originals,
 }
 
 impl SimDeployment {
@@ -99,6 +102,7 @@ impl SimDeployment {
             observed_generation: 1,
             pods,
             stuck: false,
+            originals: Originals::new(),
         }
     }
 
@@ -195,6 +199,7 @@ impl SimDeployment {
                 })
                 .collect(),
             managers: BTreeMap::new(),
+            originals: self.originals.clone(),
         }
     }
 }
@@ -210,6 +215,8 @@ pub struct World {
     pub api: SimDeployment,
     pub include: Option<String>,
     pub max_bytes: Option<String>,
+    /// The ConfigMap's `dedup2d.io/originals` annotation.
+    pub config_originals: Originals,
     /// Expiry times of legacy payloads in Redis (`None`: no expiry).
     pub legacy: Vec<Option<i64>>,
     /// Active jobs with file_ref-only payloads.
@@ -247,6 +254,7 @@ impl World {
             api,
             include: Some("1".into()),
             max_bytes: None,
+            config_originals: Originals::new(),
             legacy: vec![],
             active_file_ref_only: 0,
             redis_up: true,
@@ -312,10 +320,12 @@ impl World {
                 include_b64: self.include.clone(),
                 max_bytes: self.max_bytes.clone(),
                 ttl_seconds: None,
+                originals: self.config_originals.clone(),
             }),
             heartbeats: Heartbeats::Read(heartbeats),
             drain,
             conflicts: vec![],
+            superseded_by: vec![],
         }
     }
 
@@ -457,6 +467,19 @@ impl World {
                     self.api.generation += 1;
                 }
             }
+            // Metadata: no new generation, no pod restart.
+            Action::SetOriginals { target, values } => match target {
+                TargetObject::ConfigMap(_) => self.config_originals.clone_from(values),
+                TargetObject::Deployment(name) => {
+                    let d = self
+                        .workers
+                        .iter_mut()
+                        .chain([&mut self.api])
+                        .find(|d| &d.name == name)
+                        .unwrap();
+                    d.originals.clone_from(values);
+                }
+            },
         }
         self.actions.push(action.clone());
         self.track_truth();
@@ -481,6 +504,13 @@ impl World {
                     "{field}: recorded previous value is not the original"
                 );
             }
+            // The target itself holds the original before it is written, so it survives the
+            // rollout's deletion.
+            assert_eq!(
+                originals_on(obs, &field).and_then(|o| o.get(&field)),
+                Some(&rec.previous),
+                "{field}: written before its original was on the target"
+            );
         }
         self.check_world_safety(d, obs);
         // Every transition Event is also recorded in status (newest last, bounded), so a crash
@@ -608,6 +638,19 @@ impl World {
         }
     }
 
+    /// The rollout is deleted and the same manifest applied again: its status is gone, the targets
+    /// (and the originals annotations on them) stay. After a `Completed` rollout the values it left
+    /// are the new originals.
+    pub fn recreate(&mut self) {
+        if self.phase() == Phase::Completed {
+            self.originals = world_values(&self.spec, &self.observe());
+        }
+        self.status = None;
+        self.history.clear();
+        self.request = None;
+        self.generation = 1;
+    }
+
     /// Drive the world without faults until the rollout settles; returns the final phase.
     pub fn settle(&mut self, max_rounds: usize) -> Phase {
         for _ in 0..self.workers.len() {
@@ -666,11 +709,12 @@ fn check_requests_act_once(prev: &Status, d: &Decision, obs: &Observed) {
         assert_eq!(told, 0, "a Request Event without a request");
         return;
     };
+    let stored = super::requests::stored_form(value);
     let seen = prev
         .last_request
         .iter()
         .chain(&prev.request_history)
-        .any(|r| &r.request == value);
+        .any(|r| r.request == stored || &r.request == value);
     if seen {
         assert_eq!(told, 0, "request {value:?} handled again");
         assert_eq!(
@@ -679,7 +723,19 @@ fn check_requests_act_once(prev: &Status, d: &Decision, obs: &Observed) {
         );
     } else {
         assert_eq!(told, 1, "request {value:?} not told exactly once");
-        assert_eq!(history.last().map(|r| &r.request), Some(value));
+        assert_eq!(history.last().map(|r| &r.request), Some(&stored));
+    }
+}
+
+/// The originals annotation of the object a field belongs to, as observed.
+fn originals_on<'a>(obs: &'a Observed, field: &str) -> Option<&'a Originals> {
+    match field_id::object(field)? {
+        TargetObject::ConfigMap(_) => obs.config.as_ref().map(|c| &c.originals),
+        TargetObject::Deployment(name) => obs
+            .workers
+            .get(&name)
+            .or(obs.api.as_ref().filter(|a| a.name == name))
+            .map(|d| &d.originals),
     }
 }
 

@@ -30,7 +30,19 @@ impl Cond {
 type DualWrite = (DualWriteState, DualWriteBasis);
 
 impl Planner<'_> {
+    /// A finished rollout whose Deployments a newer rollout targets.
+    pub(super) fn superseded(&self) -> bool {
+        self.phase.is_terminal() && !self.obs.superseded_by.is_empty()
+    }
+
     pub(super) fn terminal_message(&self) -> String {
+        if self.superseded() {
+            return format!(
+                "{}; superseded by {}: see that rollout for the fleet's state",
+                self.phase,
+                self.obs.superseded_by.join(", ")
+            );
+        }
         match self.phase {
             Phase::Completed => {
                 "completed: dual-write off and drained; the system is file_ref-only".into()
@@ -52,7 +64,13 @@ impl Planner<'_> {
         self.st.phase = Some(self.phase);
         self.st.observed_generation = Some(self.obs.generation);
         self.st.message = Some(std::mem::take(&mut self.message));
-        self.summarize_workers();
+        if self.superseded() {
+            // The counts would describe the newer rollout's work as this one's.
+            self.st.workers.clear();
+            self.st.worker_summary = None;
+        } else {
+            self.summarize_workers();
+        }
         if let DrainObs::Figures(f) = &self.obs.drain {
             self.st.legacy_payloads = Some(saturating_i64(f.legacy_payloads));
             self.st.legacy_payloads_without_expiry = Some(saturating_i64(f.legacy_without_expiry));
@@ -72,7 +90,8 @@ impl Planner<'_> {
             (cond::RECONCILING, self.reconciling_condition()),
             (cond::READY, self.ready_condition()),
         ];
-        for (type_, c) in conditions {
+        let superseded = self.superseded_condition();
+        for (type_, c) in conditions.into_iter().chain(superseded) {
             set_condition(
                 &mut self.st.conditions,
                 type_,
@@ -212,8 +231,29 @@ impl Planner<'_> {
         }
     }
 
-    /// Why the rollout is stalled: this call's stall, a hold, or a terminal failure (kstatus).
+    /// `Superseded`: present once a newer rollout re-targets this finished one's Deployments (and
+    /// `False` again should that one go away).
+    fn superseded_condition(&self) -> Option<(&'static str, Cond)> {
+        let c = if self.superseded() {
+            Cond::new(
+                CondStatus::True,
+                "NewerRollout",
+                format!("superseded by {}", self.obs.superseded_by.join(", ")),
+            )
+        } else if cond::get_condition(&self.st.conditions, cond::SUPERSEDED).is_some() {
+            Cond::new(CondStatus::False, "NotSuperseded", "")
+        } else {
+            return None;
+        };
+        Some((cond::SUPERSEDED, c))
+    }
+
+    /// Why the rollout is stalled: this call's stall, a hold, or a terminal failure (kstatus). A
+    /// superseded rollout is not: it is over, and the newer one carries the fleet on.
     fn stalled_because(&self) -> Option<(StallReason, String)> {
+        if self.superseded() {
+            return None;
+        }
         let message = || self.st.message.clone().unwrap_or_default();
         self.stalled
             .clone()
@@ -252,9 +292,13 @@ impl Planner<'_> {
         Cond::new(CondStatus::from_bool(reconciling), reason, message)
     }
 
+    /// `True` when Completed, or when superseded (over, whatever it ended in: the newer rollout
+    /// carries the fleet on, so kstatus users such as `helm --wait` do not wait on this one).
     fn ready_condition(&self) -> Cond {
-        let ready = self.phase == Phase::Completed;
-        let reason = if ready {
+        let ready = self.phase == Phase::Completed || self.superseded();
+        let reason = if self.superseded() {
+            "Superseded"
+        } else if ready {
             "Completed"
         } else if self.paused() {
             "Paused"

@@ -18,6 +18,21 @@ pub(super) fn round(w: &mut World) -> Decision {
     d
 }
 
+/// Reconcile until the planner writes to a target (past recording the status and the originals
+/// annotation, a few reconciles at most).
+pub(super) fn next_write(w: &mut World) -> Decision {
+    for _ in 0..4 {
+        let d = w.reconcile();
+        if !matches!(d.action, Action::None | Action::SetOriginals { .. }) {
+            return d;
+        }
+    }
+    panic!(
+        "no write: {:?}",
+        w.status.as_ref().and_then(|s| s.message.clone())
+    );
+}
+
 /// Run rounds until the phase is `p` (panics after `max`).
 pub(super) fn until_phase(w: &mut World, p: Phase, max: usize) {
     for _ in 0..max {
@@ -65,6 +80,13 @@ fn records_previous_values_before_the_first_write() {
     assert_eq!(rec.previous, None);
     assert_eq!(rec.written, "1000");
     let d = w.reconcile();
+    assert!(
+        matches!(&d.action, Action::SetOriginals { target: TargetObject::ConfigMap(c), values }
+            if c == "cfg" && values.get(&rec.field) == Some(&None)),
+        "the originals go onto the ConfigMap first: {:?}",
+        d.action
+    );
+    let d = w.reconcile();
     assert_eq!(
         d.action,
         Action::SetConfig {
@@ -79,9 +101,8 @@ fn records_previous_values_before_the_first_write() {
 fn dual_write_on_is_in_effect_only_when_the_api_has_fully_rolled() {
     let mut w = World::new(spec(1), 2);
     w.reconcile();
-    w.reconcile(); // SetConfig
-    w.reconcile(); // record annotation
-    let d = w.reconcile();
+    next_write(&mut w); // SetConfig
+    let d = next_write(&mut w);
     assert!(matches!(d.action, Action::SetApiRestartAnnotation { .. }));
     // Roll the API one step at a time: the phase must hold while any old pod is alive.
     while w.controller_step(1) {
@@ -126,10 +147,7 @@ fn dual_write_disabled_skips_dual_write_on_and_soak() {
 fn workers_are_upgraded_in_order_and_terminating_old_pods_block() {
     let mut w = World::new(spec(2), 2);
     until_phase(&mut w, Phase::UpgradingWorkers, 50);
-    let mut d = w.reconcile();
-    if d.action == Action::None {
-        d = w.reconcile();
-    }
+    let d = next_write(&mut w);
     assert_eq!(
         d.action,
         Action::SetWorkerImage {
@@ -153,12 +171,7 @@ fn workers_are_upgraded_in_order_and_terminating_old_pods_block() {
         .contains("old (terminating included)"));
     assert_eq!(d.status.workers[0].old, 2);
     while w.reap(0) {}
-    let d = w.reconcile();
-    let d = if d.action == Action::None {
-        w.reconcile()
-    } else {
-        d
-    };
+    let d = next_write(&mut w);
     assert!(
         matches!(d.action, Action::SetWorkerImage { ref deployment, .. } if deployment == "worker-1")
     );
@@ -208,10 +221,7 @@ fn heartbeat_evidence_requires_a_file_ref_heartbeat() {
 fn api_image_upgrade_and_skip() {
     let mut w = World::new(spec(1), 1);
     until_phase(&mut w, Phase::UpgradingApi, 80);
-    let mut d = w.reconcile();
-    if d.action == Action::None {
-        d = w.reconcile();
-    }
+    let d = next_write(&mut w);
     assert_eq!(
         d.action,
         Action::SetApiImage {
@@ -661,12 +671,7 @@ fn pause_holds_and_is_not_counted_against_the_deadline() {
     w.tick(5000);
     assert_eq!(w.reconcile().action, Action::None);
     w.spec.paused = false;
-    let d = w.reconcile();
-    let d = if d.action == Action::None {
-        w.reconcile()
-    } else {
-        d
-    };
+    let d = next_write(&mut w);
     assert!(
         matches!(d.action, Action::SetWorkerImage { .. }),
         "resumed, not failed: {:?}",
@@ -872,6 +877,8 @@ enum Ev {
     Request(&'static str),
     /// A manifest re-applied with a value handled before (the n-th newest in the history).
     Reapply(usize),
+    /// The rollout deleted and created again (its status lost, the targets kept).
+    Recreate,
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -890,6 +897,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => prop::sample::select(vec![false, false, false, true]).prop_map(Ev::Pause),
         1 => prop::sample::select(vec!["promote", "promote", "retry", "retry", "abort", "abort-full"]).prop_map(Ev::Request),
         1 => (0usize..20).prop_map(Ev::Reapply),
+        1 => Just(Ev::Recreate),
     ]
 }
 
@@ -938,6 +946,7 @@ fn apply_event(w: &mut World, e: &Ev, i: usize) {
             }
         }
         Ev::Request(r) => w.request = Some(format!("{r}:{i}")),
+        Ev::Recreate => w.recreate(),
         Ev::Reapply(back) => {
             let history = w
                 .status
@@ -999,7 +1008,7 @@ proptest! {
         let end = w.settle(600);
         prop_assert!(matches!(end, Phase::Completed | Phase::RolledBack));
         let ranks: Vec<u8> = w.phases.iter().filter_map(|p| p.forward_rank()).collect();
-        if !w.phases.contains(&Phase::RollingBack) && !events.iter().any(|e| matches!(e, Ev::NewImage)) {
+        if !w.phases.contains(&Phase::RollingBack) && !events.iter().any(|e| matches!(e, Ev::NewImage | Ev::Recreate)) {
             prop_assert!(ranks.windows(2).all(|p| p[0] < p[1]), "phases out of order: {:?}", w.phases);
         }
     }
