@@ -14,7 +14,7 @@ use super::{
 use crate::{
     crd::{DrainStrategy, Evidence, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
     duration::parse_duration,
-    snapshot::{DrainFigures, DrainObs, Heartbeats, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    snapshot::{DeploymentObs, DrainFigures, DrainObs, Heartbeats, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 impl<'a> Planner<'a> {
@@ -302,6 +302,9 @@ impl<'a> Planner<'a> {
             (field_id::config_key(&cm, KEY_MAX_BYTES), max_bytes.clone()),
         ];
         if !self.ensure_fields(&wants)? {
+            if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
+                return Err(wait);
+            }
             return Err(Step::Act(Action::SetConfig {
                 config_map: cm,
                 include_b64: include,
@@ -335,4 +338,24 @@ impl<'a> Planner<'a> {
             requeue: POLL,
         })
     }
+}
+
+/// While the API Deployment rolls out a template that carries a payload-config annotation, the
+/// ConfigMap must not change: a pod started now would read the new values but carry the
+/// annotation of the old ones, and later count as running with values it never read (a rollout
+/// created again over a half-done restart reaches this). A rollout stuck past its progress
+/// deadline starts no pods, so it does not hold the change.
+fn api_restart_in_flight(api: &DeploymentObs, config_map: &str) -> Option<Step> {
+    let restarting = api
+        .template_annotations
+        .contains_key(PAYLOAD_CONFIG_ANNOTATION)
+        && !api.rollout_complete()
+        && !api.progress_deadline_exceeded;
+    restarting.then(|| Step::Wait {
+        message: format!(
+            "waiting for API Deployment {} to finish rolling out before changing ConfigMap {config_map}",
+            api.name
+        ),
+        requeue: POLL,
+    })
 }

@@ -1048,3 +1048,58 @@ fn abort_without_dual_write_after_workers_upgraded() {
         "ended in {end}"
     );
 }
+/// A rollout deleted while restarting the API for dual-write on, and created again: the new one
+/// must not flip the ConfigMap while that restart is in flight (the pods it starts would carry the
+/// annotation of values they never read), so dual-write on is only recorded once it is true (the
+/// world's invariant checks panic otherwise). Found by the property test.
+#[test]
+fn recreated_over_an_api_restart_in_flight() {
+    use Ev::*;
+    let events = [
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Rollout(0),
+        Reap(0),
+        Reap(0),
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Request("abort"),
+        Controller(1),
+        Controller(1),
+        Controller(1),
+        Controller(1),
+        Reap(1),
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Reconcile,
+        Rollout(1),
+        Recreate,
+        Reap(1),
+        Reconcile,
+        Reconcile,
+        Request("abort"),
+        Controller(0),
+        Controller(0),
+    ];
+    let mut s = spec(2);
+    s.dual_write.enabled = false;
+    s.api.image = None;
+    let mut w = World::new(s, 2);
+    for (i, e) in events.iter().enumerate() {
+        apply_event(&mut w, e, i);
+    }
+    assert!(w
+        .status
+        .as_ref()
+        .and_then(|s| s.message.as_deref())
+        .is_some_and(|m| m.contains("to finish rolling out before changing ConfigMap")));
+    assert_eq!(w.settle(600), Phase::RolledBack);
+    assert!(w.api.pods.iter().all(|p| p.include_on));
+}
