@@ -13,15 +13,50 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{self, JobContext};
-use crate::contract::arq::{JobRecord, Outcome, ResultRecord, FUNCTION_NAME};
-use crate::contract::queue::{now_ms, ArqQueue, ClaimedJob, ClaimedRecord, QueueSettings};
+use futures::future::BoxFuture;
 
-/// How many due ids one claim attempt looks at per page.
-const CLAIM_PAGE: usize = 50;
+use super::job::{self, JobContext, JobEnd};
+use super::metrics::WorkerMetrics;
+use crate::contract::arq::{JobRecord, Outcome, ResultRecord, FUNCTION_NAME};
+use crate::contract::queue::{
+    now_ms, ArqQueue, ClaimCursor, ClaimedJob, ClaimedRecord, QueueError, QueueSettings,
+};
+use crate::contract::store::StoreError;
+
+/// What the consumer runs for a claimed job: the dedup2d job ([`JobContext`]) in the worker;
+/// a benchmark of the queue path plugs in a job of its own.
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs dedup2d job `job_id`; an error leaves the ARQ job claimable, so it runs again.
+    fn run<'a>(&'a self, job_id: &'a str) -> BoxFuture<'a, Result<JobEnd, StoreError>>;
+    /// Ends a job that cannot run with `reason`, without running it.
+    fn fail_unrunnable<'a>(
+        &'a self,
+        job_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<JobEnd, StoreError>>;
+    fn metrics(&self) -> &WorkerMetrics;
+}
+
+impl JobRunner for JobContext {
+    fn run<'a>(&'a self, job_id: &'a str) -> BoxFuture<'a, Result<JobEnd, StoreError>> {
+        Box::pin(job::run(self, job_id))
+    }
+
+    fn fail_unrunnable<'a>(
+        &'a self,
+        job_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<JobEnd, StoreError>> {
+        Box::pin(job::fail_unrunnable(self, job_id, reason))
+    }
+
+    fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
+    }
+}
 
 pub struct Consumer {
-    pub ctx: Arc<JobContext>,
+    pub jobs: Arc<dyn JobRunner>,
     pub queues: Vec<ArqQueue>,
     pub queue_settings: QueueSettings,
     pub max_jobs: usize,
@@ -39,6 +74,7 @@ impl Consumer {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let in_flight: InFlight = Arc::default();
         let mut last_error_log: Option<Instant> = None;
+        let mut cursors = vec![ClaimCursor::default(); self.queues.len()];
         tracing::info!(
             queues = ?self.queues.iter().map(ArqQueue::name).collect::<Vec<_>>(),
             max_jobs = self.max_jobs,
@@ -55,16 +91,16 @@ impl Consumer {
             if stop.is_cancelled() {
                 break;
             }
-            match self.claim_any().await {
+            match self.claim_any(&mut cursors).await {
                 Ok(Some((queue, claimed))) => {
-                    let ctx = self.ctx.clone();
+                    let jobs = self.jobs.clone();
                     let settings = self.queue_settings.clone();
                     let q = queue.clone();
                     let arq_id = claimed.job_id.clone();
                     let handle = tasks.spawn(async move {
-                        ctx.metrics.in_flight.inc();
-                        handle(&ctx, &q, claimed, &settings).await;
-                        ctx.metrics.in_flight.dec();
+                        jobs.metrics().in_flight.inc();
+                        handle(jobs.as_ref(), &q, claimed, &settings).await;
+                        jobs.metrics().in_flight.dec();
                         drop(permit);
                     });
                     in_flight
@@ -112,14 +148,13 @@ impl Consumer {
         }
     }
 
+    /// Claims from the first queue that has a job, each queue with its own cursor.
     async fn claim_any(
         &self,
-    ) -> Result<Option<(ArqQueue, ClaimedJob)>, crate::contract::queue::QueueError> {
-        for q in &self.queues {
-            if let Some(job) = q
-                .claim_next(now_ms(), &self.queue_settings, CLAIM_PAGE)
-                .await?
-            {
+        cursors: &mut [ClaimCursor],
+    ) -> Result<Option<(ArqQueue, ClaimedJob)>, QueueError> {
+        for (q, cursor) in self.queues.iter().zip(cursors) {
+            if let Some(job) = q.claim_next(now_ms(), &self.queue_settings, cursor).await? {
                 return Ok(Some((q.clone(), job)));
             }
         }
@@ -218,27 +253,32 @@ fn unrunnable(
 
 /// Runs one claimed ARQ job and finishes it in the queue. A job that cannot run fails at once,
 /// both in ARQ and in the dedup2d job hash (the API enqueues a job under its own id).
-async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, settings: &QueueSettings) {
+async fn handle(
+    jobs: &dyn JobRunner,
+    queue: &ArqQueue,
+    claimed: ClaimedJob,
+    settings: &QueueSettings,
+) {
     let start_ms = now_ms();
     let started = Instant::now();
     let (job_id, record) = match unrunnable(&claimed, settings) {
         Ok(runnable) => runnable,
         Err(reason) => {
             // The job of that ARQ id, whatever the record's arguments claim.
-            let end = match job::fail_unrunnable(ctx, &claimed.job_id, &reason).await {
+            let end = match jobs.fail_unrunnable(&claimed.job_id, &reason).await {
                 Ok(end) => end,
                 Err(e) => {
                     tracing::error!(job_id = claimed.job_id, error = %e, "cannot record a job's final status; it stays claimable");
                     return;
                 }
             };
-            ctx.metrics
+            jobs.metrics()
                 .count_job(end.label(), started.elapsed().as_secs_f64());
             return arq_fail(queue, &claimed, &reason, settings).await;
         }
     };
     let span = tracing::info_span!("job", job_id = %job_id, queue = queue.name(), job_try = claimed.job_try);
-    let end = match tracing::Instrument::instrument(job::run(ctx, &job_id), span.clone()).await {
+    let end = match tracing::Instrument::instrument(jobs.run(&job_id), span.clone()).await {
         Ok(end) => end,
         Err(e) => {
             tracing::error!(job_id, error = %e, "cannot record a job's state; it stays claimable");
@@ -246,7 +286,7 @@ async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, setting
         }
     };
     let label = end.label();
-    ctx.metrics
+    jobs.metrics()
         .count_job(label, started.elapsed().as_secs_f64());
     tracing::info!(parent: &span, status = label, elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
     let result = ResultRecord {

@@ -11,7 +11,7 @@ use base64::Engine;
 use dedup2d::contract::arq::{JobRecord, Outcome, ResultRecord};
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::{FileRef, JobPayload};
-use dedup2d::contract::queue::{now_ms, ArqQueue, ClaimedRecord, QueueSettings};
+use dedup2d::contract::queue::{now_ms, ArqQueue, ClaimCursor, ClaimedRecord, QueueSettings};
 use dedup2d::contract::store::{
     CancelOutcome, JobStatus, JobStore, NewJob, StartState, StoreError,
 };
@@ -125,7 +125,12 @@ async fn python_enqueued_job_is_claimed_by_us_and_our_result_is_read_by_python()
     let queue = ArqQueue::new(redis.manager().await, QUEUE);
     let settings = QueueSettings::for_job_timeout(5);
     let mut claimed = Vec::new();
-    while let Some(job) = queue.claim_next(now_ms(), &settings, 10).await.unwrap() {
+    let mut cursor = ClaimCursor::default();
+    while let Some(job) = queue
+        .claim_next(now_ms(), &settings, &mut cursor)
+        .await
+        .unwrap()
+    {
         claimed.push(job);
     }
     assert_eq!(claimed.len(), 2);
@@ -203,7 +208,12 @@ async fn concurrent_claimers_never_claim_a_job_twice() {
             // An in-progress key outlives the whole test, however slow the machine: one that
             // expired would make its job claimable again, as it should be.
             let settings = QueueSettings::for_job_timeout(3600);
-            while let Some(job) = q.claim_next(now_ms(), &settings, 100).await.unwrap() {
+            let mut cursor = ClaimCursor::default();
+            while let Some(job) = q
+                .claim_next(now_ms(), &settings, &mut cursor)
+                .await
+                .unwrap()
+            {
                 seen.lock().unwrap().push(job.job_id.clone());
                 // Jobs stay in progress (not completed), so every claimer keeps racing for
                 // the same due ids: only the in-progress key keeps them apart.
