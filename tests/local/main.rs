@@ -8,6 +8,7 @@ mod support {
     pub mod api;
     pub mod bench;
     pub mod drawings;
+    pub mod faults;
     pub mod job_store;
     pub mod peer_scripts;
     pub mod peers;
@@ -27,10 +28,13 @@ mod api_worker_s3;
 mod bench_drain;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
 mod bench_worker_rss;
+/// `#[ignore]`d measurement run by `bench/worker-throughput.sh`, not a test.
+mod bench_worker_throughput;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
 mod engine_verdicts;
+mod faults_worker_kill;
 mod fuzz_decoders;
 mod hostile_api;
 mod hostile_worker;
