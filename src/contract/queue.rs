@@ -146,17 +146,19 @@ const CURSOR_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 const CLAIM: &str = r#"
 -- KEYS: queue. ARGV: now_ms, in_progress_ttl_ms, retry_ttl_s, max_record_bytes, job prefix,
 -- in-progress prefix, retry prefix, then either 'id' and a job id (claim that job), or
--- 'window', the cursor's id and score and the window size.
+-- 'window', the cursor's id and score, the window size and how many jobs to claim at most.
 -- A job is taken with SET NX PX on its in-progress key (what ARQ's WATCH/MULTI achieves), its
 -- retry counter is incremented, and its record read unless it is over the size limit.
--- Replies: {'claimed', id, record, try, score, problem} (problem: '' read, 'none' expired,
--- 'size:<n>' too large, 'type:<t>' not a string); {'held', id, score} (every id of the window
--- is held: the window ends at that id); {'end'} (no due id is left after the cursor).
--- Never raises on a job's own keys, so a hostile record cannot stop claiming for the queue.
--- The per-job keys are derived here, not declared: ARQ queues live on one Redis, not a cluster.
+-- Reply: {state, last_id, last_score, then 5 fields per job taken: id, record, try, score,
+-- problem}. state is 'end' when nothing due is left past the last id examined, else 'more';
+-- problem is '' (record read), 'none' (expired), 'size:<n>' (too large, not read) or
+-- 'type:<t>' (not a string). Never raises on a job's own keys, so a hostile record cannot
+-- stop claiming for the whole queue. The per-job keys are derived here, not declared: ARQ
+-- queues live on one Redis, not a cluster.
 local now, ttl, retry_ttl, max_bytes = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {'more', '', ''}
 local function take(id, score)
-  if not redis.call('SET', ARGV[6] .. id, '1', 'NX', 'PX', ttl) then return nil end
+  if not redis.call('SET', ARGV[6] .. id, '1', 'NX', 'PX', ttl) then return false end
   local jk, job, problem = ARGV[5] .. id, '', ''
   local n = redis.pcall('STRLEN', jk)
   if type(n) == 'table' then problem = 'type:' .. redis.call('TYPE', jk).ok
@@ -170,27 +172,36 @@ local function take(id, score)
     try = redis.call('INCR', rk)
   end
   redis.call('EXPIRE', rk, retry_ttl)
-  return {'claimed', id, job, try, score, problem}
+  for _, v in ipairs({id, job, try, score, problem}) do out[#out + 1] = v end
+  return true
 end
 if ARGV[8] == 'id' then
+  out[1] = 'end'
   local score = redis.call('ZSCORE', KEYS[1], ARGV[9])
-  if not score or tonumber(score) > now then return {'end'} end
-  return take(ARGV[9], score) or {'held', ARGV[9], score}
+  if score and tonumber(score) <= now then take(ARGV[9], score) end
+  return out
 end
-local start, size = 0, tonumber(ARGV[11])
+local start, size, want = 0, tonumber(ARGV[11]), tonumber(ARGV[12])
 if ARGV[9] ~= '' then
   local rank = redis.call('ZRANK', KEYS[1], ARGV[9])
   if rank then start = rank + 1
   else start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[10]) end
 end
 local window = redis.call('ZRANGE', KEYS[1], start, start + size - 1, 'WITHSCORES')
+local taken = 0
 for i = 1, #window, 2 do
-  if tonumber(window[i + 1]) > now then return {'end'} end
-  local claimed = take(window[i], window[i + 1])
-  if claimed then return claimed end
+  if tonumber(window[i + 1]) > now then
+    out[1] = 'end'
+    return out
+  end
+  out[2], out[3] = window[i], window[i + 1]
+  if take(window[i], window[i + 1]) then
+    taken = taken + 1
+    if taken >= want then return out end
+  end
 end
-if #window < 2 * size then return {'end'} end
-return {'held', window[#window - 1], window[#window]}
+if #window < 2 * size then out[1] = 'end' end
+return out
 "#;
 
 const COMPLETE: &str = r#"
@@ -240,38 +251,48 @@ impl ClaimCursor {
 }
 
 /// One claim call's answer.
-enum ClaimReply {
-    Claimed(ClaimedJob),
-    /// Every id of the window is held; the window ended at this id and score.
-    Held(String, String),
-    /// Nothing due past the cursor.
-    End,
+struct ClaimReply {
+    /// Nothing due is left past `last`.
+    exhausted: bool,
+    /// The last id examined and its score: where the next window starts.
+    last: Option<(String, String)>,
+    jobs: Vec<ClaimedJob>,
 }
 
 impl ClaimReply {
     /// Pure: the claim script's reply.
-    fn parse(reply: Vec<redis::Value>) -> Result<Self, String> {
+    fn parse(reply: &[redis::Value]) -> Result<Self, String> {
         use redis::FromRedisValue;
         let text = |v: &redis::Value| String::from_redis_value_ref(v).map_err(|e| e.to_string());
-        let tag = reply.first().map(text).transpose()?.unwrap_or_default();
-        match (tag.as_str(), reply.as_slice()) {
-            ("end", _) => Ok(ClaimReply::End),
-            ("held", [_, id, score]) => Ok(ClaimReply::Held(text(id)?, text(score)?)),
-            ("claimed", [_, id, job, job_try, score, problem]) => {
-                let raw = Vec::<u8>::from_redis_value_ref(job).map_err(|e| e.to_string())?;
-                let score = text(score)?;
+        let [state, last_id, last_score, jobs @ ..] = reply else {
+            return Err(format!("short claim reply {reply:?}"));
+        };
+        if jobs.len() % 5 != 0 {
+            return Err(format!("claim reply of {} fields", reply.len()));
+        }
+        let last_id = text(last_id)?;
+        let jobs = jobs
+            .chunks_exact(5)
+            .map(|f| {
+                let raw = Vec::<u8>::from_redis_value_ref(&f[1]).map_err(|e| e.to_string())?;
                 // The try number is the count of real claims (`arq:retry:{id}`); a `t`
                 // written in the record is not trusted, so a record cannot make a job that
                 // never ran look used up.
-                Ok(ClaimReply::Claimed(ClaimedJob {
-                    job_id: text(id)?,
-                    record: ClaimedRecord::from_reply(&raw, &text(problem)?),
-                    job_try: i64::from_redis_value_ref(job_try).map_err(|e| e.to_string())?,
-                    score: score.parse::<f64>().unwrap_or(0.0) as i64,
-                }))
-            }
-            _ => Err(format!("unexpected claim reply {reply:?}")),
-        }
+                Ok(ClaimedJob {
+                    job_id: text(&f[0])?,
+                    record: ClaimedRecord::from_reply(&raw, &text(&f[4])?),
+                    job_try: i64::from_redis_value_ref(&f[2]).map_err(|e| e.to_string())?,
+                    score: text(&f[3])?.parse::<f64>().unwrap_or(0.0) as i64,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ClaimReply {
+            exhausted: text(state)? == "end",
+            last: (!last_id.is_empty())
+                .then(|| Ok::<_, String>((last_id, text(last_score)?)))
+                .transpose()?,
+            jobs,
+        })
     }
 }
 
@@ -338,7 +359,7 @@ impl ArqQueue {
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.err(e))?;
-        ClaimReply::parse(reply).map_err(|message| QueueError::BadReply {
+        ClaimReply::parse(&reply).map_err(|message| QueueError::BadReply {
             queue: self.name.clone(),
             message,
         })
@@ -353,40 +374,58 @@ impl ArqQueue {
         now_ms: i64,
         settings: &QueueSettings,
     ) -> Result<Option<ClaimedJob>, QueueError> {
-        Ok(
-            match self.claim_call(now_ms, settings, &["id", job_id]).await? {
-                ClaimReply::Claimed(job) => Some(job),
-                ClaimReply::Held(..) | ClaimReply::End => None,
-            },
-        )
+        let reply = self.claim_call(now_ms, settings, &["id", job_id]).await?;
+        Ok(reply.jobs.into_iter().next())
     }
 
-    /// Claims the oldest due job past `cursor` that nobody holds: one round trip, looking at
-    /// [`CLAIM_WINDOW`] ids at most, in the common case. When every id of a window is held
-    /// the next window is tried, at most [`CLAIM_WINDOWS_PER_CALL`] of them; `None` then, or
-    /// when nothing is due (the caller polls again later, the cursor keeps its place).
+    /// Claims the oldest due job past `cursor` that nobody holds (see [`Self::claim_batch`]).
     pub async fn claim_next(
         &self,
         now_ms: i64,
         settings: &QueueSettings,
         cursor: &mut ClaimCursor,
     ) -> Result<Option<ClaimedJob>, QueueError> {
+        Ok(self.claim_batch(now_ms, settings, cursor, 1).await?.pop())
+    }
+
+    /// Claims up to `want` of the oldest due jobs past `cursor` that nobody holds, in one round
+    /// trip that looks at [`CLAIM_WINDOW`] ids at most, in the common case. When a window
+    /// yields fewer, the next one is tried, at most [`CLAIM_WINDOWS_PER_CALL`] in all; fewer
+    /// (or none) then, or when nothing is due: the caller polls again later, and the cursor
+    /// keeps its place.
+    pub async fn claim_batch(
+        &self,
+        now_ms: i64,
+        settings: &QueueSettings,
+        cursor: &mut ClaimCursor,
+        want: usize,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
         cursor.expire(std::time::Instant::now(), CURSOR_MAX_AGE);
         let window = CLAIM_WINDOW.to_string();
+        let mut jobs = Vec::new();
         for _ in 0..CLAIM_WINDOWS_PER_CALL {
+            let from_head = cursor.at_head();
             let (id, score) = cursor.after.clone().unwrap_or_default();
-            let mode = ["window", id.as_str(), score.as_str(), window.as_str()];
-            match self.claim_call(now_ms, settings, &mode).await? {
-                ClaimReply::Claimed(job) => {
-                    cursor.advance(job.job_id.clone(), job.score.to_string());
-                    return Ok(Some(job));
+            let left = (want - jobs.len()).to_string();
+            let mode = ["window", &id, &score, &window, &left];
+            let reply = self.claim_call(now_ms, settings, &mode).await?;
+            if let Some((id, score)) = reply.last {
+                cursor.advance(id, score);
+            }
+            jobs.extend(reply.jobs);
+            if reply.exhausted {
+                cursor.reset();
+                if from_head || !jobs.is_empty() {
+                    break;
                 }
-                ClaimReply::Held(id, score) => cursor.advance(id, score),
-                ClaimReply::End if cursor.at_head() => return Ok(None),
-                ClaimReply::End => cursor.reset(),
+            } else if jobs.len() >= want {
+                break;
             }
         }
-        Ok(None)
+        Ok(jobs)
     }
 
     /// Finishes a job in one script, as ARQ does in one transaction: result written, and the

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_pickle::{HashableValue, Value as PickleValue};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,9 @@ use crate::contract::queue::{
     now_ms, ArqQueue, ClaimCursor, ClaimedJob, ClaimedRecord, QueueError, QueueSettings,
 };
 use crate::contract::store::StoreError;
+
+/// Most jobs one claim call takes (when that many slots are free).
+const CLAIM_BATCH: usize = 16;
 
 /// What the consumer runs for a claimed job: the dedup2d job ([`JobContext`]) in the worker;
 /// a benchmark of the queue path plugs in a job of its own.
@@ -84,39 +87,36 @@ impl Consumer {
             while let Some(res) = tasks.try_join_next_with_id() {
                 self.reaped(&in_flight, res);
             }
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 () = stop.cancelled() => break,
             };
             if stop.is_cancelled() {
                 break;
             }
-            match self.claim_any(&mut cursors).await {
-                Ok(Some((queue, claimed))) => {
-                    let jobs = self.jobs.clone();
-                    let settings = self.queue_settings.clone();
-                    let q = queue.clone();
-                    let arq_id = claimed.job_id.clone();
-                    let handle = tasks.spawn(async move {
-                        jobs.metrics().in_flight.inc();
-                        handle(jobs.as_ref(), &q, claimed, &settings).await;
-                        jobs.metrics().in_flight.dec();
-                        drop(permit);
-                    });
-                    in_flight
-                        .lock()
-                        .expect("in-flight lock")
-                        .insert(handle.id(), (queue, arq_id));
+            // As many free slots as there are now (one claim call takes them all), bounded.
+            let mut free = vec![first];
+            while free.len() < CLAIM_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => free.push(p),
+                    Err(_) => break,
                 }
-                Ok(None) => {
-                    drop(permit);
+            }
+            match self.claim_any(&mut cursors, free.len()).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for ((queue, job), permit) in claimed.into_iter().zip(free) {
+                        self.spawn(&mut tasks, &in_flight, queue, job, permit);
+                    }
+                }
+                Ok(_) => {
+                    drop(free);
                     tokio::select! {
                         () = tokio::time::sleep(self.poll_interval) => {}
                         () = stop.cancelled() => break,
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(free);
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::error!(error = %e, "cannot claim jobs; retrying");
                         last_error_log = Some(Instant::now());
@@ -129,6 +129,31 @@ impl Consumer {
             }
         }
         self.drain(tasks, in_flight).await;
+    }
+
+    /// Runs a claimed job as a task holding `permit` until it ends.
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        in_flight: &InFlight,
+        queue: ArqQueue,
+        claimed: ClaimedJob,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let jobs = self.jobs.clone();
+        let settings = self.queue_settings.clone();
+        let q = queue.clone();
+        let arq_id = claimed.job_id.clone();
+        let handle = tasks.spawn(async move {
+            jobs.metrics().in_flight.inc();
+            handle(jobs.as_ref(), &q, claimed, &settings).await;
+            jobs.metrics().in_flight.dec();
+            drop(permit);
+        });
+        in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(handle.id(), (queue, arq_id));
     }
 
     fn reaped(
@@ -148,17 +173,24 @@ impl Consumer {
         }
     }
 
-    /// Claims from the first queue that has a job, each queue with its own cursor.
+    /// Claims up to `want` jobs, from the queues in order, each queue with its own cursor.
     async fn claim_any(
         &self,
         cursors: &mut [ClaimCursor],
-    ) -> Result<Option<(ArqQueue, ClaimedJob)>, QueueError> {
+        want: usize,
+    ) -> Result<Vec<(ArqQueue, ClaimedJob)>, QueueError> {
+        let mut claimed = Vec::new();
         for (q, cursor) in self.queues.iter().zip(cursors) {
-            if let Some(job) = q.claim_next(now_ms(), &self.queue_settings, cursor).await? {
-                return Ok(Some((q.clone(), job)));
+            let left = want - claimed.len();
+            let jobs = q
+                .claim_batch(now_ms(), &self.queue_settings, cursor, left)
+                .await?;
+            claimed.extend(jobs.into_iter().map(|j| (q.clone(), j)));
+            if claimed.len() == want {
+                break;
             }
         }
-        Ok(None)
+        Ok(claimed)
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>, in_flight: InFlight) {
