@@ -36,6 +36,9 @@ pub struct QueueSettings {
     pub in_progress_ttl_ms: u64,
     /// How long `arq:result:{id}` is kept (ARQ: 3600 s).
     pub keep_result_ms: u64,
+    /// How long a claim cursor may skip the head of the queue before claims start from the
+    /// head again (see [`ClaimCursor`]).
+    pub cursor_max_age: std::time::Duration,
 }
 
 impl QueueSettings {
@@ -44,6 +47,7 @@ impl QueueSettings {
             max_tries: 5,
             in_progress_ttl_ms: (job_timeout_seconds + 10) * 1000,
             keep_result_ms: 3_600_000,
+            cursor_max_age: CURSOR_MAX_AGE,
         }
     }
 }
@@ -140,7 +144,7 @@ pub const CLAIM_WINDOW: usize = 32;
 /// Windows one `claim_next` tries before it gives up until the next poll.
 const CLAIM_WINDOWS_PER_CALL: usize = 4;
 /// How long a cursor may skip the head of the queue before a claim starts from the head again
-/// (a job handed back or whose holder died is behind the cursor).
+/// (a job handed back, or whose holder died, is behind the cursor): a second.
 const CURSOR_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 const CLAIM: &str = r#"
@@ -220,7 +224,8 @@ static COMPLETE_SCRIPT: std::sync::LazyLock<Script> =
 /// Where a consumer's next claim starts in the queue: just after the last job it claimed (or
 /// the last held id it saw), so the ids ahead of it, held by running jobs, are not looked at
 /// again on every claim. It goes back to the head when the queue past it has nothing due and
-/// at least every [`CURSOR_MAX_AGE`], so a job handed back behind it waits at most that long.
+/// at least every `cursor_max_age` ([`QueueSettings`]), so a job handed back behind it waits
+/// at most that long.
 #[derive(Debug, Clone, Default)]
 pub struct ClaimCursor {
     after: Option<(String, String)>,
@@ -403,7 +408,7 @@ impl ArqQueue {
         if want == 0 {
             return Ok(Vec::new());
         }
-        cursor.expire(std::time::Instant::now(), CURSOR_MAX_AGE);
+        cursor.expire(std::time::Instant::now(), settings.cursor_max_age);
         let window = CLAIM_WINDOW.to_string();
         let mut jobs = Vec::new();
         for _ in 0..CLAIM_WINDOWS_PER_CALL {
@@ -548,4 +553,75 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+    use std::time::{Duration, Instant};
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_claim_reply_gives_the_jobs_taken_and_where_the_next_window_starts() {
+        let record = JobRecord::dedup2d("a", 5).encode();
+        let reply = [
+            bulk("more"),
+            bulk("c"),
+            bulk("7"),
+            bulk("a"),
+            Value::BulkString(record),
+            Value::Int(2),
+            bulk("5"),
+            bulk(""),
+            bulk("b"),
+            bulk(""),
+            Value::Int(1),
+            bulk("6"),
+            bulk("none"),
+        ];
+        let parsed = ClaimReply::parse(&reply).unwrap();
+        assert!(!parsed.exhausted);
+        assert_eq!(parsed.last, Some(("c".into(), "7".into())));
+        let [a, b] = parsed.jobs.as_slice() else {
+            panic!("two jobs: {:?}", parsed.jobs)
+        };
+        assert_eq!((a.job_id.as_str(), a.job_try, a.score), ("a", 2, 5));
+        assert_eq!(
+            a.record.found().and_then(JobRecord::first_str_arg),
+            Some("a")
+        );
+        assert!(matches!(b.record, ClaimedRecord::Expired));
+
+        let empty = ClaimReply::parse(&[bulk("end"), bulk(""), bulk("")]).unwrap();
+        assert!(empty.exhausted && empty.last.is_none() && empty.jobs.is_empty());
+        assert!(ClaimReply::parse(&[bulk("more"), bulk("")]).is_err());
+        assert!(ClaimReply::parse(&[bulk("more"), bulk("x"), bulk("1"), bulk("a")]).is_err());
+    }
+
+    #[test]
+    fn a_cursor_goes_back_to_the_head_once_it_is_old() {
+        let mut cursor = ClaimCursor::default();
+        assert!(cursor.at_head());
+        cursor.advance("a".into(), "1".into());
+        let since = cursor.since.unwrap();
+        cursor.advance("b".into(), "2".into());
+        assert_eq!(
+            cursor.since,
+            Some(since),
+            "age counts from leaving the head"
+        );
+        cursor.expire(since + Duration::from_millis(999), Duration::from_secs(1));
+        assert_eq!(cursor.after, Some(("b".into(), "2".into())));
+        cursor.expire(since + Duration::from_secs(1), Duration::from_secs(1));
+        assert!(cursor.at_head() && cursor.since.is_none());
+        cursor.expire(
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
+        assert!(cursor.at_head());
+    }
 }

@@ -60,12 +60,16 @@ impl Drop for Monitor {
 }
 
 /// How many times each job's final status was written and its ARQ result set, from the
-/// MONITOR record (`"HSET" "<prefix>:job:<id>" "status" "<final>"` and `"SET" "arq:result:<id>"`).
+/// MONITOR record (`"HMSET"`/`"HSET" "<prefix>:job:<id>" "status" "<final>"` and
+/// `"SET" "arq:result:<id>"`).
 fn finishes(record: &str) -> (HashMap<String, usize>, HashMap<String, usize>) {
-    let job_prefix = format!("\"HSET\" \"{}:job:", w::PREFIX);
+    let job_writes = ["HMSET", "HSET"].map(|c| format!("\"{c}\" \"{}:job:", w::PREFIX));
     let (mut statuses, mut results) = (HashMap::new(), HashMap::new());
     for line in record.lines() {
-        if let Some(rest) = line.split_once(&job_prefix).map(|(_, r)| r) {
+        let job_write = job_writes
+            .iter()
+            .find_map(|p| line.split_once(p.as_str()).map(|(_, r)| r));
+        if let Some(rest) = job_write {
             let (id, fields) = rest.split_once('"').unwrap_or((rest, ""));
             let finished = ["completed", "failed", "canceled"]
                 .iter()
