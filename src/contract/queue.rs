@@ -3,6 +3,8 @@
 //!
 //! ARQ uses WATCH/MULTI optimistic transactions; we use Lua scripts, which give the same
 //! all-or-nothing effect without connection-bound WATCH state (our connection is multiplexed).
+//! A claim is one script call over a bounded window of the queue from a per-consumer cursor, a
+//! finish one more: two round trips per job whatever the queue depth and the concurrency.
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};

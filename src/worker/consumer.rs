@@ -1,6 +1,8 @@
 //! The ARQ consumer loop: claims jobs from the configured queue(s) up to
-//! `DEDUP2D_WORKER_MAX_JOBS` at a time, runs each as a task, and finishes it in ARQ's format so
-//! Python tooling reads our results. On shutdown it stops claiming, lets running jobs finish
+//! `DEDUP2D_WORKER_MAX_JOBS` at a time (one claim call takes as many as there are free slots,
+//! and claiming goes on at once while work is queued: only an empty queue waits for the poll
+//! interval), runs each as a task, and finishes it in ARQ's format so Python tooling reads our
+//! results. On shutdown it stops claiming, lets running jobs finish
 //! within the grace period, and hands whatever is still running back to the queue untouched
 //! (its dedup2d status is not changed), so another worker runs it.
 

@@ -132,12 +132,12 @@ async fn command_counts(conn: &ConnectionManager) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Every job finished successfully exactly where the worker said: jobs/s over the span from the
-/// first start to the last finish in the ARQ results.
-async fn throughput(conn: &ConnectionManager, ids: &[String]) -> f64 {
+/// Every job finished successfully: jobs/s over the span from the first start to the last finish
+/// in the ARQ results, and the mean time from a job's start to its finish (ms).
+async fn throughput(conn: &ConnectionManager, ids: &[String]) -> (f64, f64) {
     let queue = ArqQueue::new(conn.clone(), QUEUE);
     assert_eq!(queue.depth().await.unwrap(), 0, "every job left the queue");
-    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    let (mut first, mut last, mut busy) = (i64::MAX, i64::MIN, 0);
     for id in ids {
         let r = queue
             .result(id)
@@ -149,10 +149,12 @@ async fn throughput(conn: &ConnectionManager, ids: &[String]) -> f64 {
             "job {id}: {:?}",
             r.outcome
         );
+        busy += r.finish_ms - r.start_ms;
         first = first.min(r.start_ms);
         last = last.max(r.finish_ms);
     }
-    ids.len() as f64 * 1000.0 / ((last - first).max(1) as f64)
+    let n = ids.len() as f64;
+    (n * 1000.0 / ((last - first).max(1) as f64), busy as f64 / n)
 }
 
 async fn run_ours(redis: &RedisServer, concurrency: u64, sleep: Duration) {
@@ -218,7 +220,7 @@ async fn measure(
         // Our depth polls above; the consumer itself sends no ZCARD.
         counts.remove("zcard");
     }
-    let jobs_per_s = throughput(&conn, &ids).await;
+    let (jobs_per_s, job_ms) = throughput(&conn, &ids).await;
     let total: u64 = counts.values().sum();
     let scripts: u64 = ["evalsha", "eval"]
         .iter()
@@ -237,6 +239,7 @@ async fn measure(
         "concurrency": concurrency,
         "jobs": n,
         "jobs_per_s": round(jobs_per_s, 1),
+        "mean_job_ms": round(job_ms, 2),
         "redis_commands_per_job": per_job(total),
         "client_calls_per_job": per_job(total - inside_scripts),
         "by_command_per_job": counts.iter().map(|(k, v)| (k.clone(), json!(per_job(*v)))).collect::<serde_json::Map<_, _>>(),
@@ -253,7 +256,12 @@ async fn worker_throughput_against_arq() {
     let sleep = Duration::from_millis(env_num("DEDUP2D_BENCH_JOB_MS", 0));
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
-    for concurrency in [1, 10, 50] {
+    let levels: Vec<u64> = std::env::var("DEDUP2D_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,10,50".into())
+        .split(',')
+        .map(|c| c.trim().parse().expect("concurrency levels"))
+        .collect();
+    for concurrency in levels {
         let ours = measure(&redis, "dedup2d", concurrency, n, sleep).await;
         let arq = measure(&redis, "arq", concurrency, n, sleep).await;
         let ratio = |k: &str| round(ours[k].as_f64().unwrap() / arq[k].as_f64().unwrap(), 2);

@@ -191,6 +191,7 @@ async fn no_job_lost_or_completed_twice_across_worker_sigkills() {
             "jobs": ids.len(),
             "completed": ids.len() - failed.len(),
             "failed_with_reason": failed.len(),
+            "failure_reasons": failed.iter().map(|(_, e)| e.clone()).collect::<std::collections::BTreeSet<_>>(),
             "lost": 0,
             "completed_twice": 0,
             "jobs_rerun_after_a_kill": rerun,
