@@ -3,6 +3,8 @@
 //!
 //! ARQ uses WATCH/MULTI optimistic transactions; we use Lua scripts, which give the same
 //! all-or-nothing effect without connection-bound WATCH state (our connection is multiplexed).
+//! A claim is one script call over a bounded window of the queue from a per-consumer cursor, a
+//! finish one more: two round trips per job whatever the queue depth and the concurrency.
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -23,6 +25,8 @@ pub enum QueueError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("unexpected claim script reply on queue {queue}: {message}")]
+    BadReply { queue: String, message: String },
 }
 
 /// Tunables of the consumer side, with ARQ's defaults.
@@ -34,6 +38,9 @@ pub struct QueueSettings {
     pub in_progress_ttl_ms: u64,
     /// How long `arq:result:{id}` is kept (ARQ: 3600 s).
     pub keep_result_ms: u64,
+    /// How long a claim cursor may skip the head of the queue before claims start from the
+    /// head again (see [`ClaimCursor`]).
+    pub cursor_max_age: std::time::Duration,
 }
 
 impl QueueSettings {
@@ -42,6 +49,7 @@ impl QueueSettings {
             max_tries: 5,
             in_progress_ttl_ms: (job_timeout_seconds + 10) * 1000,
             keep_result_ms: 3_600_000,
+            cursor_max_age: CURSOR_MAX_AGE,
         }
     }
 }
@@ -133,32 +141,167 @@ return 1
 /// one is never moved: the claim answers with its size and the job is failed.
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 
+/// How many queued ids one claim call looks at: the bound on the work a claim does inside Redis.
+pub const CLAIM_WINDOW: usize = 32;
+/// Windows one `claim_next` tries before it gives up until the next poll.
+const CLAIM_WINDOWS_PER_CALL: usize = 4;
+/// How long a cursor may skip the head of the queue before a claim starts from the head again
+/// (a job handed back, or whose holder died, is behind the cursor): a second.
+const CURSOR_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 const CLAIM: &str = r#"
--- KEYS: in_progress, queue, job, retry.
--- ARGV: job_id, now_ms, in_progress_ttl_ms, retry_ttl_s, max_record_bytes
--- Returns {record, try, score, problem}: problem is '' (record read), 'none' (expired),
--- 'size:<n>' (too large, not read) or 'type:<t>' (not a string). Never raises on the job's
--- own keys, so a hostile record cannot make claiming fail for the whole queue.
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-local job, problem = '', ''
-local t = redis.call('TYPE', KEYS[3]).ok
-if t == 'none' then problem = 'none'
-elseif t ~= 'string' then problem = 'type:' .. t
-else
-  local n = redis.call('STRLEN', KEYS[3])
-  if n > tonumber(ARGV[5]) then problem = 'size:' .. n else job = redis.call('GET', KEYS[3]) end
+-- KEYS: queue. ARGV: now_ms, in_progress_ttl_ms, retry_ttl_s, max_record_bytes, job prefix,
+-- in-progress prefix, retry prefix, then either 'id' and a job id (claim that job), or
+-- 'window', the cursor's id and score, the window size and how many jobs to claim at most.
+-- A job is taken with SET NX PX on its in-progress key (what ARQ's WATCH/MULTI achieves), its
+-- retry counter is incremented, and its record read unless it is over the size limit.
+-- Reply: {state, last_id, last_score, then 5 fields per job taken: id, record, try, score,
+-- problem}. state is 'end' when nothing due is left past the last id examined, else 'more';
+-- problem is '' (record read), 'none' (expired), 'size:<n>' (too large, not read) or
+-- 'type:<t>' (not a string). Never raises on a job's own keys, so a hostile record cannot
+-- stop claiming for the whole queue. The per-job keys are derived here, not declared: ARQ
+-- queues live on one Redis, not a cluster.
+local now, ttl, retry_ttl, max_bytes = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out = {'more', '', ''}
+local function take(id, score)
+  if not redis.call('SET', ARGV[6] .. id, '1', 'NX', 'PX', ttl) then return false end
+  local jk, job, problem = ARGV[5] .. id, '', ''
+  local n = redis.pcall('STRLEN', jk)
+  if type(n) == 'table' then problem = 'type:' .. redis.call('TYPE', jk).ok
+  elseif n == 0 and redis.call('EXISTS', jk) == 0 then problem = 'none'
+  elseif n > max_bytes then problem = 'size:' .. n
+  else job = redis.call('GET', jk) end
+  local rk = ARGV[7] .. id
+  local try = redis.pcall('INCR', rk)
+  if type(try) == 'table' then
+    redis.call('DEL', rk)
+    try = redis.call('INCR', rk)
+  end
+  redis.call('EXPIRE', rk, retry_ttl)
+  for _, v in ipairs({id, job, try, score, problem}) do out[#out + 1] = v end
+  return true
 end
-local rt = redis.call('TYPE', KEYS[4]).ok
-if rt ~= 'none' and (rt ~= 'string' or not tonumber(redis.call('GET', KEYS[4]))) then
-  redis.call('DEL', KEYS[4])
+if ARGV[8] == 'id' then
+  out[1] = 'end'
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[9])
+  if score and tonumber(score) <= now then take(ARGV[9], score) end
+  return out
 end
-local try = redis.call('INCR', KEYS[4])
-redis.call('EXPIRE', KEYS[4], ARGV[4])
-return {job, try, score, problem}
+local start, size, want = 0, tonumber(ARGV[11]), tonumber(ARGV[12])
+if ARGV[9] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[9])
+  if rank then start = rank + 1
+  else start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[10]) end
+end
+local window = redis.call('ZRANGE', KEYS[1], start, start + size - 1, 'WITHSCORES')
+local taken = 0
+for i = 1, #window, 2 do
+  if tonumber(window[i + 1]) > now then
+    out[1] = 'end'
+    return out
+  end
+  out[2], out[3] = window[i], window[i + 1]
+  if take(window[i], window[i + 1]) then
+    taken = taken + 1
+    if taken >= want then return out end
+  end
+end
+if #window < 2 * size then out[1] = 'end' end
+return out
 "#;
+
+const COMPLETE: &str = r#"
+-- KEYS: retry, in_progress, job, abort set, queue, result. ARGV: job_id, result, keep_result_ms
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[6], ARGV[2], 'PX', ARGV[3]) end
+return 1
+"#;
+
+static CLAIM_SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(CLAIM));
+static COMPLETE_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(COMPLETE));
+
+/// Where a consumer's next claim starts in the queue: just after the last job it claimed (or
+/// the last held id it saw), so the ids ahead of it, held by running jobs, are not looked at
+/// again on every claim. It goes back to the head when the queue past it has nothing due and
+/// at least every `cursor_max_age` ([`QueueSettings`]), so a job handed back behind it waits
+/// at most that long.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimCursor {
+    after: Option<(String, String)>,
+    since: Option<std::time::Instant>,
+}
+
+impl ClaimCursor {
+    fn at_head(&self) -> bool {
+        self.after.is_none()
+    }
+
+    fn reset(&mut self) {
+        self.after = None;
+        self.since = None;
+    }
+
+    fn advance(&mut self, id: String, score: String) {
+        self.since.get_or_insert_with(std::time::Instant::now);
+        self.after = Some((id, score));
+    }
+
+    /// Pure: goes back to the head once the cursor is older than `max_age` at `now`.
+    fn expire(&mut self, now: std::time::Instant, max_age: std::time::Duration) {
+        if self.since.is_some_and(|t| now.duration_since(t) >= max_age) {
+            self.reset();
+        }
+    }
+}
+
+/// One claim call's answer.
+struct ClaimReply {
+    /// Nothing due is left past `last`.
+    exhausted: bool,
+    /// The last id examined and its score: where the next window starts.
+    last: Option<(String, String)>,
+    jobs: Vec<ClaimedJob>,
+}
+
+impl ClaimReply {
+    /// Pure: the claim script's reply.
+    fn parse(reply: &[redis::Value]) -> Result<Self, String> {
+        use redis::FromRedisValue;
+        let text = |v: &redis::Value| String::from_redis_value_ref(v).map_err(|e| e.to_string());
+        let [state, last_id, last_score, jobs @ ..] = reply else {
+            return Err(format!("short claim reply {reply:?}"));
+        };
+        if jobs.len() % 5 != 0 {
+            return Err(format!("claim reply of {} fields", reply.len()));
+        }
+        let last_id = text(last_id)?;
+        let jobs = jobs
+            .chunks_exact(5)
+            .map(|f| {
+                let raw = Vec::<u8>::from_redis_value_ref(&f[1]).map_err(|e| e.to_string())?;
+                // The try number is the count of real claims (`arq:retry:{id}`); a `t`
+                // written in the record is not trusted, so a record cannot make a job that
+                // never ran look used up.
+                Ok(ClaimedJob {
+                    job_id: text(&f[0])?,
+                    record: ClaimedRecord::from_reply(&raw, &text(&f[4])?),
+                    job_try: i64::from_redis_value_ref(&f[2]).map_err(|e| e.to_string())?,
+                    score: text(&f[3])?.parse::<f64>().unwrap_or(0.0) as i64,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(ClaimReply {
+            exhausted: text(state)? == "end",
+            last: (!last_id.is_empty())
+                .then(|| Ok::<_, String>((last_id, text(last_score)?)))
+                .transpose()?,
+            jobs,
+        })
+    }
+}
 
 impl ArqQueue {
     pub fn new(conn: ConnectionManager, name: impl Into<String>) -> Self {
@@ -202,86 +345,98 @@ impl ArqQueue {
         Ok(added == 1)
     }
 
-    async fn due_page(
+    /// One call of the claim script with the arguments every mode shares, then `mode`'s.
+    async fn claim_call(
         &self,
         now_ms: i64,
-        offset: usize,
-        limit: usize,
-    ) -> Result<Vec<String>, QueueError> {
+        settings: &QueueSettings,
+        mode: &[&str],
+    ) -> Result<ClaimReply, QueueError> {
         let mut conn = self.conn.clone();
-        redis::cmd("ZRANGEBYSCORE")
-            .arg(&self.name)
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(limit)
-            .query_async(&mut conn)
+        let mut call = CLAIM_SCRIPT.key(&self.name);
+        call.arg(now_ms)
+            .arg(settings.in_progress_ttl_ms.max(1))
+            .arg(RETRY_KEY_TTL_S)
+            .arg(MAX_RECORD_BYTES)
+            .arg(arq_keys::job(""))
+            .arg(arq_keys::in_progress(""))
+            .arg(arq_keys::retry(""))
+            .arg(mode);
+        let reply: Vec<redis::Value> = call
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        ClaimReply::parse(&reply).map_err(|message| QueueError::BadReply {
+            queue: self.name.clone(),
+            message,
+        })
     }
 
-    /// Claims one job: sets `arq:in-progress:{id}` only when it is absent and the id is still
-    /// queued and due, then bumps the retry counter. `None` when another consumer has it.
+    /// Claims job `job_id`: sets `arq:in-progress:{id}` only when it is absent and the id is
+    /// still queued and due, then bumps the retry counter. `None` when another consumer has
+    /// it or it is not due.
     pub async fn claim(
         &self,
         job_id: &str,
         now_ms: i64,
         settings: &QueueSettings,
     ) -> Result<Option<ClaimedJob>, QueueError> {
-        let mut conn = self.conn.clone();
-        let reply: Option<(Vec<u8>, i64, String, String)> = Script::new(CLAIM)
-            .key(arq_keys::in_progress(job_id))
-            .key(&self.name)
-            .key(arq_keys::job(job_id))
-            .key(arq_keys::retry(job_id))
-            .arg(job_id)
-            .arg(now_ms)
-            .arg(settings.in_progress_ttl_ms.max(1))
-            .arg(RETRY_KEY_TTL_S)
-            .arg(MAX_RECORD_BYTES)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err(e))?;
-        let Some((raw, job_try, score, problem)) = reply else {
-            return Ok(None);
-        };
-        // The try number is the count of real claims (`arq:retry:{id}`); a `t` written in the
-        // record is not trusted, so a record cannot make a job that never ran look used up.
-        Ok(Some(ClaimedJob {
-            job_id: job_id.to_string(),
-            record: ClaimedRecord::from_reply(&raw, &problem),
-            job_try,
-            score: score.parse::<f64>().unwrap_or(0.0) as i64,
-        }))
+        let reply = self.claim_call(now_ms, settings, &["id", job_id]).await?;
+        Ok(reply.jobs.into_iter().next())
     }
 
-    /// Claims the oldest due job that nobody else holds, paging through the due ids `page` at
-    /// a time (jobs held by other consumers stay in the queue until they finish).
+    /// Claims the oldest due job past `cursor` that nobody holds (see [`Self::claim_batch`]).
     pub async fn claim_next(
         &self,
         now_ms: i64,
         settings: &QueueSettings,
-        page: usize,
+        cursor: &mut ClaimCursor,
     ) -> Result<Option<ClaimedJob>, QueueError> {
-        let page = page.max(1);
-        let mut offset = 0;
-        loop {
-            let ids = self.due_page(now_ms, offset, page).await?;
-            for id in &ids {
-                if let Some(job) = self.claim(id, now_ms, settings).await? {
-                    return Ok(Some(job));
-                }
-            }
-            if ids.len() < page {
-                return Ok(None);
-            }
-            offset += page;
-        }
+        Ok(self.claim_batch(now_ms, settings, cursor, 1).await?.pop())
     }
 
-    /// Finishes a job in one transaction, as ARQ does: result written, and the job, retry and
-    /// in-progress keys and the queue entry removed.
+    /// Claims up to `want` of the oldest due jobs past `cursor` that nobody holds, in one round
+    /// trip that looks at [`CLAIM_WINDOW`] ids at most, in the common case. When a window
+    /// yields fewer, the next one is tried, at most [`CLAIM_WINDOWS_PER_CALL`] in all; fewer
+    /// (or none) then, or when nothing is due: the caller polls again later, and the cursor
+    /// keeps its place.
+    pub async fn claim_batch(
+        &self,
+        now_ms: i64,
+        settings: &QueueSettings,
+        cursor: &mut ClaimCursor,
+        want: usize,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        cursor.expire(std::time::Instant::now(), settings.cursor_max_age);
+        let window = CLAIM_WINDOW.to_string();
+        let mut jobs = Vec::new();
+        for _ in 0..CLAIM_WINDOWS_PER_CALL {
+            let from_head = cursor.at_head();
+            let (id, score) = cursor.after.clone().unwrap_or_default();
+            let left = (want - jobs.len()).to_string();
+            let mode = ["window", &id, &score, &window, &left];
+            let reply = self.claim_call(now_ms, settings, &mode).await?;
+            if let Some((id, score)) = reply.last {
+                cursor.advance(id, score);
+            }
+            jobs.extend(reply.jobs);
+            if reply.exhausted {
+                cursor.reset();
+                if from_head || !jobs.is_empty() {
+                    break;
+                }
+            } else if jobs.len() >= want {
+                break;
+            }
+        }
+        Ok(jobs)
+    }
+
+    /// Finishes a job in one script, as ARQ does in one transaction: result written, and the
+    /// job, retry and in-progress keys, the abort mark and the queue entry removed.
     pub async fn complete(
         &self,
         result: &ResultRecord,
@@ -289,27 +444,17 @@ impl ArqQueue {
     ) -> Result<(), QueueError> {
         let id = &result.job_id;
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&[
-                arq_keys::retry(id),
-                arq_keys::in_progress(id),
-                arq_keys::job(id),
-            ])
-            .ignore()
-            .zrem(ABORT_SET, id)
-            .ignore()
-            .zrem(&self.name, id)
-            .ignore();
-        if settings.keep_result_ms > 0 {
-            pipe.cmd("SET")
-                .arg(arq_keys::result(id))
-                .arg(result.encode())
-                .arg("PX")
-                .arg(settings.keep_result_ms)
-                .ignore();
-        }
-        pipe.query_async::<()>(&mut conn)
+        COMPLETE_SCRIPT
+            .key(arq_keys::retry(id))
+            .key(arq_keys::in_progress(id))
+            .key(arq_keys::job(id))
+            .key(ABORT_SET)
+            .key(&self.name)
+            .key(arq_keys::result(id))
+            .arg(id)
+            .arg(result.encode())
+            .arg(settings.keep_result_ms)
+            .invoke_async::<()>(&mut conn)
             .await
             .map_err(|e| self.err(e))
     }
@@ -410,4 +555,75 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+    use std::time::{Duration, Instant};
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_claim_reply_gives_the_jobs_taken_and_where_the_next_window_starts() {
+        let record = JobRecord::dedup2d("a", 5).encode();
+        let reply = [
+            bulk("more"),
+            bulk("c"),
+            bulk("7"),
+            bulk("a"),
+            Value::BulkString(record),
+            Value::Int(2),
+            bulk("5"),
+            bulk(""),
+            bulk("b"),
+            bulk(""),
+            Value::Int(1),
+            bulk("6"),
+            bulk("none"),
+        ];
+        let parsed = ClaimReply::parse(&reply).unwrap();
+        assert!(!parsed.exhausted);
+        assert_eq!(parsed.last, Some(("c".into(), "7".into())));
+        let [a, b] = parsed.jobs.as_slice() else {
+            panic!("two jobs: {:?}", parsed.jobs)
+        };
+        assert_eq!((a.job_id.as_str(), a.job_try, a.score), ("a", 2, 5));
+        assert_eq!(
+            a.record.found().and_then(JobRecord::first_str_arg),
+            Some("a")
+        );
+        assert!(matches!(b.record, ClaimedRecord::Expired));
+
+        let empty = ClaimReply::parse(&[bulk("end"), bulk(""), bulk("")]).unwrap();
+        assert!(empty.exhausted && empty.last.is_none() && empty.jobs.is_empty());
+        assert!(ClaimReply::parse(&[bulk("more"), bulk("")]).is_err());
+        assert!(ClaimReply::parse(&[bulk("more"), bulk("x"), bulk("1"), bulk("a")]).is_err());
+    }
+
+    #[test]
+    fn a_cursor_goes_back_to_the_head_once_it_is_old() {
+        let mut cursor = ClaimCursor::default();
+        assert!(cursor.at_head());
+        cursor.advance("a".into(), "1".into());
+        let since = cursor.since.unwrap();
+        cursor.advance("b".into(), "2".into());
+        assert_eq!(
+            cursor.since,
+            Some(since),
+            "age counts from leaving the head"
+        );
+        cursor.expire(since + Duration::from_millis(999), Duration::from_secs(1));
+        assert_eq!(cursor.after, Some(("b".into(), "2".into())));
+        cursor.expire(since + Duration::from_secs(1), Duration::from_secs(1));
+        assert!(cursor.at_head() && cursor.since.is_none());
+        cursor.expire(
+            Instant::now() + Duration::from_secs(60),
+            Duration::from_secs(1),
+        );
+        assert!(cursor.at_head());
+    }
 }

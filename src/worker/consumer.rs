@@ -1,6 +1,8 @@
 //! The ARQ consumer loop: claims jobs from the configured queue(s) up to
-//! `DEDUP2D_WORKER_MAX_JOBS` at a time, runs each as a task, and finishes it in ARQ's format so
-//! Python tooling reads our results. On shutdown it stops claiming, lets running jobs finish
+//! `DEDUP2D_WORKER_MAX_JOBS` at a time (one claim call takes as many as there are free slots,
+//! and claiming goes on at once while work is queued: only an empty queue waits for the poll
+//! interval), runs each as a task, and finishes it in ARQ's format so Python tooling reads our
+//! results. On shutdown it stops claiming, lets running jobs finish
 //! within the grace period, and hands whatever is still running back to the queue untouched
 //! (its dedup2d status is not changed), so another worker runs it.
 
@@ -9,19 +11,57 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_pickle::{HashableValue, Value as PickleValue};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::job::{self, JobContext};
-use crate::contract::arq::{JobRecord, Outcome, ResultRecord, FUNCTION_NAME};
-use crate::contract::queue::{now_ms, ArqQueue, ClaimedJob, ClaimedRecord, QueueSettings};
+use futures::future::BoxFuture;
 
-/// How many due ids one claim attempt looks at per page.
-const CLAIM_PAGE: usize = 50;
+use super::job::{self, JobContext, JobEnd};
+use super::metrics::WorkerMetrics;
+use crate::contract::arq::{JobRecord, Outcome, ResultRecord, FUNCTION_NAME};
+use crate::contract::queue::{
+    now_ms, ArqQueue, ClaimCursor, ClaimedJob, ClaimedRecord, QueueError, QueueSettings,
+};
+use crate::contract::store::StoreError;
+
+/// Most jobs one claim call takes (when that many slots are free).
+const CLAIM_BATCH: usize = 16;
+
+/// What the consumer runs for a claimed job: the dedup2d job ([`JobContext`]) in the worker;
+/// a benchmark of the queue path plugs in a job of its own.
+pub trait JobRunner: Send + Sync + 'static {
+    /// Runs dedup2d job `job_id`; an error leaves the ARQ job claimable, so it runs again.
+    fn run<'a>(&'a self, job_id: &'a str) -> BoxFuture<'a, Result<JobEnd, StoreError>>;
+    /// Ends a job that cannot run with `reason`, without running it.
+    fn fail_unrunnable<'a>(
+        &'a self,
+        job_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<JobEnd, StoreError>>;
+    fn metrics(&self) -> &WorkerMetrics;
+}
+
+impl JobRunner for JobContext {
+    fn run<'a>(&'a self, job_id: &'a str) -> BoxFuture<'a, Result<JobEnd, StoreError>> {
+        Box::pin(job::run(self, job_id))
+    }
+
+    fn fail_unrunnable<'a>(
+        &'a self,
+        job_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<JobEnd, StoreError>> {
+        Box::pin(job::fail_unrunnable(self, job_id, reason))
+    }
+
+    fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
+    }
+}
 
 pub struct Consumer {
-    pub ctx: Arc<JobContext>,
+    pub jobs: Arc<dyn JobRunner>,
     pub queues: Vec<ArqQueue>,
     pub queue_settings: QueueSettings,
     pub max_jobs: usize,
@@ -39,6 +79,7 @@ impl Consumer {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let in_flight: InFlight = Arc::default();
         let mut last_error_log: Option<Instant> = None;
+        let mut cursors = vec![ClaimCursor::default(); self.queues.len()];
         tracing::info!(
             queues = ?self.queues.iter().map(ArqQueue::name).collect::<Vec<_>>(),
             max_jobs = self.max_jobs,
@@ -48,39 +89,36 @@ impl Consumer {
             while let Some(res) = tasks.try_join_next_with_id() {
                 self.reaped(&in_flight, res);
             }
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 () = stop.cancelled() => break,
             };
             if stop.is_cancelled() {
                 break;
             }
-            match self.claim_any().await {
-                Ok(Some((queue, claimed))) => {
-                    let ctx = self.ctx.clone();
-                    let settings = self.queue_settings.clone();
-                    let q = queue.clone();
-                    let arq_id = claimed.job_id.clone();
-                    let handle = tasks.spawn(async move {
-                        ctx.metrics.in_flight.inc();
-                        handle(&ctx, &q, claimed, &settings).await;
-                        ctx.metrics.in_flight.dec();
-                        drop(permit);
-                    });
-                    in_flight
-                        .lock()
-                        .expect("in-flight lock")
-                        .insert(handle.id(), (queue, arq_id));
+            // As many free slots as there are now (one claim call takes them all), bounded.
+            let mut free = vec![first];
+            while free.len() < CLAIM_BATCH {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => free.push(p),
+                    Err(_) => break,
                 }
-                Ok(None) => {
-                    drop(permit);
+            }
+            match self.claim_any(&mut cursors, free.len()).await {
+                Ok(claimed) if !claimed.is_empty() => {
+                    for ((queue, job), permit) in claimed.into_iter().zip(free) {
+                        self.spawn(&mut tasks, &in_flight, queue, job, permit);
+                    }
+                }
+                Ok(_) => {
+                    drop(free);
                     tokio::select! {
                         () = tokio::time::sleep(self.poll_interval) => {}
                         () = stop.cancelled() => break,
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(free);
                     if last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::error!(error = %e, "cannot claim jobs; retrying");
                         last_error_log = Some(Instant::now());
@@ -93,6 +131,31 @@ impl Consumer {
             }
         }
         self.drain(tasks, in_flight).await;
+    }
+
+    /// Runs a claimed job as a task holding `permit` until it ends.
+    fn spawn(
+        &self,
+        tasks: &mut JoinSet<()>,
+        in_flight: &InFlight,
+        queue: ArqQueue,
+        claimed: ClaimedJob,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let jobs = self.jobs.clone();
+        let settings = self.queue_settings.clone();
+        let q = queue.clone();
+        let arq_id = claimed.job_id.clone();
+        let handle = tasks.spawn(async move {
+            jobs.metrics().in_flight.inc();
+            handle(jobs.as_ref(), &q, claimed, &settings).await;
+            jobs.metrics().in_flight.dec();
+            drop(permit);
+        });
+        in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(handle.id(), (queue, arq_id));
     }
 
     fn reaped(
@@ -112,18 +175,24 @@ impl Consumer {
         }
     }
 
+    /// Claims up to `want` jobs, from the queues in order, each queue with its own cursor.
     async fn claim_any(
         &self,
-    ) -> Result<Option<(ArqQueue, ClaimedJob)>, crate::contract::queue::QueueError> {
-        for q in &self.queues {
-            if let Some(job) = q
-                .claim_next(now_ms(), &self.queue_settings, CLAIM_PAGE)
-                .await?
-            {
-                return Ok(Some((q.clone(), job)));
+        cursors: &mut [ClaimCursor],
+        want: usize,
+    ) -> Result<Vec<(ArqQueue, ClaimedJob)>, QueueError> {
+        let mut claimed = Vec::new();
+        for (q, cursor) in self.queues.iter().zip(cursors) {
+            let left = want - claimed.len();
+            let jobs = q
+                .claim_batch(now_ms(), &self.queue_settings, cursor, left)
+                .await?;
+            claimed.extend(jobs.into_iter().map(|j| (q.clone(), j)));
+            if claimed.len() == want {
+                break;
             }
         }
-        Ok(None)
+        Ok(claimed)
     }
 
     async fn drain(&self, mut tasks: JoinSet<()>, in_flight: InFlight) {
@@ -218,27 +287,32 @@ fn unrunnable(
 
 /// Runs one claimed ARQ job and finishes it in the queue. A job that cannot run fails at once,
 /// both in ARQ and in the dedup2d job hash (the API enqueues a job under its own id).
-async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, settings: &QueueSettings) {
+async fn handle(
+    jobs: &dyn JobRunner,
+    queue: &ArqQueue,
+    claimed: ClaimedJob,
+    settings: &QueueSettings,
+) {
     let start_ms = now_ms();
     let started = Instant::now();
     let (job_id, record) = match unrunnable(&claimed, settings) {
         Ok(runnable) => runnable,
         Err(reason) => {
             // The job of that ARQ id, whatever the record's arguments claim.
-            let end = match job::fail_unrunnable(ctx, &claimed.job_id, &reason).await {
+            let end = match jobs.fail_unrunnable(&claimed.job_id, &reason).await {
                 Ok(end) => end,
                 Err(e) => {
                     tracing::error!(job_id = claimed.job_id, error = %e, "cannot record a job's final status; it stays claimable");
                     return;
                 }
             };
-            ctx.metrics
+            jobs.metrics()
                 .count_job(end.label(), started.elapsed().as_secs_f64());
             return arq_fail(queue, &claimed, &reason, settings).await;
         }
     };
     let span = tracing::info_span!("job", job_id = %job_id, queue = queue.name(), job_try = claimed.job_try);
-    let end = match tracing::Instrument::instrument(job::run(ctx, &job_id), span.clone()).await {
+    let end = match tracing::Instrument::instrument(jobs.run(&job_id), span.clone()).await {
         Ok(end) => end,
         Err(e) => {
             tracing::error!(job_id, error = %e, "cannot record a job's state; it stays claimable");
@@ -246,7 +320,7 @@ async fn handle(ctx: &JobContext, queue: &ArqQueue, claimed: ClaimedJob, setting
         }
     };
     let label = end.label();
-    ctx.metrics
+    jobs.metrics()
         .count_job(label, started.elapsed().as_secs_f64());
     tracing::info!(parent: &span, status = label, elapsed_ms = started.elapsed().as_millis() as u64, "job finished");
     let result = ResultRecord {

@@ -93,7 +93,7 @@ pub async fn run(settings: WorkerSettings, stop: CancellationToken) -> anyhow::R
     ));
 
     consumer::Consumer {
-        ctx,
+        jobs: ctx,
         queues,
         queue_settings,
         max_jobs: config.worker_max_jobs as usize,

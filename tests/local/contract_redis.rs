@@ -11,7 +11,7 @@ use base64::Engine;
 use dedup2d::contract::arq::{JobRecord, Outcome, ResultRecord};
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::{FileRef, JobPayload};
-use dedup2d::contract::queue::{now_ms, ArqQueue, ClaimedRecord, QueueSettings};
+use dedup2d::contract::queue::{now_ms, ArqQueue, ClaimCursor, ClaimedRecord, QueueSettings};
 use dedup2d::contract::store::{
     CancelOutcome, JobStatus, JobStore, NewJob, StartState, StoreError,
 };
@@ -125,7 +125,12 @@ async fn python_enqueued_job_is_claimed_by_us_and_our_result_is_read_by_python()
     let queue = ArqQueue::new(redis.manager().await, QUEUE);
     let settings = QueueSettings::for_job_timeout(5);
     let mut claimed = Vec::new();
-    while let Some(job) = queue.claim_next(now_ms(), &settings, 10).await.unwrap() {
+    let mut cursor = ClaimCursor::default();
+    while let Some(job) = queue
+        .claim_next(now_ms(), &settings, &mut cursor)
+        .await
+        .unwrap()
+    {
         claimed.push(job);
     }
     assert_eq!(claimed.len(), 2);
@@ -203,10 +208,25 @@ async fn concurrent_claimers_never_claim_a_job_twice() {
             // An in-progress key outlives the whole test, however slow the machine: one that
             // expired would make its job claimable again, as it should be.
             let settings = QueueSettings::for_job_timeout(3600);
-            while let Some(job) = q.claim_next(now_ms(), &settings, 100).await.unwrap() {
-                seen.lock().unwrap().push(job.job_id.clone());
-                // Jobs stay in progress (not completed), so every claimer keeps racing for
-                // the same due ids: only the in-progress key keeps them apart.
+            let mut cursor = ClaimCursor::default();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            // A claim that finds only held ids in the windows it looks at answers None (a
+            // worker would poll again); a claimer stops once every job is claimed.
+            loop {
+                match q
+                    .claim_next(now_ms(), &settings, &mut cursor)
+                    .await
+                    .unwrap()
+                {
+                    // Jobs stay in progress (not completed), so every claimer keeps racing
+                    // for the same due ids: only the in-progress key keeps them apart.
+                    Some(job) => seen.lock().unwrap().push(job.job_id.clone()),
+                    None if seen.lock().unwrap().len() >= total => break,
+                    None => {
+                        assert!(std::time::Instant::now() < deadline, "jobs left unclaimed");
+                        tokio::task::yield_now().await;
+                    }
+                }
             }
         }));
     }
@@ -239,6 +259,7 @@ async fn expired_in_progress_key_makes_a_job_claimable_again_and_max_tries_is_ho
         max_tries: 3,
         in_progress_ttl_ms: 150,
         keep_result_ms: 60_000,
+        ..QueueSettings::for_job_timeout(5)
     };
     let mut tries = Vec::new();
     for _ in 0..4 {
@@ -423,6 +444,55 @@ async fn a_submit_costs_the_same_whatever_the_number_of_pending_jobs() {
     assert!(
         costs[1] <= costs[0] + 8 && costs[1] < 200,
         "a submit's cost grew with the pending jobs: {costs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_costs_the_same_whatever_the_queue_depth_and_the_jobs_held() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let queue = ArqQueue::new(conn.clone(), QUEUE);
+    // The cursor is not sent back to the head during the measurement, however slow the machine.
+    let settings = QueueSettings {
+        cursor_max_age: Duration::from_secs(3600),
+        ..QueueSettings::for_job_timeout(3600)
+    };
+    let mut costs = Vec::new();
+    for depth in [100usize, 3_000] {
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+        for i in 0..depth {
+            let id = format!("job-{i:05}");
+            let record = JobRecord::dedup2d(&id, now_ms());
+            assert!(queue.enqueue(&id, &record, 600_000).await.unwrap());
+        }
+        // 60 jobs held at the head of the queue (running, never finished), as at concurrency 60.
+        let mut cursor = ClaimCursor::default();
+        for _ in 0..60 {
+            let job = queue.claim_next(now_ms(), &settings, &mut cursor).await;
+            assert!(job.unwrap().is_some());
+        }
+        let mut per_claim = Vec::new();
+        for _ in 0..20 {
+            per_claim.push(
+                commands_during(&mut conn, async {
+                    let job = queue.claim_next(now_ms(), &settings, &mut cursor).await;
+                    assert!(job.unwrap().is_some());
+                })
+                .await,
+            );
+        }
+        costs.push(per_claim);
+    }
+    eprintln!("Redis commands per claim at queue depth 100 and 3,000, 60 held: {costs:?}");
+    // One script call: EVALSHA, ZRANK, ZRANGE, then SET NX, STRLEN, GET, INCR, EXPIRE for the
+    // job it takes. The claim before this change tried one call per held id (60+ here).
+    assert_eq!(
+        costs[0], costs[1],
+        "a claim's cost changed with the queue depth"
+    );
+    assert!(
+        costs.iter().flatten().all(|&c| c == 8),
+        "a claim is 8 commands: {costs:?}"
     );
 }
 

@@ -32,11 +32,14 @@ mod bench_drain;
 mod bench_redis_memory;
 /// `#[ignore]`d measurements run by `bench/worker-rss.sh`, not tests.
 mod bench_worker_rss;
+/// `#[ignore]`d measurement run by `bench/worker-throughput.sh`, not a test.
+mod bench_worker_throughput;
 mod cli_errors;
 mod contract_redis;
 mod drain_redis;
 mod engine_verdicts;
 mod faults_drain_live;
+mod faults_worker_kill;
 mod fuzz_decoders;
 mod hostile_api;
 mod hostile_worker;
