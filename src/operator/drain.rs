@@ -5,7 +5,8 @@
 //! runs the check inside Redis with Lua calls bounded in bytes examined, reading large values in
 //! `GETRANGE` windows only, so payload bodies never cross the
 //! network and no single call holds Redis for long. The same kind of check over `{prefix}:active`
-//! tells whether a full rollback would strand file_ref-only jobs.
+//! tells whether a full rollback would strand file_ref-only jobs. Both can keep the keys they
+//! counted, so the next observations re-check only those (`recheck_*`) instead of scanning again.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub struct DrainFigures {
     pub bytes_inspected: u64,
     /// Wall time of the pass.
     pub elapsed: Duration,
+    /// The legacy payload keys found, when there were at most the number asked to keep (a
+    /// re-check of exactly these keys can then stand in for the next full scans).
+    pub found: Option<Vec<String>>,
 }
 
 /// Whether the active jobs can be served by old workers (full rollback safety).
@@ -51,6 +55,8 @@ pub struct ActiveFigures {
     pub active: u64,
     /// Active jobs whose payload lacks `file_bytes_b64` (an old worker would fail them).
     pub file_ref_only: u64,
+    /// Their job ids, when there were at most the number asked to keep.
+    pub found: Option<Vec<String>>,
 }
 
 /// Bytes of a value read per `GETRANGE` window; a value of at most two windows is read whole.
@@ -137,6 +143,11 @@ local function examine(key, off)
 end
 -- Walks KEYS from ARGV[1] (1-based) at offset ARGV[2] until done or BUDGET bytes examined,
 -- calling decided(key, verdict) per decided key; returns bytes, next index, next offset.
+-- `keep` collects up to ARGV[5] names of the keys the check counts.
+local names, KEEP = {}, tonumber(ARGV[5])
+local function keep(key)
+  if #names < KEEP then names[#names + 1] = key end
+end
 local function walk(decided)
   local idx, off, bytes = tonumber(ARGV[1]), tonumber(ARGV[2]), 0
   while idx <= #KEYS and bytes < BUDGET do
@@ -154,12 +165,13 @@ end
 "#;
 
 /// Lua check of payload keys ([`EXAMINE`] first). Returns
-/// {legacy, legacy_without_expiry, max_legacy_pttl, bytes, next_index, next_offset}.
+/// {legacy, legacy_without_expiry, max_legacy_pttl, bytes, next_index, next_offset, names}.
 const CHECK_BATCH: &str = r#"
 local legacy, no_expiry, max_pttl = 0, 0, -1
 local bytes, idx, off = walk(function(key, verdict)
   if verdict == 'legacy' then
     legacy = legacy + 1
+    keep(key)
     local pttl = redis.call('PTTL', key)
     if pttl == -1 then
       no_expiry = no_expiry + 1
@@ -168,7 +180,7 @@ local bytes, idx, off = walk(function(key, verdict)
     end
   end
 end)
-return {legacy, no_expiry, max_pttl, bytes, idx, off}
+return {legacy, no_expiry, max_pttl, bytes, idx, off, names}
 "#;
 
 /// Lua check of the active set ([`EXAMINE`] first): counts active jobs whose payload exists and
@@ -176,12 +188,13 @@ return {legacy, no_expiry, max_pttl, bytes, idx, off}
 /// [`CHECK_BATCH`], the count first.
 const CHECK_ACTIVE: &str = r#"
 local file_ref_only = 0
-local bytes, idx, off = walk(function(_, verdict)
+local bytes, idx, off = walk(function(key, verdict)
   if verdict == 'plain' then
     file_ref_only = file_ref_only + 1
+    keep(key)
   end
 end)
-return {file_ref_only, 0, -1, bytes, idx, off}
+return {file_ref_only, 0, -1, bytes, idx, off, names}
 "#;
 
 /// What the Lua calls over one batch of keys found, summed.
@@ -192,13 +205,20 @@ struct BatchCounts {
     max_pttl: Option<u64>,
     bytes: u64,
     calls: u64,
+    /// Up to `keep` of the keys counted in `first`.
+    names: Vec<String>,
 }
 
-/// Runs `script` (one of the checks above) over `keys` in as many calls as the byte budget needs.
+/// One Lua call's answer: the counts, where to go on, and the names kept.
+type CallReply = (u64, u64, i64, u64, usize, u64, Vec<String>);
+
+/// Runs `script` (one of the checks above) over `keys` in as many calls as the byte budget needs,
+/// keeping the names of up to `keep` counted keys.
 async fn check_keys(
     conn: &mut ConnectionManager,
     script: &Script,
     keys: &[String],
+    keep: usize,
     action: &'static str,
 ) -> Result<BatchCounts, DrainError> {
     let mut counts = BatchCounts::default();
@@ -211,15 +231,17 @@ async fn check_keys(
         inv.arg(idx)
             .arg(off)
             .arg(WINDOW_BYTES)
-            .arg(CALL_BUDGET_BYTES);
-        let (first, second, max_pttl, bytes, next_idx, next_off): (u64, u64, i64, u64, usize, u64) =
-            inv.invoke_async(conn)
-                .await
-                .map_err(|source| DrainError::Redis { action, source })?;
+            .arg(CALL_BUDGET_BYTES)
+            .arg(keep.saturating_sub(counts.names.len()));
+        let (first, second, max_pttl, bytes, next_idx, next_off, names): CallReply = inv
+            .invoke_async(conn)
+            .await
+            .map_err(|source| DrainError::Redis { action, source })?;
         counts.first += first;
         counts.second += second;
         counts.bytes += bytes;
         counts.calls += 1;
+        counts.names.extend(names);
         if max_pttl >= 0 {
             let m = max_pttl as u64;
             counts.max_pttl = Some(counts.max_pttl.map_or(m, |x| x.max(m)));
@@ -229,18 +251,49 @@ async fn check_keys(
     Ok(counts)
 }
 
-/// Scans every payload key of `keys`' prefix, `batch` keys per SCAN step.
+fn legacy_script() -> Script {
+    Script::new(&format!("{EXAMINE}{CHECK_BATCH}"))
+}
+
+fn active_script() -> Script {
+    Script::new(&format!("{EXAMINE}{CHECK_ACTIVE}"))
+}
+
+impl DrainFigures {
+    /// Adds one batch's counts (`found` is filled in at the end of the pass).
+    fn add(&mut self, scanned: usize, c: BatchCounts, found: &mut Vec<String>) {
+        self.scanned += scanned as u64;
+        self.legacy += c.first;
+        self.legacy_without_expiry += c.second;
+        self.bytes_inspected += c.bytes;
+        self.batches += c.calls;
+        if let Some(m) = c.max_pttl {
+            self.max_legacy_pttl_ms = Some(self.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
+        }
+        found.extend(c.names);
+    }
+
+    fn finish(mut self, started: Instant, found: Vec<String>, keep: usize) -> Self {
+        self.elapsed = started.elapsed();
+        self.found = (self.legacy as usize <= keep).then_some(found);
+        self
+    }
+}
+
+/// Scans every payload key of `keys`' prefix, `batch` keys per SCAN step, keeping the names of
+/// the legacy ones when there are at most `keep`.
 pub async fn observe_legacy_payloads(
     conn: &mut ConnectionManager,
     keys: &Keys,
     batch: usize,
+    keep: usize,
 ) -> Result<DrainFigures, DrainError> {
     let started = Instant::now();
     let pattern = keys.payload_pattern();
-    let script = Script::new(&format!("{EXAMINE}{CHECK_BATCH}"));
-    let mut figures = DrainFigures::default();
+    let script = legacy_script();
+    let (mut figures, mut found) = (DrainFigures::default(), vec![]);
     let mut scan = Scan::keys(&pattern, batch);
-    while let Some(found) = scan
+    while let Some(batch) = scan
         .next_batch(conn)
         .await
         .map_err(|source| DrainError::Redis {
@@ -248,28 +301,49 @@ pub async fn observe_legacy_payloads(
             source,
         })?
     {
-        let c = check_keys(conn, &script, &found, "checking a batch of payloads").await?;
-        figures.scanned += found.len() as u64;
-        figures.legacy += c.first;
-        figures.legacy_without_expiry += c.second;
-        figures.bytes_inspected += c.bytes;
-        figures.batches += c.calls;
-        if let Some(m) = c.max_pttl {
-            figures.max_legacy_pttl_ms = Some(figures.max_legacy_pttl_ms.map_or(m, |x| x.max(m)));
-        }
+        let left = keep.saturating_sub(found.len());
+        let c = check_keys(conn, &script, &batch, left, "checking a batch of payloads").await?;
+        figures.add(batch.len(), c, &mut found);
     }
-    figures.elapsed = started.elapsed();
-    Ok(figures)
+    Ok(figures.finish(started, found, keep))
 }
 
-/// Counts active jobs whose payload an old worker could not read.
+/// Checks again only `found` (the legacy keys of an earlier full scan), `batch` keys per Lua
+/// walk: the same check as the full scan; keys that vanished or lost their `file_bytes_b64`
+/// drop out of the returned `found`.
+pub async fn recheck_legacy_payloads(
+    conn: &mut ConnectionManager,
+    found: &[String],
+    batch: usize,
+) -> Result<DrainFigures, DrainError> {
+    let started = Instant::now();
+    let script = legacy_script();
+    let (mut figures, mut still) = (DrainFigures::default(), vec![]);
+    for chunk in found.chunks(batch.max(1)) {
+        let c = check_keys(
+            conn,
+            &script,
+            chunk,
+            chunk.len(),
+            "re-checking legacy payloads",
+        )
+        .await?;
+        figures.add(chunk.len(), c, &mut still);
+    }
+    Ok(figures.finish(started, still, found.len()))
+}
+
+/// Counts active jobs whose payload an old worker could not read, keeping their ids when there
+/// are at most `keep`.
 pub async fn observe_active_jobs(
     conn: &mut ConnectionManager,
     keys: &Keys,
     batch: usize,
+    keep: usize,
 ) -> Result<ActiveFigures, DrainError> {
-    let script = Script::new(&format!("{EXAMINE}{CHECK_ACTIVE}"));
+    let script = active_script();
     let mut figures = ActiveFigures::default();
+    let mut found = vec![];
     let active = keys.active();
     let mut scan = Scan::set_members(&active, batch);
     while let Some(ids) = scan
@@ -280,10 +354,77 @@ pub async fn observe_active_jobs(
             source,
         })?
     {
-        let payloads: Vec<String> = ids.iter().map(|id| keys.payload(id)).collect();
-        let c = check_keys(conn, &script, &payloads, "checking active job payloads").await?;
+        let left = keep.saturating_sub(found.len());
+        let c = check_active(conn, &script, keys, &ids, left).await?;
         figures.active += ids.len() as u64;
         figures.file_ref_only += c.first;
+        found.extend(c.names);
     }
+    figures.found = (figures.file_ref_only as usize <= keep).then_some(found);
     Ok(figures)
+}
+
+/// Checks again only the job ids `found` (the file_ref-only active jobs of an earlier full
+/// check): those still in `{prefix}:active`, in batches of `batch` (one pipelined `SISMEMBER`
+/// round trip, then the payload check).
+pub async fn recheck_active_jobs(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    found: &[String],
+    batch: usize,
+) -> Result<ActiveFigures, DrainError> {
+    let script = active_script();
+    let active = keys.active();
+    let mut figures = ActiveFigures::default();
+    let mut still = vec![];
+    for chunk in found.chunks(batch.max(1)) {
+        let mut pipe = redis::pipe();
+        for id in chunk {
+            pipe.sismember(&active, id);
+        }
+        let member: Vec<bool> =
+            pipe.query_async(conn)
+                .await
+                .map_err(|source| DrainError::Redis {
+                    action: "re-checking active jobs",
+                    source,
+                })?;
+        let ids: Vec<String> = chunk
+            .iter()
+            .zip(member)
+            .filter_map(|(id, m)| m.then(|| id.clone()))
+            .collect();
+        let c = check_active(conn, &script, keys, &ids, ids.len()).await?;
+        figures.active += ids.len() as u64;
+        figures.file_ref_only += c.first;
+        still.extend(c.names);
+    }
+    figures.found = Some(still);
+    Ok(figures)
+}
+
+/// The active check over the payloads of `ids`; the names kept are job ids again.
+async fn check_active(
+    conn: &mut ConnectionManager,
+    script: &Script,
+    keys: &Keys,
+    ids: &[String],
+    keep: usize,
+) -> Result<BatchCounts, DrainError> {
+    let payloads: Vec<String> = ids.iter().map(|id| keys.payload(id)).collect();
+    let mut c = check_keys(
+        conn,
+        script,
+        &payloads,
+        keep,
+        "checking active job payloads",
+    )
+    .await?;
+    let prefix = keys.payload("");
+    c.names = c
+        .names
+        .iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    Ok(c)
 }

@@ -8,6 +8,7 @@ pub mod act;
 pub mod controller;
 pub mod drain;
 pub mod events;
+pub mod found;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

@@ -14,6 +14,7 @@ use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::scan::Scan;
 use dedup2d::operator::drain::observe_legacy_payloads;
+use dedup2d::operator::found::MAX_FOUND_KEYS;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
@@ -210,7 +211,9 @@ async fn drain_check_cost_on_redis() {
     })
     .await;
     let new = measure(&redis, &mut conn, |mut c| async move {
-        let f = observe_legacy_payloads(&mut c, &keys, BATCH).await.unwrap();
+        let f = observe_legacy_payloads(&mut c, &keys, BATCH, MAX_FOUND_KEYS)
+            .await
+            .unwrap();
         (f.legacy, f.bytes_inspected)
     })
     .await;

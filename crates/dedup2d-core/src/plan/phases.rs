@@ -10,11 +10,12 @@ use super::{
     preflight::{Targets, WorkerView},
     world::config_in_effect,
     Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, NEXT_SCAN, POLL,
+    RECHECK_POLL,
 };
 use crate::{
     crd::{DrainStrategy, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
     duration::parse_duration,
-    snapshot::{DrainFigures, DrainObs, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    snapshot::{DrainFigures, DrainObs, ScanKind, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
 impl<'a> Planner<'a> {
@@ -226,7 +227,7 @@ impl<'a> Planner<'a> {
             DrainObs::Figures(f) => f,
         };
         // Only a scan begun strictly after dual-write-off took effect proves anything.
-        if f.scanned_at <= off.0 {
+        if f.legacy_scan == ScanKind::None || f.scanned_at <= off.0 {
             return Step::Wait {
                 message: "waiting for a Redis scan begun after dual-write-off took effect".into(),
                 // The in-effect time is rounded up to a second: the next scan proves it soon.
@@ -236,7 +237,8 @@ impl<'a> Planner<'a> {
         self.drain_step(f, deadline)
     }
 
-    /// Draining with a scan that counts: done, stalled past the deadline, or wait.
+    /// Draining with a scan that counts: done (only on a full scan), stalled past the deadline, or
+    /// wait. A re-check that found none left asks for the confirming full scan at once.
     fn drain_step(&self, f: &DrainFigures, deadline: Timestamp) -> Step {
         let next = if self.spec.finalize == Finalize::Manual {
             Phase::AwaitingFinalize
@@ -244,13 +246,19 @@ impl<'a> Planner<'a> {
             Phase::Completed
         };
         let past_deadline = self.now >= deadline;
-        if f.legacy_payloads == 0
-            && (self.spec.drain.strategy == DrainStrategy::Observe || past_deadline)
-        {
+        let may_finish = self.spec.drain.strategy == DrainStrategy::Observe || past_deadline;
+        if f.legacy_payloads == 0 && may_finish {
+            if f.legacy_scan == ScanKind::Recheck {
+                return Step::Wait {
+                    message: "a re-check found no legacy payload left; confirming with a full scan"
+                        .into(),
+                    requeue: NEXT_SCAN,
+                };
+            }
             let message = if past_deadline {
-                "TTL elapsed since dual-write-off and no legacy payload left"
+                "TTL elapsed since dual-write-off and a full Redis scan found no legacy payload"
             } else {
-                "a Redis scan found no legacy payload"
+                "a full Redis scan found no legacy payload"
             };
             return Step::next(next, Why::Drained, message);
         }
@@ -267,7 +275,7 @@ impl<'a> Planner<'a> {
             .max(1)
             .unsigned_abs();
         let requeue = match self.spec.drain.strategy {
-            DrainStrategy::Observe => DRAIN_POLL.min(Duration::from_secs(left)),
+            DrainStrategy::Observe => poll_after(f.legacy_scan).min(Duration::from_secs(left)),
             DrainStrategy::Ttl => Duration::from_secs(left),
         };
         Step::Wait {
@@ -321,5 +329,15 @@ impl<'a> Planner<'a> {
             ),
             requeue: POLL,
         })
+    }
+}
+
+/// How soon to look again while a check's figure is above 0: soon after a cheap re-check, at the
+/// slower scan cadence after a full scan (which is what every observation is when the found set
+/// was too large to keep).
+pub(super) fn poll_after(scan: ScanKind) -> Duration {
+    match scan {
+        ScanKind::Recheck => RECHECK_POLL,
+        ScanKind::None | ScanKind::Full => DRAIN_POLL,
     }
 }
