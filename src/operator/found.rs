@@ -8,8 +8,9 @@ use std::{collections::HashMap, sync::Mutex};
 
 use super::observe::RedisTarget;
 
-/// The most keys kept per set; above it the observer falls back to full scans.
-pub const MAX_FOUND_KEYS: usize = 10_000;
+/// The most keys kept per set; above it the observer falls back to full scans (the planner
+/// knows the same bound and polls more slowly then).
+pub const MAX_FOUND_KEYS: usize = super::plan::MAX_RECHECK_KEYS as usize;
 
 /// Which check a set of keys belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

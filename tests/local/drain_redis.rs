@@ -131,7 +131,11 @@ async fn redis_down_is_an_error_not_a_zero() {
         .await
         .unwrap_err();
     assert!(matches!(err, DrainError::Redis { .. }));
-    assert!(err.to_string().contains("scanning payload keys"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("scanning and checking payload keys"),
+        "{err}"
+    );
 }
 
 /// The one SCAN helper walks many keys, and a set large enough for `COUNT` to apply, in several

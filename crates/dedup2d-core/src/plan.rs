@@ -55,7 +55,7 @@ mod status;
 mod timeline;
 mod world;
 
-pub use observation::{observation, Observation};
+pub use observation::{observation, Observation, MAX_RECHECK_KEYS};
 pub use requests::RequestOutcome;
 
 /// How soon to look again after a write (watch events usually come first).

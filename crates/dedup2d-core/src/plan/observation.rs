@@ -13,6 +13,10 @@ use crate::{
     snapshot::ScanKind,
 };
 
+/// The most keys the observer keeps from a full scan to re-check; a scan that finds more is
+/// followed by full scans again (so the planner polls at the slower scan cadence then).
+pub const MAX_RECHECK_KEYS: u64 = 10_000;
+
 /// What one observation reads from Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Observation {

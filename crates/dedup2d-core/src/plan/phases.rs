@@ -9,8 +9,8 @@ use super::{
     field_id, payload_config_hash,
     preflight::{Targets, WorkerView},
     world::config_in_effect,
-    Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, NEXT_SCAN, POLL,
-    RECHECK_POLL,
+    Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, MAX_RECHECK_KEYS,
+    NEXT_SCAN, POLL, RECHECK_POLL,
 };
 use crate::{
     crd::{DrainStrategy, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
@@ -275,7 +275,9 @@ impl<'a> Planner<'a> {
             .max(1)
             .unsigned_abs();
         let requeue = match self.spec.drain.strategy {
-            DrainStrategy::Observe => poll_after(f.legacy_scan).min(Duration::from_secs(left)),
+            DrainStrategy::Observe => {
+                poll_after(f.legacy_scan, f.legacy_payloads).min(Duration::from_secs(left))
+            }
             DrainStrategy::Ttl => Duration::from_secs(left),
         };
         Step::Wait {
@@ -332,12 +334,13 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// How soon to look again while a check's figure is above 0: soon after a cheap re-check, at the
-/// slower scan cadence after a full scan (which is what every observation is when the found set
-/// was too large to keep).
-pub(super) fn poll_after(scan: ScanKind) -> Duration {
+/// How soon to look again while a check's figure (`count`, read by `scan`) is above 0: soon when
+/// the next read is a cheap re-check (the observer keeps up to [`MAX_RECHECK_KEYS`] found keys),
+/// at the slower scan cadence when it must be a full scan again.
+pub(super) fn poll_after(scan: ScanKind, count: u64) -> Duration {
     match scan {
         ScanKind::Recheck => RECHECK_POLL,
+        ScanKind::Full if count <= MAX_RECHECK_KEYS => RECHECK_POLL,
         ScanKind::None | ScanKind::Full => DRAIN_POLL,
     }
 }

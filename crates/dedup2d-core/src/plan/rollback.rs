@@ -165,7 +165,7 @@ impl<'a> Planner<'a> {
                 message: format!(
                     "{n} active jobs have file_ref-only payloads; old workers could not run them"
                 ),
-                requeue: poll_after(scan),
+                requeue: poll_after(scan, n),
             }),
         }
     }
