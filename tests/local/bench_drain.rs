@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
+use dedup2d::contract::payload::is_legacy_payload;
 use dedup2d::contract::scan::Scan;
-use dedup2d::operator::drain::observe_legacy_payloads;
+use dedup2d::operator::drain::{observe_legacy_payloads, CALL_BUDGET_BYTES, WINDOW_BYTES};
 use dedup2d::operator::found::MAX_FOUND_KEYS;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
@@ -64,14 +65,19 @@ async fn redis_cpu_s(conn: &mut ConnectionManager) -> f64 {
         .sum()
 }
 
+/// A payload as the Python API's `json.dumps` writes it: its member order (`file_bytes_b64` last)
+/// and its `", "` / `": "` separators.
 fn payload(i: usize, b64_bytes: usize) -> String {
-    let mut p = json!({"tenant_id":"t","file_name":format!("f{i}.dxf"),"content_type":null,
-        "file_ref":{"backend":"local","path":format!("j{i}/a.dxf")},"query_geom":null,
-        "request_params":{},"callback_url":null,"render_required":true});
+    let mut p = format!(
+        r#"{{"tenant_id": "t", "file_name": "f{i}.dxf", "content_type": "application/octet-stream", "file_ref": {{"backend": "local", "path": "j{i}/f{i}.dxf"}}, "query_geom": null, "request_params": {{}}, "callback_url": null, "render_required": true"#
+    );
     if b64_bytes > 0 {
-        p["file_bytes_b64"] = Value::String("QUJD".repeat(b64_bytes / 4));
+        p.push_str(r#", "file_bytes_b64": ""#);
+        p.push_str(&"QUJD".repeat(b64_bytes / 4));
+        p.push('"');
     }
-    p.to_string()
+    p.push('}');
+    p
 }
 
 /// The longest command (µs) in the slow log, which logs every command (see `drain_check_cost_on_redis`).
@@ -92,18 +98,32 @@ async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
         .unwrap_or(0)
 }
 
-/// Loads `n` small-mix payloads (one in five dual-write, 1–100 KiB of base64) and `big` of 10 MiB.
-async fn load(conn: &mut ConnectionManager, keys: &Keys, n: usize, big: usize) -> (u64, u64) {
+/// Loads `n` small-mix payloads (one in `dual_every` dual-write, 1–100 KiB of base64; one in
+/// seven of those and one in eleven file_ref-only ones without a TTL) and `big` of 10 MiB.
+async fn load(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    (n, dual_every, big): (usize, usize, usize),
+) -> (u64, u64) {
     let (mut legacy, mut bytes) = (0u64, 0u64);
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let mut pipe = redis::pipe();
         for &i in chunk {
-            let b64 = if i % 5 == 0 { (1 + i % 100) * 1024 } else { 0 };
+            let b64 = if i % dual_every == 0 {
+                (1 + (i / dual_every) % 100) * 1024
+            } else {
+                0
+            };
             let p = payload(i, b64);
             legacy += u64::from(b64 > 0);
             bytes += p.len() as u64;
-            pipe.set_ex(keys.payload(&format!("s{i}")), p, 3600)
-                .ignore();
+            let key = keys.payload(&format!("s{i}"));
+            let forever = if b64 > 0 { i % 7 == 0 } else { i % 11 == 0 };
+            if forever {
+                pipe.set(key, p).ignore();
+            } else {
+                pipe.set_ex(key, p, 3600).ignore();
+            }
         }
         let _: () = pipe.query_async(conn).await.unwrap();
     }
@@ -121,6 +141,25 @@ async fn load(conn: &mut ConnectionManager, keys: &Keys, n: usize, big: usize) -
     (legacy, bytes)
 }
 
+/// Bytes Redis received and sent so far (`INFO stats`).
+async fn redis_net_bytes(conn: &mut ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("total_net_input_bytes:")
+                .or_else(|| l.strip_prefix("total_net_output_bytes:"))
+        })
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A `PING` and its `+PONG` reply on the wire: the pinger's share of the bytes moved.
+const PING_WIRE_BYTES: u64 = 14 + 7;
+
 /// Runs `pass` while a second client pings every 1 ms; returns what it counted (legacy payloads,
 /// or keys seen by the bare SCAN) and examined, the Redis CPU
 /// it cost, its wall time and the worst ping round trip.
@@ -130,9 +169,12 @@ where
     Fut: std::future::Future<Output = (u64, u64)>,
 {
     let stop = Arc::new(AtomicBool::new(false));
+    // The old check holds Redis for seconds: the pinger waits as long as it takes.
     let mut pinger = redis::Client::open(redis.url())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_connection_manager_with_config(
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(None),
+        )
         .await
         .unwrap();
     let flag = stop.clone();
@@ -152,6 +194,7 @@ where
         .query_async(conn)
         .await
         .unwrap();
+    let net0 = redis_net_bytes(conn).await;
     let cpu0 = redis_cpu_s(conn).await;
     let started = Instant::now();
     let (counted, examined) = pass(conn.clone()).await;
@@ -159,16 +202,19 @@ where
     let cpu = redis_cpu_s(conn).await - cpu0;
     stop.store(true, Ordering::Relaxed);
     let (worst, count) = pings.await.unwrap();
+    let moved = (redis_net_bytes(conn).await - net0).saturating_sub(count * PING_WIRE_BYTES);
     let longest = longest_command_us(conn).await;
-    json!({"counted": counted, "bytes_examined": examined, "redis_cpu_s": cpu,
-           "wall_s": wall.as_secs_f64(), "worst_ping_ms": worst.as_secs_f64() * 1e3,
-           "pings": count, "longest_command_ms": longest as f64 / 1e3})
+    json!({"counted": counted, "bytes_examined": examined, "bytes_moved": moved,
+           "redis_cpu_s": cpu, "wall_s": wall.as_secs_f64(),
+           "worst_ping_ms": worst.as_secs_f64() * 1e3, "pings": count,
+           "longest_command_ms": longest as f64 / 1e3})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run bench/drain.sh"]
 async fn drain_check_cost_on_redis() {
     let n = env_or("DEDUP2D_BENCH_KEYS", 20_000);
+    let dual_every = env_or("DEDUP2D_BENCH_DUAL_EVERY", 5).max(1);
     let big = env_or("DEDUP2D_BENCH_BIG", 50);
     let redis = RedisServer::start();
     // The old check holds Redis for seconds: no response timeout on the measuring side.
@@ -180,7 +226,7 @@ async fn drain_check_cost_on_redis() {
         .await
         .unwrap();
     let keys = Keys::new("dedup2d");
-    let (legacy, stored) = load(&mut conn, &keys, n, big).await;
+    let (legacy, stored) = load(&mut conn, &keys, (n, dual_every, big)).await;
     // Every command goes to the slow log, so each pass can report its longest one.
     for (name, value) in [
         ("slowlog-log-slower-than", "0"),
@@ -217,6 +263,23 @@ async fn drain_check_cost_on_redis() {
         (f.legacy, f.bytes_inspected)
     })
     .await;
+    let naive = measure(&redis, &mut conn, |mut c| async move {
+        let (mut legacy, mut bytes) = (0, 0);
+        let mut scan = Scan::keys(PATTERN, BATCH);
+        while let Some(found) = scan.next_batch(&mut c).await.unwrap() {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&found)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            for v in values.iter().flatten() {
+                bytes += v.len() as u64;
+                legacy += u64::from(is_legacy_payload(v));
+            }
+        }
+        (legacy, bytes)
+    })
+    .await;
     let scan = measure(&redis, &mut conn, |mut c| async move {
         let mut s = Scan::keys(PATTERN, BATCH);
         let mut seen = 0;
@@ -227,23 +290,37 @@ async fn drain_check_cost_on_redis() {
     })
     .await;
     assert_eq!(old["counted"], json!(legacy), "old check miscounted");
+    assert_eq!(naive["counted"], json!(legacy), "naive check miscounted");
     assert_eq!(new["counted"], json!(legacy), "bounded check miscounted");
+    let keys_total = (n + big) as f64;
     let ratio = |a: &Value, b: &Value, f: &str| a[f].as_f64().unwrap() / b[f].as_f64().unwrap();
+    let per_key = |v: &Value| v["bytes_moved"].as_f64().unwrap() / keys_total;
     let out = json!({
-        "keys": n + big, "small_keys": n, "ten_mib_keys": big, "legacy": legacy,
-        "stored_bytes": stored, "scan_batch": BATCH,
-        "old_check": old, "bounded_check": new, "bare_scan": scan,
+        "keys": n + big, "small_keys": n, "dual_write_every": dual_every, "ten_mib_keys": big,
+        "legacy": legacy, "stored_bytes": stored, "scan_batch": BATCH,
+        "window_bytes": WINDOW_BYTES, "call_budget_bytes": CALL_BUDGET_BYTES,
+        "old_check": old, "naive_get": naive, "bounded_check": new, "bare_scan": scan,
+        "bytes_moved_per_key": {
+            "bounded_check": per_key(&new), "bare_scan": per_key(&scan),
+            "naive_get": per_key(&naive), "old_check": per_key(&old),
+        },
         "ratios": {
-            "redis_cpu_old_over_bounded": ratio(&old, &new, "redis_cpu_s"),
             "redis_cpu_bounded_over_bare_scan": ratio(&new, &scan, "redis_cpu_s"),
+            "redis_cpu_naive_over_bare_scan": ratio(&naive, &scan, "redis_cpu_s"),
             "redis_cpu_old_over_bare_scan": ratio(&old, &scan, "redis_cpu_s"),
-            "bytes_old_over_bounded": ratio(&old, &new, "bytes_examined"),
+            "redis_cpu_naive_over_bounded": ratio(&naive, &new, "redis_cpu_s"),
+            "redis_cpu_old_over_bounded": ratio(&old, &new, "redis_cpu_s"),
+            "bytes_moved_naive_over_bounded": ratio(&naive, &new, "bytes_moved"),
+            "wall_bounded_over_bare_scan": ratio(&new, &scan, "wall_s"),
+            "wall_naive_over_bounded": ratio(&naive, &new, "wall_s"),
             "worst_ping_old_over_bounded": ratio(&old, &new, "worst_ping_ms"),
+            "worst_ping_naive_over_bounded": ratio(&naive, &new, "worst_ping_ms"),
             "longest_command_old_over_bounded": ratio(&old, &new, "longest_command_ms"),
         },
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
     println!("{text}");
-    let path = crate::support::bench::bench_result_path("drain.json");
+    let name = std::env::var("DEDUP2D_BENCH_NAME").unwrap_or_else(|_| "drain".into());
+    let path = crate::support::bench::bench_result_path(&format!("{name}.json"));
     std::fs::write(path, text + "\n").unwrap();
 }
