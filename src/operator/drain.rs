@@ -472,7 +472,8 @@ pub async fn recheck_active_jobs(
         let ids: Vec<String> = chunk
             .iter()
             .zip(member)
-            .filter_map(|(id, m)| m.then(|| id.clone()))
+            .filter(|(_, m)| *m)
+            .map(|(id, _)| id.clone())
             .collect();
         let c = check_active(conn, &script, keys, &ids, ids.len()).await?;
         figures.active += ids.len() as u64;
