@@ -189,6 +189,14 @@ where
         }
         (worst, count)
     });
+    // A fresh Lua interpreter: an earlier pass's garbage (the old check's copies of whole
+    // payloads) is not collected during this one.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .arg("SYNC")
+        .query_async(conn)
+        .await
+        .unwrap();
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(conn)
