@@ -1,10 +1,13 @@
 //! The drain check's cost on Redis: not a test (it is `#[ignore]`d and asserts nothing timed), but
 //! the measurement `bench/drain.sh` runs. One private `redis-server` is loaded with a mix of
-//! payloads (file_ref-only, dual-write with 1–100 KiB of base64, a few of 10 MiB), then three
-//! passes over the same keys run side by side: the check before the change (its Lua kept here
-//! only), the bounded check of `operator::drain`, and a bare `SCAN`. Each pass reports Redis CPU
-//! (`INFO cpu` delta), bytes examined, wall time, the longest single command (slow log), and the
-//! worst round trip a second client sees pinging every 1 ms. The JSON goes to `bench/results/drain.json` with the ratios.
+//! payloads in the Python API's layout (file_ref-only, dual-write with 1–100 KiB of base64, some
+//! without a TTL, a few of 10 MiB), then four passes over the same keys run side by side: the
+//! operator's bounded check (`operator::drain`), the naive approach that moves every payload to the
+//! client, the first Lua check (which `GET`s every payload into Lua; its Lua is kept here only) and
+//! a bare `SCAN`. Each pass reports Redis CPU (`INFO cpu` delta), bytes moved (`INFO stats` delta),
+//! bytes examined, wall time, the longest single command (slow log), and the worst round trip a
+//! second client sees pinging every 1 ms. The JSON goes to `bench/results/$DEDUP2D_BENCH_NAME.json`
+//! (default `drain`) with the ratios.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -24,8 +24,8 @@
 //! # Layout
 //!
 //! This file holds the decision types and the step loop ([`Planner::run`]); the rooms around it:
-//! `preflight` (the validated [`Targets`](preflight::Targets)), `phases` (one handler per forward
-//! phase), `rollback`, `requests` (spec edits and `dedup2d.io/request`), `records` (record-then-act),
+//! `observation` (what the next observation reads from Redis), `preflight` (the validated
+//! [`Targets`](preflight::Targets)), `phases` (one handler per forward phase), `rollback`, `requests` (spec edits and `dedup2d.io/request`), `records` (record-then-act),
 //! `world` (predicates on the observed world), `timeline` (events, transitions, pause time,
 //! deadlines) and `status` (the summary and one function per condition).
 
