@@ -9,6 +9,7 @@ pub mod controller;
 pub mod drain;
 pub mod events;
 pub mod finalizer;
+pub mod found;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

@@ -1,6 +1,7 @@
 //! The observer: builds the planner's [`Observed`] snapshot for one rollout from the API server
 //! (its Deployments, their Pods by selector including terminating ones, the ConfigMap, managedFields,
-//! the other rollouts of the namespace) and from Redis (worker heartbeats, the drain scan).
+//! the other rollouts of the namespace) and from Redis (worker heartbeats, the drain checks: only
+//! what the planner's [`observation`] asks for).
 //!
 //! Nothing here decides. What only the cluster can tell is represented, not raised: a missing
 //! Deployment or ConfigMap is absent from the snapshot, Redis trouble becomes
@@ -31,10 +32,12 @@ use tokio::sync::Mutex;
 use super::{
     crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
     drain::{self, ActiveFigures},
+    found::{Check, FoundKeys, MAX_FOUND_KEYS},
     managed,
+    plan::{observation, Observation},
     snapshot::{
         parse_originals, ConfigObs, DeploymentObs, DrainFigures, DrainObs, Heartbeats, Observed,
-        Originals, PodObs, KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS,
+        Originals, PodObs, ScanKind, KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS,
     },
 };
 use crate::contract::keys::Keys;
@@ -92,10 +95,12 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ObserveError
     move |source| ObserveError::Kube { what, source }
 }
 
-/// Redis connections shared by all reconciles, one per URL (reconnecting by themselves).
+/// Redis connections shared by all reconciles, one per URL (reconnecting by themselves), and
+/// what the last full scans found.
 #[derive(Default)]
 pub struct RedisPool {
     conns: Mutex<HashMap<String, ConnectionManager>>,
+    found: FoundKeys,
 }
 
 impl RedisPool {
@@ -127,7 +132,7 @@ impl RedisPool {
 }
 
 /// Where the drain looks: URL and key prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RedisTarget {
     pub url: String,
     pub prefix: String,
@@ -173,12 +178,20 @@ pub async fn observe(
     let conflicts = conflicts(rollout, &others.items);
     let superseded_by = superseded_by(rollout, &others.items);
 
-    let secret = redis_url_secret(client, &ns, spec).await?;
-    let (heartbeats, drain) = observe_redis_in_budget(
-        redis,
-        redis_target(spec, cm.as_ref(), secret.as_ref().map(|s| s.as_ref())),
-    )
-    .await;
+    let reads = observation(spec, rollout.status.as_ref());
+    let target = match reads.reads_redis() {
+        true => {
+            let secret = redis_url_secret(client, &ns, spec).await?;
+            Some(redis_target(
+                spec,
+                cm.as_ref(),
+                secret.as_ref().map(|s| s.as_ref()),
+            ))
+        }
+        false => None,
+    };
+    let uid = rollout.uid().unwrap_or_default();
+    let (heartbeats, drain) = observe_redis_in_budget(redis, target, &uid, reads).await;
 
     Ok(Observed {
         generation: rollout.metadata.generation.unwrap_or(0),
@@ -218,10 +231,13 @@ async fn redis_url_secret(
     Ok(Some(secret))
 }
 
-/// Heartbeats and drain figures from Redis within [`REDIS_BUDGET`], or why there are none.
+/// What `reads` asks for from Redis within [`REDIS_BUDGET`], or why there is none. `None` for
+/// the target: nothing to read (the rollout's found sets are forgotten).
 async fn observe_redis_in_budget(
     redis: &RedisPool,
-    target: Result<RedisTarget, String>,
+    target: Option<Result<RedisTarget, String>>,
+    uid: &str,
+    reads: Observation,
 ) -> (Heartbeats, DrainObs) {
     let unavailable = |why: String| {
         (
@@ -230,10 +246,22 @@ async fn observe_redis_in_budget(
         )
     };
     let target = match target {
-        Ok(target) => target,
-        Err(why) => return unavailable(why),
+        None => {
+            redis.found.forget(uid);
+            return (
+                Heartbeats::NotRead,
+                DrainObs::Figures(DrainFigures::default()),
+            );
+        }
+        Some(Ok(target)) => target,
+        Some(Err(why)) => return unavailable(why),
     };
-    let observed = tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, &target))
+    let scope = FoundScope {
+        found: &redis.found,
+        uid,
+        target: &target,
+    };
+    let observed = tokio::time::timeout(REDIS_BUDGET, observe_redis(redis, scope, reads))
         .await
         .unwrap_or_else(|_| {
             Err(RedisError::Timeout {
@@ -242,7 +270,7 @@ async fn observe_redis_in_budget(
             })
         });
     match observed {
-        Ok((beats, figures)) => (Heartbeats::Read(beats), DrainObs::Figures(figures)),
+        Ok((beats, figures)) => (beats, DrainObs::Figures(figures)),
         Err(why) => unavailable(why.to_string()),
     }
 }
@@ -277,30 +305,91 @@ async fn read_deployment(
     Ok(Some(deployment_obs(&d, &pod_list)))
 }
 
-/// Scan heartbeats, legacy payloads and active jobs.
+/// One rollout's found sets on one Redis target.
+#[derive(Clone, Copy)]
+struct FoundScope<'a> {
+    found: &'a FoundKeys,
+    uid: &'a str,
+    target: &'a RedisTarget,
+}
+
+impl FoundScope<'_> {
+    /// The keys to re-check when `scan` asks for a re-check and a set is held; `None`: scan in full.
+    fn recheck(&self, scan: ScanKind, check: Check) -> Option<Vec<String>> {
+        (scan == ScanKind::Recheck)
+            .then(|| self.found.get(self.uid, self.target, check))
+            .flatten()
+    }
+
+    fn keep(&self, check: Check, found: Option<Vec<String>>) {
+        self.found.put(self.uid, self.target, check, found);
+    }
+}
+
+/// Read what `reads` asks for: heartbeats, legacy payloads and active jobs, each check by a full
+/// scan or a re-check of the keys the last full scan found (a full scan when none are held).
 async fn observe_redis(
     redis: &RedisPool,
-    target: &RedisTarget,
-) -> Result<(BTreeMap<String, Vec<String>>, DrainFigures), RedisError> {
-    let mut conn = redis.get(&target.url).await?;
-    let keys = Keys::new(&target.prefix);
+    scope: FoundScope<'_>,
+    reads: Observation,
+) -> Result<(Heartbeats, DrainFigures), RedisError> {
+    let mut conn = redis.get(&scope.target.url).await?;
+    let keys = Keys::new(&scope.target.prefix);
     let scanned_at = Timestamp::now();
-    let beats = read_heartbeats(&mut conn, &keys)
-        .await
-        .map_err(RedisError::Heartbeats)?;
-    let legacy = drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH).await?;
-    let active = drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH).await?;
-    tracing::debug!(
-        scanned = legacy.scanned,
-        legacy = legacy.legacy,
-        batches = legacy.batches,
-        bytes_inspected = legacy.bytes_inspected,
-        max_legacy_pttl_ms = ?legacy.max_legacy_pttl_ms,
-        elapsed_ms = legacy.elapsed.as_millis() as u64,
-        active = active.active,
-        "redis drain scan"
+    let beats = match reads.heartbeats {
+        true => Heartbeats::Read(
+            read_heartbeats(&mut conn, &keys)
+                .await
+                .map_err(RedisError::Heartbeats)?,
+        ),
+        false => Heartbeats::NotRead,
+    };
+    let legacy = match (reads.legacy, scope.recheck(reads.legacy, Check::Legacy)) {
+        (ScanKind::None, _) => None,
+        (_, Some(found)) => Some((
+            ScanKind::Recheck,
+            drain::recheck_legacy_payloads(&mut conn, &found, SCAN_BATCH).await?,
+        )),
+        _ => Some((
+            ScanKind::Full,
+            drain::observe_legacy_payloads(&mut conn, &keys, SCAN_BATCH, MAX_FOUND_KEYS).await?,
+        )),
+    };
+    scope.keep(
+        Check::Legacy,
+        legacy.as_ref().and_then(|(_, f)| f.found.clone()),
     );
-    Ok((beats, drain_figures(scanned_at, &legacy, &active)))
+    let active = match (reads.active, scope.recheck(reads.active, Check::Active)) {
+        (ScanKind::None, _) => None,
+        (_, Some(found)) => Some((
+            ScanKind::Recheck,
+            drain::recheck_active_jobs(&mut conn, &keys, &found, SCAN_BATCH).await?,
+        )),
+        _ => Some((
+            ScanKind::Full,
+            drain::observe_active_jobs(&mut conn, &keys, SCAN_BATCH, MAX_FOUND_KEYS).await?,
+        )),
+    };
+    scope.keep(
+        Check::Active,
+        active.as_ref().and_then(|(_, f)| f.found.clone()),
+    );
+    if let Some((scan, f)) = &legacy {
+        tracing::debug!(
+            ?scan,
+            scanned = f.scanned,
+            legacy = f.legacy,
+            batches = f.batches,
+            bytes_inspected = f.bytes_inspected,
+            max_legacy_pttl_ms = ?f.max_legacy_pttl_ms,
+            elapsed_ms = f.elapsed.as_millis() as u64,
+            "redis drain check"
+        );
+    }
+    Ok((
+        beats,
+        drain_figures(scanned_at, legacy.as_ref(), active.as_ref()),
+    ))
 }
 
 /// SCAN `{prefix}:worker:*` and read each heartbeat's `formats`, keyed by hostname (= pod name).
@@ -340,18 +429,27 @@ pub fn heartbeat_formats(json: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The drain module's figures in the snapshot's shape.
+/// The drain module's figures in the snapshot's shape, with the kind of read behind each check
+/// (`None`: not read).
 pub fn drain_figures(
     scanned_at: Timestamp,
-    legacy: &drain::DrainFigures,
-    active: &ActiveFigures,
+    legacy: Option<&(ScanKind, drain::DrainFigures)>,
+    active: Option<&(ScanKind, ActiveFigures)>,
 ) -> DrainFigures {
-    DrainFigures {
+    let mut out = DrainFigures {
         scanned_at,
-        legacy_payloads: legacy.legacy,
-        legacy_without_expiry: legacy.legacy_without_expiry,
-        active_without_b64: active.file_ref_only,
+        ..Default::default()
+    };
+    if let Some((scan, l)) = legacy {
+        out.legacy_scan = *scan;
+        out.legacy_payloads = l.legacy;
+        out.legacy_without_expiry = l.legacy_without_expiry;
     }
+    if let Some((scan, a)) = active {
+        out.active_scan = *scan;
+        out.active_without_b64 = a.file_ref_only;
+    }
+    out
 }
 
 /// Where the drain looks: `spec.drain.redis` (Secret URL, key prefix), else what the API reads from

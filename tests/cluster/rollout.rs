@@ -121,9 +121,8 @@ async fn happy_path_with_dual_write_and_observe_drain() {
         "API restarted with dual-write on"
     );
     assert_eq!(
-        st.legacy_payloads,
-        Some(3),
-        "the scan counts the legacy payloads"
+        st.legacy_payloads, None,
+        "no legacy-payload scan before Draining (the observation plan reads only what a phase needs)"
     );
 
     // Draining: dual-write off in effect; the 3 legacy payloads hold the drain.
@@ -162,6 +161,23 @@ async fn happy_path_with_dual_write_and_observe_drain() {
     let completed = Timestamp::now();
     let st = r.status.unwrap();
     assert_eq!(st.legacy_payloads, Some(0));
+    // Order, not time: the drain completed only after the last legacy payload was deleted (the
+    // transition is stamped rounded up to a second, the deletion's second rounds down).
+    let drained = st
+        .transitions
+        .iter()
+        .find(|t| t.from == Phase::Draining && t.to == Phase::Completed)
+        .expect("Draining -> Completed recorded");
+    assert!(
+        drained.at.0.as_second() >= removed.as_second(),
+        "Completed at {} before the last legacy payload was deleted at {removed}",
+        drained.at.0
+    );
+    assert!(
+        drained.message.contains("full Redis scan"),
+        "{}",
+        drained.message
+    );
     assert_eq!(st.worker_summary.as_deref(), Some("2/2"));
     let ready = st
         .conditions

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::{env_list, env_or, info_section, redis_cpu_s};
+use crate::support::measure::{env_list, env_or, info_section, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, QUEUE, TENANT};
 use dedup2d::contract::arq::JobRecord;

@@ -1,20 +1,25 @@
 //! The drain check's cost on Redis: not a test (it is `#[ignore]`d and asserts nothing timed), but
 //! the measurement `bench/drain.sh` runs. One private `redis-server` is loaded with a mix of
-//! payloads (file_ref-only, dual-write with 1–100 KiB of base64, a few of 10 MiB), then three
-//! passes over the same keys run side by side: the check before the change (its Lua kept here
-//! only), the bounded check of `operator::drain`, and a bare `SCAN`. Each pass reports Redis CPU
-//! (`INFO cpu` delta), bytes examined, wall time, the longest single command (slow log), and the
-//! worst round trip a second client sees pinging every 1 ms. The JSON goes to `bench/results/drain.json` with the ratios.
+//! payloads in the Python API's layout (file_ref-only, dual-write with 1–100 KiB of base64, some
+//! without a TTL, a few of 10 MiB), then four passes over the same keys run side by side: the
+//! operator's bounded check (`operator::drain`), the naive approach that moves every payload to the
+//! client, the first Lua check (which `GET`s every payload into Lua; its Lua is kept here only) and
+//! a bare `SCAN`. Each pass reports Redis CPU (`INFO cpu` delta), bytes moved (`INFO stats` delta),
+//! bytes examined, wall time, the longest single command (slow log), and the worst round trip a
+//! second client sees pinging every 1 ms. The JSON goes to `bench/results/$DEDUP2D_BENCH_NAME.json`
+//! (default `drain`) with the ratios.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::support::bench::{env_or, load_payload_mix, pinger, redis_cpu_s};
+use crate::support::measure::{env_or, load_payload_mix, pinger, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
+use dedup2d::contract::payload::is_legacy_payload;
 use dedup2d::contract::scan::Scan;
-use dedup2d::operator::drain::observe_legacy_payloads;
+use dedup2d::operator::drain::{observe_legacy_payloads, CALL_BUDGET_BYTES, WINDOW_BYTES};
+use dedup2d::operator::found::MAX_FOUND_KEYS;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
@@ -61,6 +66,25 @@ async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
         .unwrap_or(0)
 }
 
+/// Bytes Redis received and sent so far (`INFO stats`).
+async fn redis_net_bytes(conn: &mut ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.strip_prefix("total_net_input_bytes:")
+                .or_else(|| l.strip_prefix("total_net_output_bytes:"))
+        })
+        .map(|v| v.trim().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// A `PING` and its `+PONG` reply on the wire: the pinger's share of the bytes moved.
+const PING_WIRE_BYTES: u64 = 14 + 7;
+
 /// Runs `pass` while a second client pings every 1 ms; returns what it counted (legacy payloads,
 /// or keys seen by the bare SCAN) and examined, the Redis CPU
 /// it cost, its wall time and the worst ping round trip.
@@ -71,11 +95,20 @@ where
 {
     let stop = Arc::new(AtomicBool::new(false));
     let pings = pinger(redis.url(), stop.clone());
+    // A fresh Lua interpreter: an earlier pass's garbage (the old check's copies of whole
+    // payloads) is not collected during this one.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .arg("SYNC")
+        .query_async(conn)
+        .await
+        .unwrap();
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(conn)
         .await
         .unwrap();
+    let net0 = redis_net_bytes(conn).await;
     let cpu0 = redis_cpu_s(conn).await;
     let started = Instant::now();
     let (counted, examined) = pass(conn.clone()).await;
@@ -83,16 +116,19 @@ where
     let cpu = redis_cpu_s(conn).await - cpu0;
     stop.store(true, Ordering::Relaxed);
     let (worst, count) = pings.await.unwrap();
+    let moved = (redis_net_bytes(conn).await - net0).saturating_sub(count * PING_WIRE_BYTES);
     let longest = longest_command_us(conn).await;
-    json!({"counted": counted, "bytes_examined": examined, "redis_cpu_s": cpu,
-           "wall_s": wall.as_secs_f64(), "worst_ping_ms": worst.as_secs_f64() * 1e3,
-           "pings": count, "longest_command_ms": longest as f64 / 1e3})
+    json!({"counted": counted, "bytes_examined": examined, "bytes_moved": moved,
+           "redis_cpu_s": cpu, "wall_s": wall.as_secs_f64(),
+           "worst_ping_ms": worst.as_secs_f64() * 1e3, "pings": count,
+           "longest_command_ms": longest as f64 / 1e3})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run bench/drain.sh"]
 async fn drain_check_cost_on_redis() {
     let n = env_or("DEDUP2D_BENCH_KEYS", 20_000);
+    let dual_every = env_or("DEDUP2D_BENCH_DUAL_EVERY", 5).max(1);
     let big = env_or("DEDUP2D_BENCH_BIG", 50);
     let redis = RedisServer::start();
     // The old check holds Redis for seconds: no response timeout on the measuring side.
@@ -104,7 +140,7 @@ async fn drain_check_cost_on_redis() {
         .await
         .unwrap();
     let keys = Keys::new("dedup2d");
-    let (legacy, stored) = load_payload_mix(&mut conn, &keys, n, big).await;
+    let (legacy, stored) = load_payload_mix(&mut conn, &keys, (n, dual_every, big)).await;
     // Every command goes to the slow log, so each pass can report its longest one.
     for (name, value) in [
         ("slowlog-log-slower-than", "0"),
@@ -135,8 +171,27 @@ async fn drain_check_cost_on_redis() {
     })
     .await;
     let new = measure(&redis, &mut conn, |mut c| async move {
-        let f = observe_legacy_payloads(&mut c, &keys, BATCH).await.unwrap();
+        let f = observe_legacy_payloads(&mut c, &keys, BATCH, MAX_FOUND_KEYS)
+            .await
+            .unwrap();
         (f.legacy, f.bytes_inspected)
+    })
+    .await;
+    let naive = measure(&redis, &mut conn, |mut c| async move {
+        let (mut legacy, mut bytes) = (0, 0);
+        let mut scan = Scan::keys(PATTERN, BATCH);
+        while let Some(found) = scan.next_batch(&mut c).await.unwrap() {
+            let values: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&found)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            for v in values.iter().flatten() {
+                bytes += v.len() as u64;
+                legacy += u64::from(is_legacy_payload(v));
+            }
+        }
+        (legacy, bytes)
     })
     .await;
     let scan = measure(&redis, &mut conn, |mut c| async move {
@@ -149,23 +204,37 @@ async fn drain_check_cost_on_redis() {
     })
     .await;
     assert_eq!(old["counted"], json!(legacy), "old check miscounted");
+    assert_eq!(naive["counted"], json!(legacy), "naive check miscounted");
     assert_eq!(new["counted"], json!(legacy), "bounded check miscounted");
+    let keys_total = (n + big) as f64;
     let ratio = |a: &Value, b: &Value, f: &str| a[f].as_f64().unwrap() / b[f].as_f64().unwrap();
+    let per_key = |v: &Value| v["bytes_moved"].as_f64().unwrap() / keys_total;
     let out = json!({
-        "keys": n + big, "small_keys": n, "ten_mib_keys": big, "legacy": legacy,
-        "stored_bytes": stored, "scan_batch": BATCH,
-        "old_check": old, "bounded_check": new, "bare_scan": scan,
+        "keys": n + big, "small_keys": n, "dual_write_every": dual_every, "ten_mib_keys": big,
+        "legacy": legacy, "stored_bytes": stored, "scan_batch": BATCH,
+        "window_bytes": WINDOW_BYTES, "call_budget_bytes": CALL_BUDGET_BYTES,
+        "old_check": old, "naive_get": naive, "bounded_check": new, "bare_scan": scan,
+        "bytes_moved_per_key": {
+            "bounded_check": per_key(&new), "bare_scan": per_key(&scan),
+            "naive_get": per_key(&naive), "old_check": per_key(&old),
+        },
         "ratios": {
-            "redis_cpu_old_over_bounded": ratio(&old, &new, "redis_cpu_s"),
             "redis_cpu_bounded_over_bare_scan": ratio(&new, &scan, "redis_cpu_s"),
+            "redis_cpu_naive_over_bare_scan": ratio(&naive, &scan, "redis_cpu_s"),
             "redis_cpu_old_over_bare_scan": ratio(&old, &scan, "redis_cpu_s"),
-            "bytes_old_over_bounded": ratio(&old, &new, "bytes_examined"),
+            "redis_cpu_naive_over_bounded": ratio(&naive, &new, "redis_cpu_s"),
+            "redis_cpu_old_over_bounded": ratio(&old, &new, "redis_cpu_s"),
+            "bytes_moved_naive_over_bounded": ratio(&naive, &new, "bytes_moved"),
+            "wall_bounded_over_bare_scan": ratio(&new, &scan, "wall_s"),
+            "wall_naive_over_bounded": ratio(&naive, &new, "wall_s"),
             "worst_ping_old_over_bounded": ratio(&old, &new, "worst_ping_ms"),
+            "worst_ping_naive_over_bounded": ratio(&naive, &new, "worst_ping_ms"),
             "longest_command_old_over_bounded": ratio(&old, &new, "longest_command_ms"),
         },
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
     println!("{text}");
-    let path = crate::support::bench::bench_result_path("drain.json");
+    let name = std::env::var("DEDUP2D_BENCH_NAME").unwrap_or_else(|_| "drain".into());
+    let path = crate::support::bench::bench_result_path(&format!("{name}.json"));
     std::fs::write(path, text + "\n").unwrap();
 }

@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::{env_list, env_or, info_section};
+use crate::support::measure::{env_list, env_or, info_section};
 use crate::support::redis::RedisServer;
 use crate::support::worker as w;
 use dedup2d::contract::keys::{arq as arq_keys, Keys};

@@ -5,8 +5,12 @@ use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::{is_legacy_payload, FileRef, JobPayload};
 use dedup2d::contract::scan::Scan;
 use dedup2d::operator::drain::{
-    observe_active_jobs, observe_legacy_payloads, DrainError, CALL_BUDGET_BYTES, WINDOW_BYTES,
+    observe_active_jobs, observe_legacy_payloads, recheck_active_jobs, recheck_legacy_payloads,
+    DrainError, CALL_BUDGET_BYTES, WINDOW_BYTES,
 };
+
+/// Found keys kept per check in these tests (the operator keeps up to 10,000).
+const KEEP: usize = 100;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -63,7 +67,7 @@ async fn counts_legacy_payloads_and_their_largest_ttl() {
         .await
         .unwrap();
 
-    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 3)
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 3, KEEP)
         .await
         .unwrap();
     assert_eq!(f.scanned, 12);
@@ -84,7 +88,7 @@ async fn counts_legacy_payloads_and_their_largest_ttl() {
         ])
         .await
         .unwrap();
-    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 100)
+    let f = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 100, KEEP)
         .await
         .unwrap();
     assert_eq!((f.legacy, f.max_legacy_pttl_ms), (0, None));
@@ -107,7 +111,9 @@ async fn counts_active_jobs_an_old_worker_could_not_read() {
     }
     // An active id whose payload expired cannot be sent to anyone: not counted as file_ref-only.
     let _: () = conn.sadd(keys.active(), "gone").await.unwrap();
-    let f = observe_active_jobs(&mut conn, &keys, 2).await.unwrap();
+    let f = observe_active_jobs(&mut conn, &keys, 2, KEEP)
+        .await
+        .unwrap();
     assert_eq!(f.active, 8);
     assert_eq!(f.file_ref_only, 4);
 }
@@ -121,11 +127,15 @@ async fn redis_down_is_an_error_not_a_zero() {
         .await
         .unwrap();
     redis.kill();
-    let err = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 10)
+    let err = observe_legacy_payloads(&mut conn, &Keys::new("dedup2d"), 10, KEEP)
         .await
         .unwrap_err();
     assert!(matches!(err, DrainError::Redis { .. }));
-    assert!(err.to_string().contains("scanning payload keys"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("scanning and checking payload keys"),
+        "{err}"
+    );
 }
 
 /// The one SCAN helper walks many keys, and a set large enough for `COUNT` to apply, in several
@@ -209,7 +219,7 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
         assert_eq!(is_legacy_payload(raw), *legacy, "Rust: {shown}");
         let _: () = conn.set("dedup2d:payload:j", raw).await.unwrap();
         let _: () = conn.sadd("dedup2d:active", "j").await.unwrap();
-        let scan = observe_legacy_payloads(&mut conn, &keys, 100)
+        let scan = observe_legacy_payloads(&mut conn, &keys, 100, KEEP)
             .await
             .unwrap();
         assert_eq!(
@@ -218,7 +228,14 @@ async fn lua_checks_agree_with_the_rust_legacy_predicate() {
             "Lua scan ({} bytes): {shown}",
             raw.len()
         );
-        let active = observe_active_jobs(&mut conn, &keys, 100).await.unwrap();
+        let found = vec!["dedup2d:payload:j".to_string()];
+        let again = recheck_legacy_payloads(&mut conn, &found, 100)
+            .await
+            .unwrap();
+        assert_eq!(again.legacy, scan.legacy, "Lua re-check: {shown}");
+        let active = observe_active_jobs(&mut conn, &keys, 100, KEEP)
+            .await
+            .unwrap();
         assert_eq!(
             active.file_ref_only,
             u64::from(!*legacy),
@@ -335,7 +352,7 @@ async fn large_payloads_are_examined_in_bounded_windows() {
     let keys = Keys::new("dedup2d");
     let first = format!(r#"{{"file_bytes_b64":"{}"}}"#, filler(10 * MIB));
     let _: () = conn.set("dedup2d:payload:j", &first).await.unwrap();
-    let f = observe_legacy_payloads(&mut conn, &keys, 100)
+    let f = observe_legacy_payloads(&mut conn, &keys, 100, KEEP)
         .await
         .unwrap();
     assert_eq!((f.legacy, f.batches), (1, 1));
@@ -347,7 +364,7 @@ async fn large_payloads_are_examined_in_bounded_windows() {
 
     let none = format!(r#"{{"query_geom":"{}"}}"#, filler(10 * MIB));
     let _: () = conn.set("dedup2d:payload:j", &none).await.unwrap();
-    let f = observe_legacy_payloads(&mut conn, &keys, 100)
+    let f = observe_legacy_payloads(&mut conn, &keys, 100, KEEP)
         .await
         .unwrap();
     assert_eq!(f.legacy, 0);
@@ -358,4 +375,99 @@ async fn large_payloads_are_examined_in_bounded_windows() {
         "{} calls for {len} bytes",
         f.batches
     );
+}
+
+#[tokio::test]
+async fn a_full_scan_keeps_the_legacy_keys_and_a_recheck_drops_those_gone() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("dedup2d");
+    for i in 0..5 {
+        let _: () = conn
+            .set_ex(keys.payload(&format!("l{i}")), legacy_payload("QUJD"), 300)
+            .await
+            .unwrap();
+        let _: () = conn
+            .set_ex(keys.payload(&format!("r{i}")), ref_only_payload(), 300)
+            .await
+            .unwrap();
+    }
+    let f = observe_legacy_payloads(&mut conn, &keys, 3, KEEP)
+        .await
+        .unwrap();
+    let mut found = f.found.clone().expect("5 legacy keys are within the cap");
+    found.sort();
+    let want: Vec<String> = (0..5).map(|i| keys.payload(&format!("l{i}"))).collect();
+    assert_eq!(found, want);
+    // Above the cap nothing is kept (the caller falls back to full scans).
+    let capped = observe_legacy_payloads(&mut conn, &keys, 3, 4)
+        .await
+        .unwrap();
+    assert_eq!((capped.legacy, capped.found), (5, None));
+
+    // One deleted, one rewritten file_ref-only: both drop out; the rest stay, with their TTLs.
+    let _: () = conn.del(keys.payload("l0")).await.unwrap();
+    let _: () = conn
+        .set_ex(keys.payload("l1"), ref_only_payload(), 300)
+        .await
+        .unwrap();
+    let r = recheck_legacy_payloads(&mut conn, &found, 2).await.unwrap();
+    assert_eq!((r.scanned, r.legacy), (5, 3));
+    let mut still = r.found.unwrap();
+    still.sort();
+    assert_eq!(still, want[2..].to_vec());
+    assert!(r.max_legacy_pttl_ms.is_some_and(|m| m <= 300_000));
+    // A legacy key written after the full scan is invisible to the re-check (hence the
+    // confirming full scan before the drain may complete).
+    let _: () = conn
+        .set_ex(keys.payload("late"), legacy_payload("QUJD"), 300)
+        .await
+        .unwrap();
+    let r = recheck_legacy_payloads(&mut conn, &still, 100)
+        .await
+        .unwrap();
+    assert_eq!(r.legacy, 3);
+    let full = observe_legacy_payloads(&mut conn, &keys, 100, KEEP)
+        .await
+        .unwrap();
+    assert_eq!(full.legacy, 4);
+}
+
+#[tokio::test]
+async fn an_active_recheck_counts_only_jobs_still_active_and_file_ref_only() {
+    let redis = RedisServer::start();
+    let mut conn = redis.manager().await;
+    let keys = Keys::new("p");
+    for i in 0..4 {
+        let id = format!("a{i}");
+        let _: () = conn
+            .set_ex(keys.payload(&id), ref_only_payload(), 60)
+            .await
+            .unwrap();
+        let _: () = conn.sadd(keys.active(), &id).await.unwrap();
+    }
+    let f = observe_active_jobs(&mut conn, &keys, 2, KEEP)
+        .await
+        .unwrap();
+    let mut found = f.found.clone().unwrap();
+    found.sort();
+    assert_eq!(found, vec!["a0", "a1", "a2", "a3"]);
+    assert_eq!(
+        observe_active_jobs(&mut conn, &keys, 2, 3)
+            .await
+            .unwrap()
+            .found,
+        None,
+        "above the cap nothing is kept"
+    );
+    // a0 finished (left the active set, payload kept until its TTL); a1's payload expired.
+    let _: () = conn.srem(keys.active(), "a0").await.unwrap();
+    let _: () = conn.del(keys.payload("a1")).await.unwrap();
+    let r = recheck_active_jobs(&mut conn, &keys, &found, 2)
+        .await
+        .unwrap();
+    assert_eq!((r.active, r.file_ref_only), (3, 2));
+    let mut still = r.found.unwrap();
+    still.sort();
+    assert_eq!(still, vec!["a2", "a3"]);
 }

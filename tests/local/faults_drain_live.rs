@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::bench::{load_payload_mix, pinger};
 use crate::support::faults::{fault_count, record_fault_counts};
+use crate::support::measure::{load_payload_mix, pinger};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, WorkerProc};
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::store::JobStatus;
 use dedup2d::operator::drain::{observe_active_jobs, observe_legacy_payloads};
+use dedup2d::operator::found::MAX_FOUND_KEYS;
 use serde_json::json;
 
 /// The operator's SCAN batch.
@@ -50,10 +51,10 @@ async fn drain_loop(url: String, legacy: u64, stop: Arc<AtomicBool>) -> DrainLoo
     let keys = Keys::new(w::PREFIX);
     let mut seen = DrainLoop::default();
     while !stop.load(Ordering::Relaxed) {
-        let f = observe_legacy_payloads(&mut conn, &keys, BATCH)
+        let f = observe_legacy_payloads(&mut conn, &keys, BATCH, MAX_FOUND_KEYS)
             .await
             .expect("drain check: payload scan");
-        let a = observe_active_jobs(&mut conn, &keys, BATCH)
+        let a = observe_active_jobs(&mut conn, &keys, BATCH, MAX_FOUND_KEYS)
             .await
             .expect("drain check: active-set scan");
         seen.passes += 1;
@@ -80,7 +81,8 @@ async fn faults_drain_live_traffic_sees_no_redis_timeouts() {
     let submits = fault_count(40, 600);
     let redis = RedisServer::start();
     let mut conn = redis.manager().await;
-    let (legacy, stored) = load_payload_mix(&mut conn, &Keys::new(w::PREFIX), small, big).await;
+    let (legacy, stored) =
+        load_payload_mix(&mut conn, &Keys::new(w::PREFIX), (small, 5, big)).await;
 
     let dir = tempfile::tempdir().unwrap();
     let uploads = dir.path().join("uploads");

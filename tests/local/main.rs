@@ -10,6 +10,7 @@ mod support {
     pub mod drawings;
     pub mod faults;
     pub mod job_store;
+    pub mod measure;
     pub mod peer_scripts;
     pub mod peers;
     pub mod poll;

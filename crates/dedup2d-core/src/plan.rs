@@ -24,8 +24,8 @@
 //! # Layout
 //!
 //! This file holds the decision types and the step loop ([`Planner::run`]); the rooms around it:
-//! `preflight` (the validated [`Targets`](preflight::Targets)), `phases` (one handler per forward
-//! phase), `rollback`, `requests` (spec edits and `dedup2d.io/request`), `records` (record-then-act),
+//! `observation` (what the next observation reads from Redis), `preflight` (the validated
+//! [`Targets`](preflight::Targets)), `phases` (one handler per forward phase), `rollback`, `requests` (spec edits and `dedup2d.io/request`), `records` (record-then-act),
 //! `world` (predicates on the observed world), `timeline` (events, transitions, pause time,
 //! deadlines) and `status` (the summary and one function per condition).
 
@@ -45,6 +45,7 @@ use crate::{
     snapshot::{Observed, Originals, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
+mod observation;
 mod phases;
 mod preflight;
 mod records;
@@ -54,6 +55,7 @@ mod status;
 mod timeline;
 mod world;
 
+pub use observation::{observation, Observation, MAX_RECHECK_KEYS};
 pub use requests::RequestOutcome;
 
 /// How soon to look again after a write (watch events usually come first).
@@ -62,6 +64,9 @@ const AFTER_ACTION: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_secs(15);
 /// How often to re-scan Redis while draining or waiting for active jobs.
 const DRAIN_POLL: Duration = Duration::from_secs(10);
+/// How often to look again while only the keys a full scan found are re-checked (cheap: a few
+/// thousand keys at most), so the last legacy payload's disappearance is seen within seconds.
+const RECHECK_POLL: Duration = Duration::from_secs(1);
 /// How soon to scan again when the last scan began before a moment that matters (e.g. dual-write-off
 /// in effect, recorded rounded up to a second).
 const NEXT_SCAN: Duration = Duration::from_secs(1);
@@ -537,7 +542,8 @@ use crate::{
     conditions as cond,
     crd::{DrainStrategy, Evidence, Finalize},
     snapshot::{
-        include_b64_is_on, DeploymentObs, DrainObs, Heartbeats, PodObs, DEFAULT_TTL_SECONDS,
+        include_b64_is_on, DeploymentObs, DrainObs, Heartbeats, PodObs, ScanKind,
+        DEFAULT_TTL_SECONDS,
     },
 };
 #[cfg(test)]

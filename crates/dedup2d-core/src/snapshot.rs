@@ -200,6 +200,9 @@ pub enum Heartbeats {
     Read(BTreeMap<String, Vec<String>>),
     /// Redis could not be read.
     Unavailable(String),
+    /// Not read: the observation plan said the phase does not use them (pods are then judged by
+    /// image alone; only the status summary looks at them in such a phase).
+    NotRead,
 }
 
 impl Default for Heartbeats {
@@ -217,15 +220,32 @@ pub enum DrainObs {
     Figures(DrainFigures),
 }
 
-/// What one incremental scan of `{prefix}:payload:*` and `{prefix}:active` found.
+/// Which kind of read produced a check's figures (and, in the observation plan, which to make).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScanKind {
+    /// Not read: the check's figures are meaningless.
+    #[default]
+    None,
+    /// Every key was examined: the only kind that proves an absence.
+    Full,
+    /// Only the keys an earlier full scan found were examined again: it proves a presence, and
+    /// an absence only among those keys.
+    Recheck,
+}
+
+/// What one observation of `{prefix}:payload:*` and `{prefix}:active` found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DrainFigures {
-    /// When the scan began: only a scan begun after dual-write-off was in effect proves the drain.
+    /// When the reads began: only a scan begun after dual-write-off was in effect proves the drain.
     pub scanned_at: Timestamp,
+    /// How the legacy-payload figures were read.
+    pub legacy_scan: ScanKind,
     /// Payloads carrying `file_bytes_b64`.
     pub legacy_payloads: u64,
     /// Of those, payloads without an expiry.
     pub legacy_without_expiry: u64,
+    /// How the active-job figure was read.
+    pub active_scan: ScanKind,
     /// Active jobs (`{prefix}:active`) whose payload lacks `file_bytes_b64`.
     pub active_without_b64: u64,
 }

@@ -9,12 +9,15 @@ use super::{
     field_id, payload_config_hash,
     preflight::{Targets, WorkerView},
     world::config_in_effect,
-    Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, NEXT_SCAN, POLL,
+    Action, Planner, StallReason, Step, TransitionReason as Why, DRAIN_POLL, MAX_RECHECK_KEYS,
+    NEXT_SCAN, POLL, RECHECK_POLL,
 };
 use crate::{
     crd::{DrainStrategy, Evidence, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
     duration::parse_duration,
-    snapshot::{DeploymentObs, DrainFigures, DrainObs, Heartbeats, KEY_INCLUDE_B64, KEY_MAX_BYTES},
+    snapshot::{
+        DeploymentObs, DrainFigures, DrainObs, Heartbeats, ScanKind, KEY_INCLUDE_B64, KEY_MAX_BYTES,
+    },
 };
 
 impl<'a> Planner<'a> {
@@ -239,7 +242,7 @@ impl<'a> Planner<'a> {
             DrainObs::Figures(f) => f,
         };
         // Only a scan begun strictly after dual-write-off took effect proves anything.
-        if f.scanned_at <= off.0 {
+        if f.legacy_scan == ScanKind::None || f.scanned_at <= off.0 {
             return Step::Wait {
                 message: "waiting for a Redis scan begun after dual-write-off took effect".into(),
                 // The in-effect time is rounded up to a second: the next scan proves it soon.
@@ -249,7 +252,8 @@ impl<'a> Planner<'a> {
         self.drain_step(f, deadline)
     }
 
-    /// Draining with a scan that counts: done, stalled past the deadline, or wait.
+    /// Draining with a scan that counts: done (only on a full scan), stalled past the deadline, or
+    /// wait. A re-check that found none left asks for the confirming full scan at once.
     fn drain_step(&self, f: &DrainFigures, deadline: Timestamp) -> Step {
         let next = if self.spec.finalize == Finalize::Manual {
             Phase::AwaitingFinalize
@@ -257,13 +261,19 @@ impl<'a> Planner<'a> {
             Phase::Completed
         };
         let past_deadline = self.now >= deadline;
-        if f.legacy_payloads == 0
-            && (self.spec.drain.strategy == DrainStrategy::Observe || past_deadline)
-        {
+        let may_finish = self.spec.drain.strategy == DrainStrategy::Observe || past_deadline;
+        if f.legacy_payloads == 0 && may_finish {
+            if f.legacy_scan == ScanKind::Recheck {
+                return Step::Wait {
+                    message: "a re-check found no legacy payload left; confirming with a full scan"
+                        .into(),
+                    requeue: NEXT_SCAN,
+                };
+            }
             let message = if past_deadline {
-                "TTL elapsed since dual-write-off and no legacy payload left"
+                "TTL elapsed since dual-write-off and a full Redis scan found no legacy payload"
             } else {
-                "a Redis scan found no legacy payload"
+                "a full Redis scan found no legacy payload"
             };
             return Step::next(next, Why::Drained, message);
         }
@@ -280,7 +290,9 @@ impl<'a> Planner<'a> {
             .max(1)
             .unsigned_abs();
         let requeue = match self.spec.drain.strategy {
-            DrainStrategy::Observe => DRAIN_POLL.min(Duration::from_secs(left)),
+            DrainStrategy::Observe => {
+                poll_after(f.legacy_scan, f.legacy_payloads).min(Duration::from_secs(left))
+            }
             DrainStrategy::Ttl => Duration::from_secs(left),
         };
         Step::Wait {
@@ -358,4 +370,15 @@ fn api_restart_in_flight(api: &DeploymentObs, config_map: &str) -> Option<Step> 
         ),
         requeue: POLL,
     })
+}
+
+/// How soon to look again while a check's figure (`count`, read by `scan`) is above 0: soon when
+/// the next read is a cheap re-check (the observer keeps up to [`MAX_RECHECK_KEYS`] found keys),
+/// at the slower scan cadence when it must be a full scan again.
+pub(super) fn poll_after(scan: ScanKind, count: u64) -> Duration {
+    match scan {
+        ScanKind::Recheck => RECHECK_POLL,
+        ScanKind::Full if count <= MAX_RECHECK_KEYS => RECHECK_POLL,
+        ScanKind::None | ScanKind::Full => DRAIN_POLL,
+    }
 }

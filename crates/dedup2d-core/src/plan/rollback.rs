@@ -5,12 +5,12 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
-    field_id, preflight::Targets, Action, EventKind, EventReason, HoldReason, Planner, StallReason,
-    Step, TransitionReason, DRAIN_POLL, POLL,
+    field_id, phases::poll_after, preflight::Targets, Action, EventKind, EventReason, HoldReason,
+    Planner, StallReason, Step, TransitionReason, NEXT_SCAN, POLL,
 };
 use crate::{
     crd::{Hold, OnFailure, Phase, RollbackLevel, RollbackRecord},
-    snapshot::{DeploymentObs, DrainObs},
+    snapshot::{DeploymentObs, DrainObs, ScanKind},
 };
 
 /// One image a full rollback puts back: a target Deployment's resolved container.
@@ -141,25 +141,37 @@ impl<'a> Planner<'a> {
     }
 
     /// Invariant 4: images are reverted only when no active job's payload lacks `file_bytes_b64`,
-    /// per a scan begun after dual-write-on took effect.
+    /// per a full scan begun after dual-write-on took effect.
     fn rollback_gate(&self) -> Option<Step> {
         let on = self.st.dual_write_on_in_effect_at.as_ref()?.0;
-        match &self.obs.drain {
-            DrainObs::Unreachable(why) => Some(Step::Stall {
-                reason: StallReason::RedisUnreachable,
-                message: format!("Redis unreachable, full rollback on hold: {why}"),
+        let f = match &self.obs.drain {
+            DrainObs::Unreachable(why) => {
+                return Some(Step::Stall {
+                    reason: StallReason::RedisUnreachable,
+                    message: format!("Redis unreachable, full rollback on hold: {why}"),
+                })
+            }
+            DrainObs::Figures(f) if f.active_scan != ScanKind::None && f.scanned_at > on => f,
+            DrainObs::Figures(_) => {
+                return Some(Step::Wait {
+                    message: "waiting for a Redis scan of active jobs".into(),
+                    requeue: NEXT_SCAN,
+                })
+            }
+        };
+        match (f.active_without_b64, f.active_scan) {
+            (0, ScanKind::Full) => None,
+            (0, _) => Some(Step::Wait {
+                message:
+                    "a re-check found no file_ref-only active job left; confirming with a full scan"
+                        .into(),
+                requeue: NEXT_SCAN,
             }),
-            DrainObs::Figures(f) if f.scanned_at > on && f.active_without_b64 == 0 => None,
-            DrainObs::Figures(f) if f.scanned_at > on => Some(Step::Wait {
+            (n, scan) => Some(Step::Wait {
                 message: format!(
-                    "{} active jobs have file_ref-only payloads; old workers could not run them",
-                    f.active_without_b64
+                    "{n} active jobs have file_ref-only payloads; old workers could not run them"
                 ),
-                requeue: DRAIN_POLL,
-            }),
-            _ => Some(Step::Wait {
-                message: "waiting for a Redis scan of active jobs".into(),
-                requeue: DRAIN_POLL,
+                requeue: poll_after(scan, n),
             }),
         }
     }

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::*;
 use crate::{
     crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
-    snapshot::{ConfigObs, DrainFigures, Originals},
+    snapshot::{ConfigObs, DrainFigures, Originals, ScanKind},
 };
 
 pub const OLD: &str = "reg/dedup2d:2.4.0";
@@ -234,6 +234,10 @@ pub struct World {
     pub phases: Vec<Phase>,
     /// The next reconcile persists its status but the operator dies before acting.
     pub crash_before_action: bool,
+    /// The operator's memory of the last full scans: indices into `legacy` found live, and the
+    /// file_ref-only active jobs found (a restart forgets both).
+    pub found_legacy: Option<Vec<usize>>,
+    pub found_active: Option<u64>,
 }
 
 impl World {
@@ -266,6 +270,8 @@ impl World {
             actions: vec![],
             phases: vec![],
             crash_before_action: false,
+            found_legacy: None,
+            found_active: None,
         };
         w.originals = world_values(&w.spec, &w.observe());
         w
@@ -300,8 +306,10 @@ impl World {
                 .collect();
             DrainObs::Figures(DrainFigures {
                 scanned_at: ts(self.now),
+                legacy_scan: ScanKind::Full,
                 legacy_payloads: live.len() as u64,
                 legacy_without_expiry: live.iter().filter(|e| e.is_none()).count() as u64,
+                active_scan: ScanKind::Full,
                 active_without_b64: self.active_file_ref_only,
             })
         } else {
@@ -327,6 +335,60 @@ impl World {
             conflicts: vec![],
             superseded_by: vec![],
         }
+    }
+
+    /// What the operator observes when it reads only what [`observation`] asks for: a re-check
+    /// sees only the keys its last full scan found (a full scan when it has none), so a legacy
+    /// payload written after that scan is invisible to it.
+    pub fn observe_as_planned(&mut self) -> Observed {
+        let plan = observation(&self.spec, self.status.as_ref());
+        let mut obs = self.observe();
+        if !plan.heartbeats {
+            obs.heartbeats = Heartbeats::NotRead;
+        }
+        let DrainObs::Figures(f) = &mut obs.drain else {
+            return obs;
+        };
+        let live = |e: &Option<i64>| e.is_none_or(|e| e > self.now);
+        f.legacy_scan = match (plan.legacy, &self.found_legacy) {
+            (ScanKind::Recheck, Some(found)) => {
+                let still: Vec<usize> = found
+                    .iter()
+                    .copied()
+                    .filter(|&i| live(&self.legacy[i]))
+                    .collect();
+                f.legacy_payloads = still.len() as u64;
+                f.legacy_without_expiry =
+                    still.iter().filter(|&&i| self.legacy[i].is_none()).count() as u64;
+                self.found_legacy = Some(still);
+                ScanKind::Recheck
+            }
+            (ScanKind::None, _) => {
+                (f.legacy_payloads, f.legacy_without_expiry) = (0, 0);
+                ScanKind::None
+            }
+            _ => {
+                let found = (0..self.legacy.len()).filter(|&i| live(&self.legacy[i]));
+                self.found_legacy = Some(found.collect());
+                ScanKind::Full
+            }
+        };
+        f.active_scan = match (plan.active, self.found_active) {
+            (ScanKind::Recheck, Some(found)) => {
+                f.active_without_b64 = found.min(self.active_file_ref_only);
+                self.found_active = Some(f.active_without_b64);
+                ScanKind::Recheck
+            }
+            (ScanKind::None, _) => {
+                f.active_without_b64 = 0;
+                ScanKind::None
+            }
+            _ => {
+                self.found_active = Some(self.active_file_ref_only);
+                ScanKind::Full
+            }
+        };
+        obs
     }
 
     fn include_on(&self) -> bool {
@@ -390,7 +452,7 @@ impl World {
 
     /// Run the planner once as the operator would, check invariants, persist, act.
     pub fn reconcile(&mut self) -> Decision {
-        let obs = self.observe();
+        let obs = self.observe_as_planned();
         let before = self.status.clone();
         let d = plan(&self.spec, before.as_ref(), &obs, ts(self.now));
         self.check(&before, &d, &obs);
@@ -410,8 +472,11 @@ impl World {
         self.status = Some(d.status.clone());
         self.phases.extend(d.transitions().map(|(_, to)| to));
         if self.crash_before_action {
-            // The operator died after persisting the status and before writing.
+            // The operator died after persisting the status and before writing; its memory of
+            // what the last scans found is gone with it.
             self.crash_before_action = false;
+            self.found_legacy = None;
+            self.found_active = None;
         } else {
             self.apply(&d.action);
         }
@@ -541,6 +606,10 @@ impl World {
                 "image reverted with file_ref-only jobs active"
             );
             assert!(
+                matches!(&obs.drain, DrainObs::Figures(f) if f.active_scan == ScanKind::Full),
+                "image reverted on a re-check of the active jobs"
+            );
+            assert!(
                 self.include_on() && self.api.pods.iter().all(|p| p.include_on),
                 "reverted before dual-write on"
             );
@@ -600,6 +669,22 @@ impl World {
                     "Completed before the TTL elapsed"
                 );
             }
+        }
+        // Completed (or awaiting the promote) only after a full scan that found no legacy payload,
+        // begun after dual-write-off was in effect; a re-check never finishes the drain.
+        if d.transitions()
+            .any(|(from, to)| from == Phase::Draining && to != Phase::RollingBack)
+        {
+            let off = d.status.dual_write_off_in_effect_at.as_ref().unwrap().0;
+            let DrainObs::Figures(f) = &obs.drain else {
+                panic!("drained without figures")
+            };
+            assert_eq!(f.legacy_scan, ScanKind::Full, "drained on a re-check");
+            assert_eq!(f.legacy_payloads, 0);
+            assert!(
+                f.scanned_at > off,
+                "drained on a scan from before dual-write-off"
+            );
         }
         // Phases never skip a step the spec asks for.
         for (from, to) in d.transitions() {

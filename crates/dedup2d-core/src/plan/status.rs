@@ -6,7 +6,7 @@ use super::{DualWriteBasis, DualWriteState, HoldReason, Planner, StallReason};
 use crate::{
     conditions::{self as cond, set_condition, CondStatus},
     crd::{Phase, WorkerStatus},
-    snapshot::{include_b64_is_on, DrainObs},
+    snapshot::{include_b64_is_on, DrainObs, ScanKind},
 };
 
 /// One condition's value.
@@ -71,10 +71,16 @@ impl Planner<'_> {
         } else {
             self.summarize_workers();
         }
+        // A check not read this time keeps its last recorded figures.
         if let DrainObs::Figures(f) = &self.obs.drain {
-            self.st.legacy_payloads = Some(saturating_i64(f.legacy_payloads));
-            self.st.legacy_payloads_without_expiry = Some(saturating_i64(f.legacy_without_expiry));
-            self.st.active_jobs_without_b64 = Some(saturating_i64(f.active_without_b64));
+            if f.legacy_scan != ScanKind::None {
+                self.st.legacy_payloads = Some(saturating_i64(f.legacy_payloads));
+                self.st.legacy_payloads_without_expiry =
+                    Some(saturating_i64(f.legacy_without_expiry));
+            }
+            if f.active_scan != ScanKind::None {
+                self.st.active_jobs_without_b64 = Some(saturating_i64(f.active_without_b64));
+            }
         }
         let dual_write = self.dual_write();
         self.st.dual_write = Some(dual_write.0.to_string());
@@ -202,31 +208,44 @@ impl Planner<'_> {
         Cond::new(CondStatus::from_bool(drained), reason, message)
     }
 
+    /// From the last recorded active-job figure (this observation's, when it read one); `True`
+    /// only when a full scan made it.
     fn rollback_safe_condition(&self, (state, basis): DualWrite) -> Cond {
         let on_in_effect = state == DualWriteState::On && basis == DualWriteBasis::InEffect;
-        match &self.obs.drain {
-            DrainObs::Figures(f) if f.active_without_b64 > 0 => Cond::new(
+        if let DrainObs::Unreachable(why) = &self.obs.drain {
+            return Cond::new(
+                CondStatus::Unknown,
+                StallReason::RedisUnreachable.as_str(),
+                why.clone(),
+            );
+        }
+        let rechecked =
+            matches!(&self.obs.drain, DrainObs::Figures(f) if f.active_scan == ScanKind::Recheck);
+        match self.st.active_jobs_without_b64 {
+            Some(n) if n > 0 => Cond::new(
                 CondStatus::False,
                 "FileRefOnlyJobsActive",
-                format!(
-                    "{} active jobs have file_ref-only payloads; old workers could not run them",
-                    f.active_without_b64
-                ),
+                format!("{n} active jobs have file_ref-only payloads; old workers could not run them"),
             ),
-            DrainObs::Figures(_) if on_in_effect => Cond::new(
+            None => Cond::new(
+                CondStatus::Unknown,
+                "NotScanned",
+                "no Redis scan of the active jobs yet",
+            ),
+            Some(_) if rechecked => Cond::new(
+                CondStatus::False,
+                "Confirming",
+                "a re-check found no file_ref-only active job left; a full scan confirms it next",
+            ),
+            Some(_) if on_in_effect => Cond::new(
                 CondStatus::True,
                 "Safe",
                 "dual-write on and no active job lacks file_bytes_b64",
             ),
-            DrainObs::Figures(_) => Cond::new(
+            Some(_) => Cond::new(
                 CondStatus::False,
                 "DualWriteNotOn",
                 "dual-write is not on in effect: a full rollback first turns it on and waits for file_ref-only jobs to finish",
-            ),
-            DrainObs::Unreachable(why) => Cond::new(
-                CondStatus::Unknown,
-                StallReason::RedisUnreachable.as_str(),
-                why.clone(),
             ),
         }
     }

@@ -597,30 +597,84 @@ fn dual_write_before_the_first_api_restart_is_read_from_the_config_map() {
 }
 
 #[test]
-fn a_finished_rollout_keeps_rollback_safe_current() {
+fn a_finished_rollout_reads_nothing_and_keeps_its_last_figures() {
     let mut w = World::new(spec(1), 1);
     assert_eq!(w.settle(400), Phase::Completed);
+    let before = w.status.clone().unwrap();
+    assert!(!observation(&w.spec, Some(&before)).reads_redis());
     w.active_file_ref_only = 2;
+    w.legacy.push(None);
+    let obs = w.observe_as_planned();
+    assert_eq!(obs.heartbeats, Heartbeats::NotRead);
+    assert!(matches!(&obs.drain, DrainObs::Figures(f)
+        if f.legacy_scan == ScanKind::None && f.active_scan == ScanKind::None));
     let d = w.reconcile();
     assert_eq!(d.action, Action::None);
+    assert_eq!(d.status.phase, Some(Phase::Completed));
     assert_eq!(
-        d.requeue_after,
-        Some(IDLE_POLL),
-        "a finished rollout is re-observed"
+        (d.status.legacy_payloads, d.status.active_jobs_without_b64),
+        (before.legacy_payloads, before.active_jobs_without_b64),
+        "figures not read are not overwritten"
     );
     let safe = cond(&w, cond::ROLLBACK_SAFE);
-    assert_eq!(
-        (safe.status.as_str(), safe.reason.as_str()),
-        ("False", "FileRefOnlyJobsActive")
-    );
-    assert!(
-        safe.message.starts_with("2 active jobs"),
-        "{}",
-        safe.message
-    );
-    w.active_file_ref_only = 0;
+    let was = before
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::ROLLBACK_SAFE)
+        .unwrap();
+    assert_eq!((&safe.status, &safe.reason), (&was.status, &was.reason));
+}
+
+#[test]
+fn a_drain_rechecks_what_it_found_and_completes_only_on_a_confirming_full_scan() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::Draining, 150);
+    w.legacy = vec![Some(w.now + 100), Some(w.now + 200)];
+    w.tick(1);
+    // The first scan after dual-write-off is a full one (the operator holds no found set yet).
     w.reconcile();
-    assert_eq!(cond(&w, cond::ROLLBACK_SAFE).reason, "DualWriteNotOn");
+    assert_eq!(w.found_legacy.as_ref().map(Vec::len), Some(2));
+    let scans = |w: &mut World| match w.observe_as_planned().drain {
+        DrainObs::Figures(f) => (f.legacy_scan, f.legacy_payloads),
+        DrainObs::Unreachable(why) => panic!("{why}"),
+    };
+    // While some remain, only the found keys are re-checked, at the fast cadence.
+    assert_eq!(scans(&mut w.clone()), (ScanKind::Recheck, 2));
+    let d = w.reconcile();
+    assert_eq!(d.requeue_after, Some(RECHECK_POLL));
+    // A payload no full scan saw: the re-check cannot see it.
+    w.legacy.push(Some(w.now + 500));
+    w.tick(150);
+    assert_eq!(scans(&mut w.clone()), (ScanKind::Recheck, 1));
+    w.tick(60);
+    // The re-check reaches 0: not Completed, a confirming full scan comes next at once.
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::Draining));
+    assert_eq!(d.requeue_after, Some(NEXT_SCAN));
+    // It finds the straggler: back to re-checking it.
+    let d = w.reconcile();
+    assert_eq!(d.status.phase, Some(Phase::Draining));
+    assert_eq!(d.status.legacy_payloads, Some(1));
+    assert_eq!(w.found_legacy.as_ref().map(Vec::len), Some(1));
+    // Once it expires: a re-check finds 0, then the full scan confirms and the drain completes.
+    w.tick(400);
+    assert_eq!(w.reconcile().status.phase, Some(Phase::Draining));
+    let d = w.reconcile();
+    assert!(d
+        .transitions()
+        .any(|t| t == (Phase::Draining, Phase::Completed)));
+}
+
+#[test]
+fn a_restarted_operator_without_a_found_set_scans_in_full() {
+    let mut w = World::new(spec(1), 1);
+    until_phase(&mut w, Phase::Draining, 150);
+    w.legacy = vec![Some(w.now + 100)];
+    w.tick(1);
+    w.reconcile();
+    w.found_legacy = None;
+    let obs = w.observe_as_planned();
+    assert!(matches!(obs.drain, DrainObs::Figures(f) if f.legacy_scan == ScanKind::Full));
 }
 
 #[test]
@@ -875,6 +929,8 @@ enum Ev {
     NewImage,
     Pause(bool),
     Request(&'static str),
+    /// A straggler writes one more legacy payload (which no earlier full scan found).
+    StrayLegacy,
     /// A manifest re-applied with a value handled before (the n-th newest in the history).
     Reapply(usize),
     /// The rollout deleted and created again (its status lost, the targets kept).
@@ -898,6 +954,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => prop::sample::select(vec!["promote", "promote", "retry", "retry", "abort", "abort-full"]).prop_map(Ev::Request),
         1 => (0usize..20).prop_map(Ev::Reapply),
         1 => Just(Ev::Recreate),
+        1 => Just(Ev::StrayLegacy),
     ]
 }
 
@@ -947,6 +1004,7 @@ fn apply_event(w: &mut World, e: &Ev, i: usize) {
         }
         Ev::Request(r) => w.request = Some(format!("{r}:{i}")),
         Ev::Recreate => w.recreate(),
+        Ev::StrayLegacy => w.legacy.push(Some(w.now + w.ttl())),
         Ev::Reapply(back) => {
             let history = w
                 .status

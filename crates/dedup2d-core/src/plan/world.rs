@@ -31,6 +31,8 @@ impl<'a> Planner<'a> {
         let beat = match &self.obs.heartbeats {
             Heartbeats::Read(map) => map.get(&pod.name),
             Heartbeats::Unavailable(_) => None,
+            // Not read in this phase: the image decides (the phases that gate on heartbeats read them).
+            Heartbeats::NotRead => return true,
         };
         match beat {
             Some(formats) => formats.iter().any(|f| f == FILE_REF_FORMAT),
