@@ -51,6 +51,7 @@ mod records;
 mod requests;
 mod rollback;
 mod status;
+pub mod coalesce;
 mod timeline;
 mod world;
 
