@@ -1,0 +1,220 @@
+//! The operator's watch caches: one reflector store each for rollouts, Deployments, Pods and
+//! ConfigMaps, filled by the same watches that wake the controller, so a reconcile reads its world
+//! from memory instead of the API server.
+//!
+//! Objects are stripped before they are stored, keeping what the observer maps into the snapshot:
+//! Pods keep their metadata (without managedFields), container names and images, and the Ready
+//! condition; Deployments keep their managedFields (the planner looks up who owns a field) but
+//! lose the last-applied annotation and the pod template's volumes and probes; ConfigMaps keep
+//! only the keys the planner and the drain read (and their managedFields).
+
+use std::sync::Arc;
+
+use futures::Stream;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus},
+    },
+    NamespaceResourceScope,
+};
+use kube::{
+    core::{ObjectMeta, Selector, SelectorExt},
+    runtime::{
+        reflector::{self, store::Writer, ObjectRef, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Resource,
+};
+use serde::de::DeserializeOwned;
+
+use super::{
+    controller::GuardedRollout,
+    observe::{KEY_REDIS_KEY_PREFIX, KEY_REDIS_URL, KEY_REDIS_URL_FALLBACK},
+    snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS},
+};
+
+/// kubectl's copy of the whole applied object: never read, often the largest annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The ConfigMap keys anything in the operator reads.
+const CONFIG_KEYS: [&str; 6] = [
+    KEY_INCLUDE_B64,
+    KEY_MAX_BYTES,
+    KEY_TTL_SECONDS,
+    KEY_REDIS_URL,
+    KEY_REDIS_URL_FALLBACK,
+    KEY_REDIS_KEY_PREFIX,
+];
+
+/// Readers of the four stores (cheap to clone).
+#[derive(Clone)]
+pub struct Caches {
+    pub rollouts: Store<GuardedRollout>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub config_maps: Store<ConfigMap>,
+}
+
+/// The writers behind [`Caches`], each consumed by the watch stream that fills it.
+pub struct Writers {
+    pub rollouts: Writer<GuardedRollout>,
+    pub deployments: Writer<Deployment>,
+    pub pods: Writer<Pod>,
+    pub config_maps: Writer<ConfigMap>,
+}
+
+/// Empty stores and their writers.
+pub fn stores() -> (Caches, Writers) {
+    let (rollouts, rw) = reflector::store();
+    let (deployments, dw) = reflector::store();
+    let (pods, pw) = reflector::store();
+    let (config_maps, cw) = reflector::store();
+    let caches = Caches {
+        rollouts,
+        deployments,
+        pods,
+        config_maps,
+    };
+    let writers = Writers {
+        rollouts: rw,
+        deployments: dw,
+        pods: pw,
+        config_maps: cw,
+    };
+    (caches, writers)
+}
+
+impl Caches {
+    /// Resolves once every store has its initial list.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.rollouts.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.config_maps.wait_until_ready().await
+    }
+
+    pub fn rollout(&self, ns: &str, name: &str) -> Option<Arc<GuardedRollout>> {
+        self.rollouts.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The rollouts of namespace `ns` (ones that do not deserialize included).
+    pub fn rollouts_in(&self, ns: &str) -> Vec<Arc<GuardedRollout>> {
+        self.rollouts
+            .state_filter(|r| r.meta().namespace.as_deref() == Some(ns))
+    }
+
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(ns))
+    }
+
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The pods of namespace `ns` whose labels `selector` matches (terminating ones included).
+    pub fn pods_selected(&self, ns: &str, selector: &Selector) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+        })
+    }
+}
+
+/// The watch of `api`, each object passed through `strip` and stored by `writer`; yields its events
+/// (for the controller's triggers).
+pub fn reflected<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    strip: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+}
+
+/// Metadata without managedFields and the last-applied annotation.
+fn strip_meta(meta: &mut ObjectMeta, keep_managed_fields: bool) {
+    if !keep_managed_fields {
+        meta.managed_fields = None;
+    }
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// A rollout as the reconciler reads it (its status write drops managedFields anyway).
+pub fn strip_rollout(r: &mut GuardedRollout) {
+    let meta = match &mut r.0 {
+        Ok(r) => &mut r.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    strip_meta(meta, false);
+}
+
+/// A pod as `observe::pod_obs` and `controller::pod_deployment` read it.
+pub fn strip_pod(p: &mut Pod) {
+    strip_meta(&mut p.metadata, false);
+    if let Some(spec) = p.spec.as_mut() {
+        *spec = PodSpec {
+            containers: spec.containers.iter().map(name_and_image).collect(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = p.status.as_mut() {
+        let ready: Vec<PodCondition> = status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "Ready")
+            .cloned()
+            .collect();
+        *status = PodStatus {
+            conditions: Some(ready),
+            ..Default::default()
+        };
+    }
+}
+
+fn name_and_image(c: &Container) -> Container {
+    Container {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        ..Default::default()
+    }
+}
+
+/// A Deployment as `observe::deployment_obs` reads it: containers keep name, image and where their
+/// environment comes from.
+pub fn strip_deployment(d: &mut Deployment) {
+    strip_meta(&mut d.metadata, true);
+    let Some(pod_spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return;
+    };
+    *pod_spec = PodSpec {
+        containers: pod_spec
+            .containers
+            .iter()
+            .map(|c| Container {
+                env: c.env.clone(),
+                env_from: c.env_from.clone(),
+                ..name_and_image(c)
+            })
+            .collect(),
+        ..Default::default()
+    };
+}
+
+/// A ConfigMap with only the keys the operator reads.
+pub fn strip_config_map(c: &mut ConfigMap) {
+    strip_meta(&mut c.metadata, true);
+    c.binary_data = None;
+    if let Some(data) = c.data.as_mut() {
+        data.retain(|k, _| CONFIG_KEYS.contains(&k.as_str()));
+    }
+}
