@@ -218,3 +218,133 @@ pub fn strip_config_map(c: &mut ConfigMap) {
         data.retain(|k, _| CONFIG_KEYS.contains(&k.as_str()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::observe::{config_obs, deployment_obs, pod_obs, redis_target};
+    use crate::operator::crd::Dedup2DRolloutSpec;
+    use serde_json::json;
+
+    const MANAGED: &str = r#"[{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:DEDUP2D_INCLUDE_FILE_BYTES_B64": {}}}}]"#;
+
+    fn managed() -> serde_json::Value {
+        serde_json::from_str(MANAGED).unwrap()
+    }
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w-5d8f9-abcde", "namespace": "ns", "labels": {"app": "w"},
+                "annotations": {"a": "b", LAST_APPLIED: "{...}"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d8f9", "uid": "u"}],
+                "deletionTimestamp": "2026-01-01T00:00:00Z", "managedFields": managed()},
+            "spec": {"containers": [{"name": "worker", "image": "w:2", "args": ["x"], "env": [{"name": "E", "value": "v"}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "worker", "image": "w:2", "imageID": "x", "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap()
+    }
+
+    fn deployment() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w", "namespace": "ns", "generation": 3, "managedFields": managed(),
+                "annotations": {LAST_APPLIED: "{...}"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "w"}},
+                "template": {"metadata": {"labels": {"app": "w"}, "annotations": {"dedup2d.io/payload-config": "h"}},
+                    "spec": {"containers": [{"name": "worker", "image": "w:2",
+                        "envFrom": [{"configMapRef": {"name": "cfg"}}],
+                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "other", "key": "x"}}}],
+                        "readinessProbe": {"exec": {"command": ["true"]}}}],
+                    "volumes": [{"name": "v", "emptyDir": {}}]}}},
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stripped_pod_observes_the_same_and_keeps_little() {
+        let full = pod();
+        let mut stripped = full.clone();
+        strip_pod(&mut stripped);
+        assert_eq!(pod_obs(&stripped), pod_obs(&full));
+        assert_eq!(
+            super::super::controller::pod_deployment(&stripped).as_deref(),
+            Some("w")
+        );
+        assert_eq!(stripped.metadata.labels, full.metadata.labels);
+        assert!(stripped.metadata.managed_fields.is_none());
+        assert!(!stripped.annotations().contains_key(LAST_APPLIED));
+        let spec = stripped.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none() && spec.node_name.is_none());
+        assert!(spec.containers[0].env.is_none() && spec.containers[0].args.is_none());
+        let status = stripped.status.as_ref().unwrap();
+        assert!(status.container_statuses.is_none() && status.phase.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+        assert!(size(&stripped) * 2 < size(&full), "{} of {}", size(&stripped), size(&full));
+    }
+
+    #[test]
+    fn a_stripped_deployment_observes_the_same() {
+        let full = deployment();
+        let mut stripped = full.clone();
+        strip_deployment(&mut stripped);
+        let pods = [pod()];
+        assert_eq!(deployment_obs(&stripped, &pods), deployment_obs(&full, &pods));
+        assert_eq!(
+            stripped.metadata.managed_fields, full.metadata.managed_fields,
+            "managedFields kept (the planner reads field managers)"
+        );
+        let template = stripped.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        assert!(template.volumes.is_none() && template.containers[0].readiness_probe.is_none());
+        assert!(!stripped.annotations().contains_key(LAST_APPLIED));
+    }
+
+    #[test]
+    fn a_stripped_config_map_keeps_the_keys_the_operator_reads() {
+        let full: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "cfg", "namespace": "ns", "managedFields": managed()},
+            "data": {KEY_INCLUDE_B64: "1", KEY_MAX_BYTES: "5", KEY_TTL_SECONDS: "60",
+                KEY_REDIS_URL: "redis://r", KEY_REDIS_KEY_PREFIX: "p", "BIG": "x".repeat(10_000)},
+            "binaryData": {"blob": "AAAA"}
+        }))
+        .unwrap();
+        let mut stripped = full.clone();
+        strip_config_map(&mut stripped);
+        assert_eq!(config_obs(&stripped), config_obs(&full));
+        let spec: Dedup2DRolloutSpec = serde_json::from_value(json!({
+            "workers": [{"deployment": "w", "image": "i"}],
+            "api": {"deployment": "api", "configMap": "cfg"}
+        }))
+        .unwrap();
+        assert_eq!(
+            redis_target(&spec, Some(&stripped), None),
+            redis_target(&spec, Some(&full), None)
+        );
+        assert_eq!(stripped.metadata.managed_fields, full.metadata.managed_fields);
+        assert!(stripped.binary_data.is_none());
+        assert!(!stripped.data.as_ref().unwrap().contains_key("BIG"));
+    }
+
+    #[test]
+    fn pods_are_found_by_selector_within_the_namespace() {
+        let (caches, mut writers) = stores();
+        let mut other_ns = pod();
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        let mut other_app = pod();
+        other_app.metadata.name = Some("x".into());
+        other_app.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        for p in [pod(), other_ns, other_app] {
+            writers.pods.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let sel: Selector = Selector::try_from(
+            deployment().spec.unwrap().selector,
+        )
+        .unwrap();
+        let found = caches.pods_selected("ns", &sel);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].metadata.name.as_deref(), Some("w-5d8f9-abcde"));
+    }
+}

@@ -80,13 +80,13 @@ pub enum ReconcileError {
 /// `dedup2d_reconcile_errors_total{reason}` (a small fixed set; the variant's name is the string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr)]
 pub enum ErrorCategory {
-    /// Reading the targets from the API server.
+    /// Reading from the API server while observing (the Redis URL's Secret).
     Observe,
     /// The rollout changed under a write.
     Conflict,
     /// A status write or a server-side apply.
     Act,
-    /// Reading the rollout itself.
+    /// Re-reading the rollout before an action.
     Read,
 }
 
@@ -498,10 +498,11 @@ enum Persisted {
     Coalesced(Duration),
 }
 
-/// Write the decided status when a change matters (`plan::coalesce`) or an action follows a
-/// change, with the cached resourceVersion as precondition, so a stale decision is refused before
-/// anything is acted on. An action on an unchanged status needs no write: a fresh read of the
-/// rollout confirms that the cached copy it was planned from is current.
+/// Write the decided status when a change matters (`plan::coalesce`), with the cached
+/// resourceVersion as precondition, so a stale decision is refused before anything is acted on.
+/// An action on a status that changed only in progress needs no write (what it acts on is already
+/// recorded): a fresh read of the rollout confirms that the cached copy it was planned from is
+/// current.
 async fn persist_status(
     ctx: &Context,
     key: &RolloutKey,
@@ -511,15 +512,14 @@ async fn persist_status(
 ) -> Result<Persisted, ReconcileError> {
     let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), &key.0);
     let old = rollout.status.as_ref();
-    let acting = decision.action != Action::None;
-    if old == Some(&decision.status) {
-        if acting {
+    let last_at = ctx.last_write(key).map(|w| w.at);
+    if !status_write_needed(old, &decision.status, last_at, now) {
+        if decision.action != Action::None {
             confirm_current(&api, rollout).await?;
         }
-        return Ok(Persisted::Unchanged);
-    }
-    let last_at = ctx.last_write(key).map(|w| w.at);
-    if !acting && !status_write_needed(old, &decision.status, last_at, now) {
+        if old == Some(&decision.status) {
+            return Ok(Persisted::Unchanged);
+        }
         ctx.metrics.record_status_write(true);
         let wait = last_at.map_or(Duration::ZERO, |at| coalesce_wait(at, now));
         return Ok(Persisted::Coalesced(wait));
@@ -790,6 +790,29 @@ mod tests {
                 b.name_any()
             );
         }
+    }
+
+    #[test]
+    fn jitter_stays_within_its_band_and_varies() {
+        let d = Duration::from_secs(120);
+        let draws: Vec<Duration> = (0..200).map(|i| jitter(d, "team-a/r1", i)).collect();
+        let (lo, hi) = (d.mul_f64(1.0 - JITTER), d.mul_f64(1.0 + JITTER));
+        assert!(draws.iter().all(|j| *j >= lo && *j <= hi), "{draws:?}");
+        assert!(draws.iter().any(|j| *j < d.mul_f64(0.95)) && draws.iter().any(|j| *j > d.mul_f64(1.05)));
+        assert_eq!(jitter(d, "team-a/r1", 7), jitter(d, "team-a/r1", 7), "deterministic");
+        assert_ne!(jitter(d, "team-a/r1", 7), jitter(d, "team-a/r2", 7), "per rollout");
+        assert_eq!(jitter(Duration::ZERO, "r", 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_cache_is_behind_while_it_shows_the_version_we_overwrote() {
+        let w = StatusWrite {
+            overwrote: Some("41".into()),
+            at: Timestamp::UNIX_EPOCH,
+        };
+        assert!(w.cache_is_behind(Some("41")));
+        assert!(!w.cache_is_behind(Some("42")), "our write or anything after it");
+        assert!(!w.cache_is_behind(None));
     }
 
     #[test]

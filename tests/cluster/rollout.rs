@@ -16,6 +16,18 @@ use serde_json::json;
 use crate::support::{events::*, fleet::*, history::*, kube::TestNamespace, scenario::Scenario};
 
 const WORKERS: [&str; 2] = ["worker-a", "worker-b"];
+/// The most status writes a forward rollout may take (progress-only changes are coalesced).
+const MAX_STATUS_WRITES: usize = 10;
+
+/// Asserts that rollout `name` reached its end in at most [`MAX_STATUS_WRITES`] status writes.
+fn assert_few_status_writes(history: &History, name: &str) {
+    let writes = status_writes(&history.by_revision(), name);
+    println!("  status writes of {name}: {writes}");
+    assert!(
+        (1..=MAX_STATUS_WRITES).contains(&writes),
+        "{name}: {writes} status writes (at most {MAX_STATUS_WRITES})"
+    );
+}
 
 async fn cm_values(ns: &TestNamespace) -> (Option<String>, Option<String>) {
     let cm = ns.api::<ConfigMap>().get(CM).await.unwrap();
@@ -193,6 +205,7 @@ async fn happy_path_with_dual_write_and_observe_drain() {
     // History: every phase in order (from the transition Events), dual-write on before any worker
     // changed, off only after no old worker pod existed.
     let (offs, trans) = s.check_completed_forward(&WORKERS, NEW_IMAGE).await;
+    assert_few_status_writes(history, "happy");
     let h = history.by_revision();
     let on_rev = h
         .iter()
@@ -316,6 +329,7 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
         .await;
     let (ns, history) = (&s.ns, s.history());
     let r = s.wait("nodw", Phase::Completed).await;
+    assert_few_status_writes(history, "nodw");
     let st = r.status.unwrap();
     assert_eq!(st.worker_summary.as_deref(), Some("2/2"));
     assert_eq!(

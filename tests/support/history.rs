@@ -49,7 +49,10 @@ pub enum Rec {
         rolled: bool,
     },
     Rollout {
+        name: String,
         phase: Option<Phase>,
+        /// A digest of the whole status, so status writes can be told from other edits.
+        status: u64,
     },
 }
 
@@ -160,7 +163,9 @@ impl History {
                 ns.api::<Dedup2DRollout>(),
                 entries.clone(),
                 |r: &Dedup2DRollout, _| Rec::Rollout {
+                    name: r.name_any(),
                     phase: r.status.as_ref().and_then(|s| s.phase),
+                    status: status_digest(r),
                 },
             ),
         ];
@@ -180,6 +185,26 @@ impl History {
     pub fn arrived(&self) -> Vec<Entry> {
         self.entries.lock().unwrap().clone()
     }
+}
+
+fn status_digest(r: &Dedup2DRollout) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(&r.status).unwrap().hash(&mut h);
+    h.finish()
+}
+
+/// How many versions of rollout `name` (entries in revision order) carry another status than the
+/// version before them: the status writes that changed something (no-op writes make no version).
+pub fn status_writes(entries: &[Entry], name: &str) -> usize {
+    let statuses = sequence(entries, |r| match r {
+        Rec::Rollout {
+            name: n, status, ..
+        } if n == name => Some(*status),
+        _ => None,
+    });
+    // The first version is the created rollout (no status yet, or the status it was created with).
+    statuses.len().saturating_sub(1)
 }
 
 /// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every

@@ -2,9 +2,11 @@
 //!
 //! A change that matters is written at once: the phase, a condition's status or reason, a recorded
 //! value (field records, in-effect times, holds, the rollback, request history), the drain figures
-//! and whether each worker Deployment is upgraded. What only restates progress (the message, a
-//! condition's message, the per-worker pod counters) is coalesced: written at most once per
-//! [`COALESCE_INTERVAL`], or together with the next change that matters.
+//! and whether each worker Deployment is upgraded. What only restates progress or what the world
+//! shows anyway is coalesced: the message, a condition's message, the per-worker pod counters, and
+//! a field record turning `confirmed` (the written value seen in place; the planner confirms it
+//! again from the world until the write lands). It is written at most [`COALESCE_INTERVAL`] after
+//! the last write, or together with the next change that matters.
 
 use std::time::Duration;
 
@@ -25,7 +27,15 @@ fn what_matters(status: &Status) -> Status {
     for w in &mut s.workers {
         (w.pods, w.updated, w.ready, w.old) = (0, 0, 0, 0);
     }
+    for r in &mut s.fields {
+        r.confirmed = false;
+    }
     s
+}
+
+/// Is the difference between `old` and `new` only progress (nothing that matters changed)?
+pub fn only_progress_changed(old: Option<&Status>, new: &Status) -> bool {
+    old.is_some_and(|old| what_matters(old) == what_matters(new))
 }
 
 /// Should `new` be written over the stored `old`? Yes when it differs in something that matters
@@ -37,11 +47,10 @@ pub fn status_write_needed(
     last_written_at: Option<Timestamp>,
     now: Timestamp,
 ) -> bool {
-    let Some(old) = old else { return true };
-    if old == new {
+    if old == Some(new) {
         return false;
     }
-    if what_matters(old) != what_matters(new) {
+    if !only_progress_changed(old, new) {
         return true;
     }
     last_written_at.is_none_or(|at| coalesce_wait(at, now).is_zero())
@@ -56,7 +65,7 @@ pub fn coalesce_wait(last_written_at: Timestamp, now: Timestamp) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Phase, WorkerStatus};
+    use crate::crd::{FieldRecord, Phase, WorkerStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use proptest::prelude::*;
 
@@ -131,6 +140,13 @@ mod tests {
         figures.legacy_payloads = Some(2);
         let mut dual = old.clone();
         dual.dual_write_on_in_effect_at = Some(Time(at(1)));
+        let mut record = old.clone();
+        record.fields.push(FieldRecord {
+            field: "Deployment/w/containers/worker/image".into(),
+            previous: Some("w:1".into()),
+            written: "w:2".into(),
+            confirmed: false,
+        });
         for (what, new) in [
             ("phase", phase),
             ("condition status", flipped),
@@ -138,12 +154,29 @@ mod tests {
             ("worker upgraded", upgraded),
             ("drain figures", figures),
             ("recorded time", dual),
+            ("a new field record", record),
         ] {
             assert!(
                 status_write_needed(Some(&old), &new, recent, at(1)),
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn a_confirmation_is_progress() {
+        let mut old = base();
+        old.fields.push(FieldRecord {
+            field: "f".into(),
+            previous: None,
+            written: "v".into(),
+            confirmed: false,
+        });
+        let mut new = old.clone();
+        new.fields[0].confirmed = true;
+        assert!(only_progress_changed(Some(&old), &new));
+        assert!(!status_write_needed(Some(&old), &new, Some(at(0)), at(5)));
+        assert!(!only_progress_changed(None, &new));
     }
 
     proptest! {
