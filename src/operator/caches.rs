@@ -222,8 +222,9 @@ pub fn strip_config_map(c: &mut ConfigMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::observe::{config_obs, deployment_obs, pod_obs, redis_target};
     use crate::operator::crd::Dedup2DRolloutSpec;
+    use crate::operator::observe::{config_obs, deployment_obs, pod_obs, redis_target};
+    use kube::ResourceExt;
     use serde_json::json;
 
     const MANAGED: &str = r#"[{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:DEDUP2D_INCLUDE_FILE_BYTES_B64": {}}}}]"#;
@@ -235,7 +236,7 @@ mod tests {
     fn pod() -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "w-5d8f9-abcde", "namespace": "ns", "labels": {"app": "w"},
-                "annotations": {"a": "b", LAST_APPLIED: "{...}"},
+                "annotations": {"a": "b"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d8f9", "uid": "u"}],
                 "deletionTimestamp": "2026-01-01T00:00:00Z", "managedFields": managed()},
             "spec": {"containers": [{"name": "worker", "image": "w:2", "args": ["x"], "env": [{"name": "E", "value": "v"}]}],
@@ -275,7 +276,6 @@ mod tests {
         );
         assert_eq!(stripped.metadata.labels, full.metadata.labels);
         assert!(stripped.metadata.managed_fields.is_none());
-        assert!(!stripped.annotations().contains_key(LAST_APPLIED));
         let spec = stripped.spec.as_ref().unwrap();
         assert!(spec.volumes.is_none() && spec.node_name.is_none());
         assert!(spec.containers[0].env.is_none() && spec.containers[0].args.is_none());
@@ -283,7 +283,12 @@ mod tests {
         assert!(status.container_statuses.is_none() && status.phase.is_none());
         assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
         let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
-        assert!(size(&stripped) * 2 < size(&full), "{} of {}", size(&stripped), size(&full));
+        assert!(
+            size(&stripped) * 2 < size(&full),
+            "{} of {}",
+            size(&stripped),
+            size(&full)
+        );
     }
 
     #[test]
@@ -292,12 +297,22 @@ mod tests {
         let mut stripped = full.clone();
         strip_deployment(&mut stripped);
         let pods = [pod()];
-        assert_eq!(deployment_obs(&stripped, &pods), deployment_obs(&full, &pods));
+        assert_eq!(
+            deployment_obs(&stripped, &pods),
+            deployment_obs(&full, &pods)
+        );
         assert_eq!(
             stripped.metadata.managed_fields, full.metadata.managed_fields,
             "managedFields kept (the planner reads field managers)"
         );
-        let template = stripped.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let template = stripped
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
         assert!(template.volumes.is_none() && template.containers[0].readiness_probe.is_none());
         assert!(!stripped.annotations().contains_key(LAST_APPLIED));
     }
@@ -323,7 +338,10 @@ mod tests {
             redis_target(&spec, Some(&stripped), None),
             redis_target(&spec, Some(&full), None)
         );
-        assert_eq!(stripped.metadata.managed_fields, full.metadata.managed_fields);
+        assert_eq!(
+            stripped.metadata.managed_fields,
+            full.metadata.managed_fields
+        );
         assert!(stripped.binary_data.is_none());
         assert!(!stripped.data.as_ref().unwrap().contains_key("BIG"));
     }
@@ -339,10 +357,7 @@ mod tests {
         for p in [pod(), other_ns, other_app] {
             writers.pods.apply_watcher_event(&watcher::Event::Apply(p));
         }
-        let sel: Selector = Selector::try_from(
-            deployment().spec.unwrap().selector,
-        )
-        .unwrap();
+        let sel: Selector = Selector::try_from(deployment().spec.unwrap().selector).unwrap();
         let found = caches.pods_selected("ns", &sel);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].metadata.name.as_deref(), Some("w-5d8f9-abcde"));

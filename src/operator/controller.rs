@@ -424,7 +424,9 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
             return Ok(Requeue::await_change());
         }
         Cached::BehindOurWrite => {
-            debug!("the cache still shows the rollout before our last status write; re-planning soon");
+            debug!(
+                "the cache still shows the rollout before our last status write; re-planning soon"
+            );
             return Ok(Requeue::requeue(AFTER_STALE));
         }
         Cached::Current(r) => r,
@@ -559,9 +561,13 @@ async fn confirm_current(
 /// When to look again: the planner's requeue (jittered unless immediate), or sooner when a
 /// coalesced status change is due.
 fn requeue(ctx: &Context, name: &str, decision: &Decision, persisted: Persisted) -> Requeue {
-    let planned = decision
-        .requeue_after
-        .map(|d| if d.is_zero() { d } else { ctx.jittered(d, name) });
+    let planned = decision.requeue_after.map(|d| {
+        if d.is_zero() {
+            d
+        } else {
+            ctx.jittered(d, name)
+        }
+    });
     let due = match persisted {
         Persisted::Coalesced(wait) => Some(wait),
         Persisted::Written | Persisted::Unchanged => None,
@@ -798,9 +804,20 @@ mod tests {
         let draws: Vec<Duration> = (0..200).map(|i| jitter(d, "team-a/r1", i)).collect();
         let (lo, hi) = (d.mul_f64(1.0 - JITTER), d.mul_f64(1.0 + JITTER));
         assert!(draws.iter().all(|j| *j >= lo && *j <= hi), "{draws:?}");
-        assert!(draws.iter().any(|j| *j < d.mul_f64(0.95)) && draws.iter().any(|j| *j > d.mul_f64(1.05)));
-        assert_eq!(jitter(d, "team-a/r1", 7), jitter(d, "team-a/r1", 7), "deterministic");
-        assert_ne!(jitter(d, "team-a/r1", 7), jitter(d, "team-a/r2", 7), "per rollout");
+        assert!(
+            draws.iter().any(|j| *j < d.mul_f64(0.95))
+                && draws.iter().any(|j| *j > d.mul_f64(1.05))
+        );
+        assert_eq!(
+            jitter(d, "team-a/r1", 7),
+            jitter(d, "team-a/r1", 7),
+            "deterministic"
+        );
+        assert_ne!(
+            jitter(d, "team-a/r1", 7),
+            jitter(d, "team-a/r2", 7),
+            "per rollout"
+        );
         assert_eq!(jitter(Duration::ZERO, "r", 1), Duration::ZERO);
     }
 
@@ -811,7 +828,10 @@ mod tests {
             at: Timestamp::UNIX_EPOCH,
         };
         assert!(w.cache_is_behind(Some("41")));
-        assert!(!w.cache_is_behind(Some("42")), "our write or anything after it");
+        assert!(
+            !w.cache_is_behind(Some("42")),
+            "our write or anything after it"
+        );
         assert!(!w.cache_is_behind(None));
     }
 

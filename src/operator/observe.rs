@@ -148,7 +148,12 @@ pub async fn observe(
     let workers = spec
         .workers
         .iter()
-        .filter_map(|w| Some((w.deployment.clone(), read_deployment(caches, &ns, &w.deployment)?)))
+        .filter_map(|w| {
+            Some((
+                w.deployment.clone(),
+                read_deployment(caches, &ns, &w.deployment)?,
+            ))
+        })
         .collect();
     let mut api = read_deployment(caches, &ns, &spec.api.deployment);
     let cm = caches.config_map(&ns, &spec.api.config_map);
@@ -383,7 +388,10 @@ pub fn redis_target(
 }
 
 /// A Deployment and its pods as the planner sees them.
-pub fn deployment_obs<'a>(d: &Deployment, pods: impl IntoIterator<Item = &'a Pod>) -> DeploymentObs {
+pub fn deployment_obs<'a>(
+    d: &Deployment,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> DeploymentObs {
     let name = d.name_any();
     let spec = d.spec.as_ref();
     let status = d.status.as_ref();

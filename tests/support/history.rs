@@ -194,17 +194,23 @@ fn status_digest(r: &Dedup2DRollout) -> u64 {
     h.finish()
 }
 
-/// How many versions of rollout `name` (entries in revision order) carry another status than the
-/// version before them: the status writes that changed something (no-op writes make no version).
-pub fn status_writes(entries: &[Entry], name: &str) -> usize {
+/// The phase of each version of rollout `name` (entries in revision order) that carries another
+/// status than the version before it: one per status write that changed something (no-op writes
+/// make no version). The created rollout itself is not counted.
+pub fn status_writes(entries: &[Entry], name: &str) -> Vec<Option<Phase>> {
     let statuses = sequence(entries, |r| match r {
         Rec::Rollout {
-            name: n, status, ..
-        } if n == name => Some(*status),
+            name: n,
+            status,
+            phase,
+        } if n == name => Some((*status, *phase)),
         _ => None,
     });
-    // The first version is the created rollout (no status yet, or the status it was created with).
-    statuses.len().saturating_sub(1)
+    statuses
+        .into_iter()
+        .skip(1)
+        .map(|(_, phase)| phase)
+        .collect()
 }
 
 /// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every

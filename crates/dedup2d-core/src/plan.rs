@@ -45,13 +45,13 @@ use crate::{
     snapshot::{Observed, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
+pub mod coalesce;
 mod phases;
 mod preflight;
 mod records;
 mod requests;
 mod rollback;
 mod status;
-pub mod coalesce;
 mod timeline;
 mod world;
 

@@ -98,7 +98,12 @@ mod tests {
     }
 
     fn base() -> Status {
-        status("1/3 pods updated", 1, false, ("False", "Progressing", "1/3"))
+        status(
+            "1/3 pods updated",
+            1,
+            false,
+            ("False", "Progressing", "1/3"),
+        )
     }
 
     #[test]
@@ -115,7 +120,12 @@ mod tests {
 
     #[test]
     fn a_counter_change_waits_for_the_interval() {
-        let new = status("2/3 pods updated", 2, false, ("False", "Progressing", "2/3"));
+        let new = status(
+            "2/3 pods updated",
+            2,
+            false,
+            ("False", "Progressing", "2/3"),
+        );
         let old = base();
         assert!(!status_write_needed(Some(&old), &new, Some(at(0)), at(29)));
         assert!(status_write_needed(Some(&old), &new, Some(at(0)), at(30)));
