@@ -429,7 +429,7 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
             );
             return Ok(Requeue::requeue(AFTER_STALE));
         }
-        Cached::Current(r) => r,
+        Cached::Current(r) => *r,
     };
     // events a crash may have lost
     ctx.events.republish_missing(&rollout).await;
@@ -471,7 +471,7 @@ enum Cached {
     Gone,
     /// Still the version our last status write replaced.
     BehindOurWrite,
-    Current(Dedup2DRollout),
+    Current(Box<Dedup2DRollout>),
 }
 
 fn cached_rollout(ctx: &Context, key: &RolloutKey) -> Cached {
@@ -488,7 +488,7 @@ fn cached_rollout(ctx: &Context, key: &RolloutKey) -> Cached {
     if ctx.last_write(key).is_some_and(|w| w.cache_is_behind(rv)) {
         return Cached::BehindOurWrite;
     }
-    Cached::Current(rollout.clone())
+    Cached::Current(Box::new(rollout.clone()))
 }
 
 /// What the persist step did with the decided status.
