@@ -8,7 +8,7 @@
 //! `--max-concurrent-reconciles` at a time, and planned requeues are jittered, so a restart with
 //! many rollouts does not wake them all at once.
 //!
-//! One reconcile is a pipeline of named steps: rollout from the cache → lost events → observe →
+//! One reconcile is a pipeline of named steps: caches synced → rollout from the cache → lost events → observe →
 //! plan → persist status → act → events → requeue (the contract in `plan.rs`). Every log line of a
 //! reconcile carries the rollout as `rollout=<namespace>/<name>`.
 
@@ -417,6 +417,11 @@ async fn reconcile(obj: Arc<GuardedRollout>, ctx: Arc<Context>) -> Result<Requeu
 }
 
 async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
+    // Nothing is planned from a cache without its initial list: an empty Pod cache would say "no
+    // old pods", an empty Deployment cache "target missing".
+    if ctx.caches.wait_until_ready().await.is_err() {
+        return Ok(Requeue::await_change());
+    }
     let key = (ns.to_string(), name.to_string());
     let rollout = match cached_rollout(ctx, &key) {
         Cached::Gone => {
