@@ -85,9 +85,11 @@ pub fn stores() -> (Caches, Writers) {
 }
 
 impl Caches {
-    /// Resolves once every store has its initial list.
-    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.rollouts.wait_until_ready().await?;
+    /// Resolves once the Deployment, Pod and ConfigMap stores have their initial lists. The
+    /// rollout store is left out: the controller itself waits for it before any reconcile, and a
+    /// store's readiness wakes only one waiter at a time (a second one would never be woken). So
+    /// call this from one task only.
+    pub async fn wait_until_targets_ready(&self) -> Result<(), reflector::store::WriterDropped> {
         self.deployments.wait_until_ready().await?;
         self.pods.wait_until_ready().await?;
         self.config_maps.wait_until_ready().await

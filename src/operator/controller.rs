@@ -57,6 +57,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Re-plan this soon after a status write was refused because the rollout changed, or when the
 /// cache still shows the rollout as it was before our own last status write.
 const AFTER_STALE: Duration = Duration::from_millis(500);
+/// Look again this soon when the target caches have not had their initial lists yet.
+const AFTER_UNSYNCED: Duration = Duration::from_millis(500);
 /// Default bound on reconciles running at once (`--max-concurrent-reconciles`).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
 /// Planned requeues and backoffs vary by up to this share, either way.
@@ -181,13 +183,20 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<GuardedRollout>, u32>>,
     /// Our last status write per rollout.
     writes: Mutex<HashMap<RolloutKey, StatusWrite>>,
+    /// `true` once the target caches have their initial lists.
+    synced: watch::Receiver<bool>,
     /// Requeues handed out so far: with the rollout's name, the seed of each requeue's jitter.
     requeues: AtomicU64,
     pub metrics: Arc<OperatorMetrics>,
 }
 
 impl Context {
-    pub fn new(client: Client, caches: Caches, metrics: Arc<OperatorMetrics>) -> Self {
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        synced: watch::Receiver<bool>,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -199,6 +208,7 @@ impl Context {
             redis: RedisPool::default(),
             failures: Mutex::default(),
             writes: Mutex::default(),
+            synced,
             requeues: AtomicU64::new(0),
             metrics,
         }
@@ -259,16 +269,17 @@ pub async fn run(
     );
 
     let (caches, writers) = caches::stores();
+    let synced_rx = synced.subscribe();
     let mark_synced = {
         let caches = caches.clone();
         async move {
-            if caches.wait_until_ready().await.is_ok() {
+            if caches.wait_until_targets_ready().await.is_ok() {
                 info!("watch caches synced");
                 let _ = synced.send(true);
             }
         }
     };
-    let ctx = Arc::new(Context::new(client.clone(), caches, metrics));
+    let ctx = Arc::new(Context::new(client.clone(), caches, synced_rx, metrics));
     let reconciling = watching_targets(&client, ns, writers)
         .with_config(controller::Config::default().concurrency(concurrency.max(1)))
         .run(reconcile, error_policy, ctx)
@@ -418,9 +429,10 @@ async fn reconcile(obj: Arc<GuardedRollout>, ctx: Arc<Context>) -> Result<Requeu
 
 async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
     // Nothing is planned from a cache without its initial list: an empty Pod cache would say "no
-    // old pods", an empty Deployment cache "target missing".
-    if ctx.caches.wait_until_ready().await.is_err() {
-        return Ok(Requeue::await_change());
+    // old pods", an empty Deployment cache "target missing". (The controller runs no reconcile
+    // before the rollout cache has its list.)
+    if !*ctx.synced.borrow() {
+        return Ok(Requeue::requeue(AFTER_UNSYNCED));
     }
     let key = (ns.to_string(), name.to_string());
     let rollout = match cached_rollout(ctx, &key) {
