@@ -90,6 +90,9 @@ enum Command {
             default_value = "0.0.0.0:9100"
         )]
         metrics_addr: SocketAddr,
+        /// At most this many rollouts are reconciled at once.
+        #[arg(long, env = "DEDUP2D_MAX_CONCURRENT_RECONCILES", default_value_t = dedup2d::operator::controller::DEFAULT_MAX_CONCURRENT_RECONCILES, value_parser = clap::value_parser!(u16).range(1..))]
+        max_concurrent_reconciles: u16,
     },
 }
 
@@ -108,7 +111,14 @@ fn main() -> ExitCode {
             None => e.exit(),
         },
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    // At least two worker threads, so one busy task (a reconcile burst) never stalls the others
+    // (the operator's Lease renewal) on a one-core machine.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -165,6 +175,7 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
             lease_duration,
             lease_grace,
             metrics_addr,
+            max_concurrent_reconciles,
         } => {
             use dedup2d::operator::serve;
             dedup2d::telemetry::init_tracing();
@@ -178,6 +189,7 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
                 lease_duration: std::time::Duration::from_secs(lease_duration),
                 lease_grace: std::time::Duration::from_secs(lease_grace),
                 metrics_addr,
+                max_concurrent_reconciles,
             };
             serve::run(client, settings).await?;
         }

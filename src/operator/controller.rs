@@ -3,51 +3,67 @@
 //! once instead of at the next poll, and the other rollouts on the same Deployments, so a rollout
 //! stalled by an older one (`ConflictingRollout`) goes on as soon as that one finishes or is deleted.
 //!
-//! One reconcile is a pipeline of named steps: lost events → observe → plan → persist status → act
-//! → events → requeue (the contract in `plan.rs`). Every log line of a reconcile carries the
-//! rollout as `rollout=<namespace>/<name>`.
+//! Every read of a reconcile comes from the watch caches (`caches.rs`), which those watches fill;
+//! only the writes go to the API server, each with its precondition. Reconciles run at most
+//! `--max-concurrent-reconciles` at a time, and planned requeues are jittered, so a restart with
+//! many rollouts does not wake them all at once.
+//!
+//! One reconcile is a pipeline of named steps: caches synced → rollout from the cache → lost events → observe →
+//! plan → persist status → act → events → requeue (the contract in `plan.rs`). Every log line of a
+//! reconcile carries the rollout as `rollout=<namespace>/<name>`.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    hash::{Hash, Hasher},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
-use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod},
-    },
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::{
     api::ListParams,
     core::{error_boundary::InvalidObject, DeserializeGuard},
     runtime::{
-        controller::Action as Requeue,
+        controller::{self, Action as Requeue},
         events::Reporter,
         reflector::{ObjectRef, Store},
-        watcher, Controller,
+        watcher, Controller, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
 };
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use super::{
     act::{self, ActError},
+    caches::{self, Caches, Writers},
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
     events::Announcer,
     finalizer,
     metrics::OperatorMetrics,
     observe::{self, ObserveError, RedisPool},
-    plan::{self, Action, Decision},
+    plan::{
+        self,
+        coalesce::{coalesce_wait, status_write_needed},
+        Action, Decision,
+    },
 };
 
 /// Longest wait between retries of a failing reconcile.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Re-plan this soon after a status write was refused because the rollout changed.
+/// Re-plan this soon after a status write was refused because the rollout changed, or when the
+/// cache still shows the rollout as it was before our own last status write.
 const AFTER_STALE: Duration = Duration::from_millis(500);
+/// Look again this soon when the target caches have not had their initial lists yet.
+const AFTER_UNSYNCED: Duration = Duration::from_millis(500);
+/// Default bound on reconciles running at once (`--max-concurrent-reconciles`).
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
+/// Planned requeues and backoffs vary by up to this share, either way.
+const JITTER: f64 = 0.15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -69,13 +85,13 @@ pub enum ReconcileError {
 /// `dedup2d_reconcile_errors_total{reason}` (a small fixed set; the variant's name is the string).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr)]
 pub enum ErrorCategory {
-    /// Reading the targets from the API server.
+    /// Reading from the API server while observing (the Redis URL's Secret).
     Observe,
     /// The rollout changed under a write.
     Conflict,
     /// A status write or a server-side apply.
     Act,
-    /// Reading the rollout itself.
+    /// Re-reading the rollout before an action.
     Read,
 }
 
@@ -138,19 +154,52 @@ fn startup_error(namespace: Option<&str>, e: kube::Error) -> RunError {
     }
 }
 
+/// Our last status write of one rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusWrite {
+    /// The resourceVersion the write replaced: while the cache still shows it, the cache lags the
+    /// write and a reconcile from it would plan on a status we already overwrote.
+    pub overwrote: Option<String>,
+    /// When it was written (the coalescing clock).
+    pub at: Timestamp,
+}
+
+impl StatusWrite {
+    /// Does the cached rollout at `cached_rv` predate this write?
+    pub fn cache_is_behind(&self, cached_rv: Option<&str>) -> bool {
+        cached_rv.is_some() && self.overwrote.as_deref() == cached_rv
+    }
+}
+
+/// A rollout's key in the per-rollout maps.
+type RolloutKey = (String, String);
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
+    /// The watch caches every read comes from.
+    pub caches: Caches,
     pub redis: RedisPool,
     /// Rollout Events (transitions at least once).
     pub events: Announcer,
     /// Consecutive failures per rollout, for the backoff.
     failures: Mutex<HashMap<ObjectRef<GuardedRollout>, u32>>,
+    /// Our last status write per rollout.
+    writes: Mutex<HashMap<RolloutKey, StatusWrite>>,
+    /// `true` once the target caches have their initial lists.
+    synced: watch::Receiver<bool>,
+    /// Requeues handed out so far: with the rollout's name, the seed of each requeue's jitter.
+    requeues: AtomicU64,
     pub metrics: Arc<OperatorMetrics>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<OperatorMetrics>) -> Self {
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        synced: watch::Receiver<bool>,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -158,10 +207,33 @@ impl Context {
         Context {
             events: Announcer::new(client.clone(), reporter),
             client,
+            caches,
             redis: RedisPool::default(),
             failures: Mutex::default(),
+            writes: Mutex::default(),
+            synced,
+            requeues: AtomicU64::new(0),
             metrics,
         }
+    }
+
+    fn last_write(&self, key: &RolloutKey) -> Option<StatusWrite> {
+        self.writes.lock().unwrap().get(key).cloned()
+    }
+
+    /// Everything kept about a rollout that is gone.
+    fn forget(&self, ns: &str, name: &str) {
+        self.metrics.forget_rollout(ns, name);
+        self.events.forget(ns, name);
+        self.writes
+            .lock()
+            .unwrap()
+            .remove(&(ns.to_string(), name.to_string()));
+    }
+
+    /// `d` jittered for rollout `name` (each call a new draw).
+    fn jittered(&self, d: Duration, name: &str) -> Duration {
+        jitter(d, name, self.requeues.fetch_add(1, Ordering::Relaxed))
     }
 }
 
@@ -179,12 +251,14 @@ where
 
 /// Run the controller until the caller drops it (`serve` does, on the shutdown signal or a lost Lease;
 /// a reconcile cut short is safe: every write is recorded before it is made). `namespace`: only
-/// rollouts (and targets) there.
-/// Reconciles are recorded in `metrics`.
+/// rollouts (and targets) there; at most `concurrency` reconciles at once. `synced` turns `true`
+/// once every watch cache has its initial list. Reconciles are recorded in `metrics`.
 pub async fn run(
     client: Client,
     namespace: Option<String>,
+    concurrency: u16,
     metrics: Arc<OperatorMetrics>,
+    synced: watch::Sender<bool>,
 ) -> Result<(), RunError> {
     let ns = namespace.as_deref();
     let rollouts: Api<Dedup2DRollout> = api(&client, ns);
@@ -197,8 +271,20 @@ pub async fn run(
         "dedup2d operator starting"
     );
 
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
-    watching_targets(&client, ns)
+    let (caches, writers) = caches::stores();
+    let synced_rx = synced.subscribe();
+    let mark_synced = {
+        let caches = caches.clone();
+        async move {
+            if caches.wait_until_targets_ready().await.is_ok() {
+                info!("watch caches synced");
+                let _ = synced.send(true);
+            }
+        }
+    };
+    let ctx = Arc::new(Context::new(client.clone(), caches, synced_rx, metrics));
+    let reconciling = watching_targets(&client, ns, writers)
+        .with_config(controller::Config::default().concurrency(concurrency.max(1)))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
@@ -208,33 +294,37 @@ pub async fn run(
                 }
                 Err(e) => warn!(error = %e, "reconcile failed"),
             }
-        })
-        .await;
+        });
+    futures::future::join(mark_synced, reconciling).await;
     info!("dedup2d operator stopped");
     Ok(())
 }
 
 /// The controller over (guarded) rollouts, also woken by the Deployments, Pods and ConfigMaps they
-/// target and by the other rollouts that share a Deployment with them.
-fn watching_targets(client: &Client, ns: Option<&str>) -> Controller<GuardedRollout> {
-    let controller = Controller::new(
+/// target and by the other rollouts that share a Deployment with them. The rollout, Deployment, Pod
+/// and ConfigMap watches fill the stores behind `writers`; the second rollout watch (for the
+/// others-sharing-a-Deployment trigger) stores nothing.
+fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller<GuardedRollout> {
+    let store = w.rollouts.as_reader();
+    let rollouts = caches::reflected(
         api::<GuardedRollout>(client, ns),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+        w.rollouts,
+        caches::strip_rollout,
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(rollouts, store.clone());
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
     controller
-        .watches(
-            api::<Deployment>(client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            caches::reflected(api(client, ns), w.deployments, caches::strip_deployment)
+                .touched_objects(),
             move |d| {
                 let (ns, name) = (d.namespace(), d.name_any());
                 targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
             },
         )
-        .watches(
-            api::<Pod>(client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            caches::reflected(api(client, ns), w.pods, caches::strip_pod).touched_objects(),
             move |p| {
                 let Some(deployment) = pod_deployment(&p) else {
                     return vec![];
@@ -244,9 +334,9 @@ fn watching_targets(client: &Client, ns: Option<&str>) -> Controller<GuardedRoll
                 })
             },
         )
-        .watches(
-            api::<ConfigMap>(client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            caches::reflected(api(client, ns), w.config_maps, caches::strip_config_map)
+                .touched_objects(),
             move |c| {
                 let name = c.name_any();
                 targeting(&s3, c.namespace().as_deref(), |r| {
@@ -341,53 +431,53 @@ async fn reconcile(obj: Arc<GuardedRollout>, ctx: Arc<Context>) -> Result<Requeu
 }
 
 async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue, ReconcileError> {
-    let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), ns);
-    // Read fresh: the cached copy may lag our own last status write.
-    let Some(rollout) = api
-        .get_opt(name)
-        .await
-        .map_err(|source| ReconcileError::Read {
-            name: name.into(),
-            source,
-        })?
-    else {
-        ctx.metrics.forget_rollout(ns, name);
-        ctx.events.forget(ns, name);
-        return Ok(Requeue::await_change());
-    };
-    if rollout.metadata.deletion_timestamp.is_some() {
-        // the Event that tells the state the fleet is left in, then let it go
-        finalizer::release(&api, &ctx.events, &rollout).await?;
-        ctx.metrics.forget_rollout(ns, name);
-        ctx.events.forget(ns, name);
-        return Ok(Requeue::await_change());
+    // Nothing is planned from a cache without its initial list: an empty Pod cache would say "no
+    // old pods", an empty Deployment cache "target missing". (The controller runs no reconcile
+    // before the rollout cache has its list.)
+    if !*ctx.synced.borrow() {
+        return Ok(Requeue::requeue(AFTER_UNSYNCED));
     }
+    let key = (ns.to_string(), name.to_string());
+    let rollout = match cached_rollout(ctx, &key) {
+        Cached::Gone => {
+            ctx.forget(ns, name);
+            return Ok(Requeue::await_change());
+        }
+        Cached::BehindOurWrite => {
+            debug!(
+                "the cache still shows the rollout before our last status write; re-planning soon"
+            );
+            return Ok(Requeue::requeue(AFTER_STALE));
+        }
+        Cached::Deleting(r) => {
+            // the Event that tells the state the fleet is left in, then let it go
+            let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), ns);
+            finalizer::release(&api, &ctx.events, &r).await?;
+            ctx.forget(ns, name);
+            return Ok(Requeue::await_change());
+        }
+        Cached::Current(r) => *r,
+    };
+    let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), ns);
     if finalizer::ensure(&api, &rollout).await? {
         // the rollout changed under us: plan from the next read
         return Ok(Requeue::requeue(AFTER_STALE));
     }
-
     // events a crash may have lost
     ctx.events.republish_missing(&rollout).await;
     // observe
-    let observed = observe::observe(&ctx.client, &ctx.redis, &rollout).await?;
+    let observed = observe::observe(&ctx.client, &ctx.caches, &ctx.redis, &rollout).await?;
     // plan
-    let decision = plan::plan(
-        &rollout.spec,
-        rollout.status.as_ref(),
-        &observed,
-        Timestamp::now(),
-    );
+    let now = Timestamp::now();
+    let decision = plan::plan(&rollout.spec, rollout.status.as_ref(), &observed, now);
     // persist status
-    if let Err(stale) = persist_status(&api, &rollout, &decision).await {
-        return match stale {
-            ActError::StaleRollout(_) => {
-                debug!("rollout changed since it was read; re-planning");
-                Ok(Requeue::requeue(AFTER_STALE))
-            }
-            other => Err(other.into()),
-        };
-    }
+    let persisted = match persist_status(ctx, &key, &rollout, &decision, now).await {
+        Err(ReconcileError::Act(ActError::StaleRollout(_))) => {
+            debug!("rollout changed since it was read; re-planning");
+            return Ok(Requeue::requeue(AFTER_STALE));
+        }
+        other => other?,
+    };
     record_metrics(&ctx.metrics, &rollout, &decision);
     // act
     let acted = match &decision.action {
@@ -403,11 +493,123 @@ async fn reconcile_steps(ctx: &Context, ns: &str, name: &str) -> Result<Requeue,
     acted?;
     // requeue
     let message = decision.status.message.as_deref().unwrap_or("");
-    debug!(phase = ?decision.status.phase, message, requeue = ?decision.requeue_after, "planned");
-    Ok(match decision.requeue_after {
+    debug!(phase = ?decision.status.phase, message, requeue = ?decision.requeue_after, ?persisted, "planned");
+    Ok(requeue(ctx, name, &decision, persisted))
+}
+
+/// The rollout as the cache holds it.
+enum Cached {
+    /// Deleted, or not (yet) in the cache.
+    Gone,
+    /// Being deleted: our finalizer still holds it.
+    Deleting(Box<Dedup2DRollout>),
+    /// Still the version our last status write replaced.
+    BehindOurWrite,
+    Current(Box<Dedup2DRollout>),
+}
+
+fn cached_rollout(ctx: &Context, key: &RolloutKey) -> Cached {
+    let Some(guarded) = ctx.caches.rollout(&key.0, &key.1) else {
+        return Cached::Gone;
+    };
+    let Ok(rollout) = &guarded.0 else {
+        return Cached::Gone;
+    };
+    if rollout.metadata.deletion_timestamp.is_some() {
+        return Cached::Deleting(Box::new(rollout.clone()));
+    }
+    let rv = rollout.metadata.resource_version.as_deref();
+    if ctx.last_write(key).is_some_and(|w| w.cache_is_behind(rv)) {
+        return Cached::BehindOurWrite;
+    }
+    Cached::Current(Box::new(rollout.clone()))
+}
+
+/// What the persist step did with the decided status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persisted {
+    Written,
+    Unchanged,
+    /// Only progress changed: written at the latest after this long (the next reconcile decides).
+    Coalesced(Duration),
+}
+
+/// Write the decided status when a change matters (`plan::coalesce`), with the cached
+/// resourceVersion as precondition, so a stale decision is refused before anything is acted on.
+/// An action on a status that changed only in progress needs no write (what it acts on is already
+/// recorded): a fresh read of the rollout confirms that the cached copy it was planned from is
+/// current.
+async fn persist_status(
+    ctx: &Context,
+    key: &RolloutKey,
+    rollout: &Dedup2DRollout,
+    decision: &Decision,
+    now: Timestamp,
+) -> Result<Persisted, ReconcileError> {
+    let api: Api<Dedup2DRollout> = Api::namespaced(ctx.client.clone(), &key.0);
+    let old = rollout.status.as_ref();
+    let last_at = ctx.last_write(key).map(|w| w.at);
+    if !status_write_needed(old, &decision.status, last_at, now) {
+        if decision.action != Action::None {
+            confirm_current(&api, rollout).await?;
+        }
+        if old == Some(&decision.status) {
+            return Ok(Persisted::Unchanged);
+        }
+        ctx.metrics.record_status_write(true);
+        let wait = last_at.map_or(Duration::ZERO, |at| coalesce_wait(at, now));
+        return Ok(Persisted::Coalesced(wait));
+    }
+    act::write_status(&api, rollout, &decision.status).await?;
+    ctx.metrics.record_status_write(false);
+    let written = StatusWrite {
+        overwrote: rollout.metadata.resource_version.clone(),
+        at: now,
+    };
+    ctx.writes.lock().unwrap().insert(key.clone(), written);
+    for (from, to) in decision.transitions() {
+        info!(%from, %to, message = decision.status.message.as_deref().unwrap_or(""), "phase transition");
+    }
+    Ok(Persisted::Written)
+}
+
+/// Fails with [`ActError::StaleRollout`] unless the API server still has `rollout`'s version.
+async fn confirm_current(
+    api: &Api<Dedup2DRollout>,
+    rollout: &Dedup2DRollout,
+) -> Result<(), ReconcileError> {
+    let name = rollout.name_any();
+    let fresh = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|source| ReconcileError::Read {
+            name: name.clone(),
+            source,
+        })?;
+    match fresh {
+        Some(m) if m.metadata.resource_version == rollout.metadata.resource_version => Ok(()),
+        _ => Err(ActError::StaleRollout(name).into()),
+    }
+}
+
+/// When to look again: the planner's requeue (jittered unless immediate), or sooner when a
+/// coalesced status change is due.
+fn requeue(ctx: &Context, name: &str, decision: &Decision, persisted: Persisted) -> Requeue {
+    let planned = decision.requeue_after.map(|d| {
+        if d.is_zero() {
+            d
+        } else {
+            ctx.jittered(d, name)
+        }
+    });
+    let due = match persisted {
+        Persisted::Coalesced(wait) => Some(wait),
+        Persisted::Written | Persisted::Unchanged => None,
+    };
+    match planned.into_iter().chain(due).min() {
         Some(d) => Requeue::requeue(d),
         None => Requeue::await_change(),
-    })
+    }
 }
 
 /// The persisted decision in the metrics: phase, legacy payloads, drain time left, transitions and,
@@ -432,24 +634,6 @@ fn record_metrics(metrics: &OperatorMetrics, rollout: &Dedup2DRollout, decision:
     }
 }
 
-/// Write the decided status when it changed or an action follows (the read resourceVersion is the
-/// precondition, so a stale decision is refused before anything is acted on).
-async fn persist_status(
-    api: &Api<Dedup2DRollout>,
-    rollout: &Dedup2DRollout,
-    decision: &Decision,
-) -> Result<(), ActError> {
-    let changed = rollout.status.as_ref() != Some(&decision.status);
-    if !changed && decision.action == Action::None {
-        return Ok(());
-    }
-    act::write_status(api, rollout, &decision.status).await?;
-    for (from, to) in decision.transitions() {
-        info!(%from, %to, message = decision.status.message.as_deref().unwrap_or(""), "phase transition");
-    }
-    Ok(())
-}
-
 /// The Event message for a rollout that does not deserialize.
 pub fn invalid_object_message(invalid: &InvalidObject) -> String {
     format!(
@@ -469,7 +653,7 @@ fn error_policy(obj: Arc<GuardedRollout>, err: &ReconcileError, ctx: Arc<Context
         *n = n.saturating_add(1);
         *n
     };
-    let delay = backoff(n);
+    let delay = ctx.jittered(backoff(n), &obj.name_any());
     warn!(
         rollout = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()),
         error = %err,
@@ -483,6 +667,14 @@ fn error_policy(obj: Arc<GuardedRollout>, err: &ReconcileError, ctx: Arc<Context
         ctx.events.warn(&reference, reason.as_str(), &message).await;
     });
     Requeue::requeue(delay)
+}
+
+/// `d` varied by up to ±[`JITTER`], by a deterministic draw from the rollout's name and `draw`.
+pub fn jitter(d: Duration, name: &str, draw: u64) -> Duration {
+    let mut h = std::hash::DefaultHasher::new();
+    (name, draw).hash(&mut h);
+    let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    d.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
 }
 
 /// Delay before retry number `attempt` (1-based).
@@ -638,6 +830,43 @@ mod tests {
                 b.name_any()
             );
         }
+    }
+
+    #[test]
+    fn jitter_stays_within_its_band_and_varies() {
+        let d = Duration::from_secs(120);
+        let draws: Vec<Duration> = (0..200).map(|i| jitter(d, "team-a/r1", i)).collect();
+        let (lo, hi) = (d.mul_f64(1.0 - JITTER), d.mul_f64(1.0 + JITTER));
+        assert!(draws.iter().all(|j| *j >= lo && *j <= hi), "{draws:?}");
+        assert!(
+            draws.iter().any(|j| *j < d.mul_f64(0.95))
+                && draws.iter().any(|j| *j > d.mul_f64(1.05))
+        );
+        assert_eq!(
+            jitter(d, "team-a/r1", 7),
+            jitter(d, "team-a/r1", 7),
+            "deterministic"
+        );
+        assert_ne!(
+            jitter(d, "team-a/r1", 7),
+            jitter(d, "team-a/r2", 7),
+            "per rollout"
+        );
+        assert_eq!(jitter(Duration::ZERO, "r", 1), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_cache_is_behind_while_it_shows_the_version_we_overwrote() {
+        let w = StatusWrite {
+            overwrote: Some("41".into()),
+            at: Timestamp::UNIX_EPOCH,
+        };
+        assert!(w.cache_is_behind(Some("41")));
+        assert!(
+            !w.cache_is_behind(Some("42")),
+            "our write or anything after it"
+        );
+        assert!(!w.cache_is_behind(None));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! How the controller uses it:
 //! ```text
 //! let metrics = Arc::new(OperatorMetrics::default());
-//! tokio::spawn(serve_health_and_metrics(addr, metrics.clone(), ready_rx));  // ready_tx.send(true) once caches are synced
+//! tokio::spawn(serve_health_and_metrics(addr, metrics.clone(), ready_rx));  // ready_tx.send(true): see serve.rs
 //! let t = Instant::now(); /* reconcile */ metrics.observe_reconcile(t.elapsed());  // + record_reconcile_error(reason) on Err
 //! metrics.observe_rollout(ns, name, &status); for (from, to) in decision.transitions() { metrics.record_transition(from, to) }
 //! on deletion: metrics.forget_rollout(ns, name); on Completed/RolledBack/Failed: metrics.record_rollout_finished(phase, duration)
@@ -78,6 +78,8 @@ pub struct OperatorMetrics {
     drain_remaining: Family<RolloutLabels, FloatGauge>,
     rollout_duration: Family<OutcomeLabel, Histogram>,
     leader: Gauge,
+    status_writes: Counter,
+    status_writes_coalesced: Counter,
     /// Last known phase of every rollout, from which `dedup2d_rollouts{phase}` is computed.
     phases: Mutex<HashMap<(String, String), Phase>>,
 }
@@ -97,6 +99,7 @@ impl Default for OperatorMetrics {
             (|| Histogram::new(exponential_buckets(60.0, 2.0, 11))) as fn() -> Histogram,
         );
         let leader = Gauge::default();
+        let (status_writes, status_writes_coalesced) = (Counter::default(), Counter::default());
 
         // prometheus-client appends `_total` to counters (and `_seconds` is part of the name we give).
         registry.register(
@@ -139,6 +142,16 @@ impl Default for OperatorMetrics {
             "1 while this operator replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "dedup2d_status_writes",
+            "Status writes of Dedup2DRollouts",
+            status_writes.clone(),
+        );
+        registry.register(
+            "dedup2d_status_writes_coalesced",
+            "Status changes that only restated progress and were not written (yet)",
+            status_writes_coalesced.clone(),
+        );
         let metrics = OperatorMetrics {
             registry,
             rollouts,
@@ -149,6 +162,8 @@ impl Default for OperatorMetrics {
             drain_remaining,
             rollout_duration,
             leader,
+            status_writes,
+            status_writes_coalesced,
             phases: Mutex::new(HashMap::new()),
         };
         metrics.recount_phases(&HashMap::new());
@@ -240,6 +255,15 @@ impl OperatorMetrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts a status write, or (`coalesced`) a status change left unwritten for now.
+    pub fn record_status_write(&self, coalesced: bool) {
+        if coalesced {
+            self.status_writes_coalesced.inc();
+        } else {
+            self.status_writes.inc();
+        }
     }
 
     /// Records the duration of one reconcile (successful or not).

@@ -1,12 +1,13 @@
-//! The observer: builds the planner's [`Observed`] snapshot for one rollout from the API server
+//! The observer: builds the planner's [`Observed`] snapshot for one rollout from the watch caches
 //! (its Deployments, their Pods by selector including terminating ones, the ConfigMap, managedFields,
-//! the other rollouts of the namespace) and from Redis (worker heartbeats, the drain checks: only
-//! what the planner's [`observation`] asks for).
+//! the other rollouts of the namespace), one GET of the Redis URL's Secret when the spec names one
+//! and Redis is read, and from Redis (worker heartbeats, the drain checks: only what the planner's
+//! [`observation`] asks for).
 //!
 //! Nothing here decides. What only the cluster can tell is represented, not raised: a missing
 //! Deployment or ConfigMap is absent from the snapshot, Redis trouble becomes
 //! `DrainObs::Unreachable` / `Heartbeats::Unavailable`, and the planner turns these into `Stalled`
-//! with a clear reason. Only API-server failures are errors (the reconciler backs off and retries).
+//! with a clear reason. Only API-server failures (the Secret's GET) are errors (the reconciler backs off and retries).
 //! The IO is thin; the mapping of objects into snapshot types is in pure functions tested below.
 
 use std::{
@@ -22,7 +23,6 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    api::ListParams,
     core::{ObjectMeta, Selector},
     Api, Client, ResourceExt,
 };
@@ -30,6 +30,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
 use super::{
+    caches::Caches,
     crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
     drain::{self, ActiveFigures},
     found::{Check, FoundKeys, MAX_FOUND_KEYS},
@@ -138,29 +139,29 @@ pub struct RedisTarget {
     pub prefix: String,
 }
 
-/// Observe the world of one rollout.
+/// Observe the world of one rollout: the API-server half from the watch caches, the Secret (when
+/// the spec names one) by a GET, and Redis.
 pub async fn observe(
     client: &Client,
+    caches: &Caches,
     redis: &RedisPool,
     rollout: &Dedup2DRollout,
 ) -> Result<Observed, ObserveError> {
     let ns = rollout.namespace().unwrap_or_else(|| "default".into());
     let spec = &rollout.spec;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
-    let mut workers = BTreeMap::new();
-    for w in &spec.workers {
-        if let Some(d) = read_deployment(&deployments, &pods, &w.deployment).await? {
-            workers.insert(w.deployment.clone(), d);
-        }
-    }
-    let mut api = read_deployment(&deployments, &pods, &spec.api.deployment).await?;
-    let cm = config_maps
-        .get_opt(&spec.api.config_map)
-        .await
-        .map_err(kube_err(format!("ConfigMap {}", spec.api.config_map)))?;
+    let workers = spec
+        .workers
+        .iter()
+        .filter_map(|w| {
+            Some((
+                w.deployment.clone(),
+                read_deployment(caches, &ns, &w.deployment)?,
+            ))
+        })
+        .collect();
+    let mut api = read_deployment(caches, &ns, &spec.api.deployment);
+    let cm = caches.config_map(&ns, &spec.api.config_map);
     if let (Some(api), Some(cm)) = (api.as_mut(), cm.as_ref()) {
         // The planner looks up managers of every field it writes on the API's entry.
         let name = spec.api.config_map.clone();
@@ -170,13 +171,10 @@ pub async fn observe(
             }));
     }
 
-    let rollouts: Api<Dedup2DRollout> = Api::namespaced(client.clone(), &ns);
-    let others = rollouts
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("the namespace's Dedup2DRollouts"))?;
-    let conflicts = conflicts(rollout, &others.items);
-    let superseded_by = superseded_by(rollout, &others.items);
+    let others = caches.rollouts_in(&ns);
+    let others = || others.iter().filter_map(|g| g.0.as_ref().ok());
+    let conflicts = conflicts(rollout, others());
+    let superseded_by = superseded_by(rollout, others());
 
     let reads = observation(spec, rollout.status.as_ref());
     let target = match reads.reads_redis() {
@@ -184,7 +182,7 @@ pub async fn observe(
             let secret = redis_url_secret(client, &ns, spec).await?;
             Some(redis_target(
                 spec,
-                cm.as_ref(),
+                cm.as_deref(),
                 secret.as_ref().map(|s| s.as_ref()),
             ))
         }
@@ -201,7 +199,7 @@ pub async fn observe(
             .cloned(),
         workers,
         api,
-        config: cm.as_ref().map(config_obs),
+        config: cm.as_deref().map(config_obs),
         heartbeats,
         drain,
         conflicts,
@@ -275,34 +273,20 @@ async fn observe_redis_in_budget(
     }
 }
 
-async fn read_deployment(
-    deployments: &Api<Deployment>,
-    pods: &Api<Pod>,
-    name: &str,
-) -> Result<Option<DeploymentObs>, ObserveError> {
-    let Some(d) = deployments
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("Deployment {name}")))?
-    else {
-        return Ok(None);
-    };
+/// A Deployment and its pods (found by its selector) from the caches.
+fn read_deployment(caches: &Caches, ns: &str, name: &str) -> Option<DeploymentObs> {
+    let d = caches.deployment(ns, name)?;
     let selector = d
         .spec
         .as_ref()
         .map(|s| s.selector.clone())
         .and_then(|s| Selector::try_from(s).ok());
-    let pod_list = match selector {
-        // An empty or unparsable selector would list the whole namespace: observe no pods instead.
-        Some(sel) if !sel.selects_all() => {
-            pods.list(&ListParams::default().labels_from(&sel))
-                .await
-                .map_err(kube_err(format!("the pods of Deployment {name}")))?
-                .items
-        }
+    let pods = match selector {
+        // An empty or unparsable selector would select the whole namespace: observe no pods instead.
+        Some(sel) if !sel.selects_all() => caches.pods_selected(ns, &sel),
         _ => vec![],
     };
-    Ok(Some(deployment_obs(&d, &pod_list)))
+    Some(deployment_obs(&d, pods.iter().map(AsRef::as_ref)))
 }
 
 /// One rollout's found sets on one Redis target.
@@ -505,7 +489,10 @@ pub fn redis_target(
 }
 
 /// A Deployment and its pods as the planner sees them.
-pub fn deployment_obs(d: &Deployment, pods: &[Pod]) -> DeploymentObs {
+pub fn deployment_obs<'a>(
+    d: &Deployment,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> DeploymentObs {
     let name = d.name_any();
     let spec = d.spec.as_ref();
     let status = d.status.as_ref();
@@ -533,7 +520,7 @@ pub fn deployment_obs(d: &Deployment, pods: &[Pod]) -> DeploymentObs {
             .map(annotations)
             .unwrap_or_default(),
         reads_config_maps: pod_spec.map(reads_config_maps).unwrap_or_default(),
-        pods: pods.iter().map(pod_obs).collect(),
+        pods: pods.into_iter().map(pod_obs).collect(),
         managers: managed::managers(d.managed_fields(), FIELD_MANAGER, |f| {
             managed::deployment_fields(&deployment_name, f)
         }),
@@ -618,7 +605,10 @@ fn originals_of(meta: &ObjectMeta) -> Originals {
 /// Older, unfinished rollouts in the namespace that target one of this rollout's Deployments. A
 /// rollout in a terminal phase (Completed, RolledBack, Failed) or being deleted does not conflict, so
 /// the next upgrade of the same fleet can start once the previous one finished.
-pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
+pub fn conflicts<'a>(
+    this: &Dedup2DRollout,
+    all: impl IntoIterator<Item = &'a Dedup2DRollout>,
+) -> Vec<String> {
     sharing_a_deployment(this, all, |o| {
         o.age() < this.age()
             && !o
@@ -631,15 +621,18 @@ pub fn conflicts(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
 
 /// Newer rollouts in the namespace (not being deleted) that target one of this rollout's
 /// Deployments, in any phase: once this one is finished, they supersede it.
-pub fn superseded_by(this: &Dedup2DRollout, all: &[Dedup2DRollout]) -> Vec<String> {
+pub fn superseded_by<'a>(
+    this: &Dedup2DRollout,
+    all: impl IntoIterator<Item = &'a Dedup2DRollout>,
+) -> Vec<String> {
     sharing_a_deployment(this, all, |o| o.age() > this.age())
 }
 
 /// The other rollouts (not being deleted) for which `pred` holds and that share a Deployment with
 /// `this`, as `name (Deployment a, b)`, sorted.
-fn sharing_a_deployment(
+fn sharing_a_deployment<'a>(
     this: &Dedup2DRollout,
-    all: &[Dedup2DRollout],
+    all: impl IntoIterator<Item = &'a Dedup2DRollout>,
     pred: impl Fn(&Dedup2DRollout) -> bool,
 ) -> Vec<String> {
     let targets = |r: &Dedup2DRollout| -> Vec<String> {
@@ -652,7 +645,7 @@ fn sharing_a_deployment(
     };
     let mine = targets(this);
     let mut out: Vec<String> = all
-        .iter()
+        .into_iter()
         .filter(|o| o.uid() != this.uid() && o.name_any() != this.name_any())
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter(|o| pred(o))

@@ -2,8 +2,15 @@
 //! controller, which runs only while this replica leads. Losing the Lease drops the controller at its
 //! current `.await` (it stops acting at once); the replica then stands by and contends again.
 //!
-//! `/healthz` is 200 while the process runs; `/readyz` is 200 once the election runs (leading or
-//! standing by) and 503 when it has stopped.
+//! `/healthz` is 200 while the process runs. `/readyz` is 200 while the election runs and this
+//! replica either stands by (a standby has no caches to wait for, and must be ready so a rolling
+//! update of the operator can go on) or leads with its watch caches synced; it is 503 before the
+//! election starts, while a new leader's caches fill, and once the election has stopped.
+//!
+//! The Lease is renewed on its own task (`leader.rs`), never behind a reconcile: reconciles are
+//! bounded (`max_concurrent_reconciles`), read from memory, hold no lock the renewal takes (the
+//! kube client has no client-side rate limit or request lock), and the runtime has at least two
+//! worker threads, so a burst of reconciles cannot keep the renewal from running.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -29,6 +36,8 @@ pub struct OperatorSettings {
     pub lease_duration: Duration,
     pub lease_grace: Duration,
     pub metrics_addr: SocketAddr,
+    /// At most this many reconciles at once.
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Identity of this replica: `POD_NAME` (else `HOSTNAME`, else `dedup2d-operator`) and the pid, so a
@@ -106,23 +115,32 @@ async fn lead_and_run(
         lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name),
         "contending for leadership"
     );
-    let _ = ready_tx.send(true);
 
-    // Mirror the leading flag into the metric, the log and readiness.
+    // Mirror the leading flag into the metric and the log, and with the caches' state into readiness.
     let mut leading = leadership.subscribe();
+    let (synced_tx, mut synced) = watch::channel(false);
     let flag_metrics = metrics.clone();
     let identity = settings.identity.clone();
     let mirror = tokio::spawn(
         async move {
+            let mut was_leading = None;
             loop {
                 let now = *leading.borrow_and_update();
-                flag_metrics.set_leader(now);
-                if now {
-                    info!(%identity, "leading");
-                } else {
-                    info!(%identity, "standing by");
+                if was_leading != Some(now) {
+                    flag_metrics.set_leader(now);
+                    if now {
+                        info!(%identity, "leading");
+                    } else {
+                        info!(%identity, "standing by");
+                    }
+                    was_leading = Some(now);
                 }
-                if leading.changed().await.is_err() {
+                let _ = ready_tx.send(!now || *synced.borrow_and_update());
+                let ended = tokio::select! {
+                    r = leading.changed() => r.is_err(),
+                    r = synced.changed() => r.is_err(),
+                };
+                if ended {
                     let _ = ready_tx.send(false);
                     flag_metrics.set_leader(false);
                     return;
@@ -134,8 +152,15 @@ async fn lead_and_run(
 
     let mut shutdown = std::pin::pin!(crate::shutdown::signal());
     let result = loop {
-        let controller =
-            controller::run(client.clone(), settings.namespace.clone(), metrics.clone());
+        // A new controller starts with empty caches.
+        synced_tx.send_replace(false);
+        let controller = controller::run(
+            client.clone(),
+            settings.namespace.clone(),
+            settings.max_concurrent_reconciles,
+            metrics.clone(),
+            synced_tx.clone(),
+        );
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             r = leadership.run_while_leader(controller) => match r {

@@ -11,11 +11,41 @@ use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::ConfigMap},
     jiff::Timestamp,
 };
+use kube::core::ObjectMeta;
 use serde_json::json;
 
 use crate::support::{events::*, fleet::*, history::*, kube::TestNamespace, scenario::Scenario};
 
 const WORKERS: [&str; 2] = ["worker-a", "worker-b"];
+/// The most status writes a forward rollout may take for the changes that matter (phases, records,
+/// in-effect times, drain figures; see `plan::coalesce`).
+const MAX_STATUS_WRITES: usize = 13;
+
+/// How long ago the object was created.
+fn age(meta: &ObjectMeta) -> Duration {
+    meta.creation_timestamp
+        .as_ref()
+        .map_or(Duration::ZERO, |t| {
+            Timestamp::now().duration_since(t.0).unsigned_abs()
+        })
+}
+
+/// Asserts that rollout `name` reached its end in at most [`MAX_STATUS_WRITES`] status writes, plus
+/// the one progress-only write per coalescing interval that `took` allows.
+fn assert_few_status_writes(history: &History, name: &str, took: Duration) {
+    let writes = status_writes(&history.by_revision(), name);
+    let interval = dedup2d::operator::plan::coalesce::COALESCE_INTERVAL;
+    let allowed = MAX_STATUS_WRITES + (took.as_secs() / interval.as_secs()) as usize;
+    println!(
+        "  status writes of {name}: {} (allowed {allowed}): {writes:?}",
+        writes.len()
+    );
+    assert!(
+        (1..=allowed).contains(&writes.len()),
+        "{name}: {} status writes in {took:?} (at most {allowed}), by phase: {writes:?}",
+        writes.len()
+    );
+}
 
 async fn cm_values(ns: &TestNamespace) -> (Option<String>, Option<String>) {
     let cm = ns.api::<ConfigMap>().get(CM).await.unwrap();
@@ -209,6 +239,7 @@ async fn happy_path_with_dual_write_and_observe_drain() {
     // History: every phase in order (from the transition Events), dual-write on before any worker
     // changed, off only after no old worker pod existed.
     let (offs, trans) = s.check_completed_forward(&WORKERS, NEW_IMAGE).await;
+    assert_few_status_writes(history, "happy", age(&r.metadata));
     let h = history.by_revision();
     let on_rev = h
         .iter()
@@ -332,6 +363,7 @@ async fn dual_write_disabled_upgrades_workers_then_drains() {
         .await;
     let (ns, history) = (&s.ns, s.history());
     let r = s.wait("nodw", Phase::Completed).await;
+    assert_few_status_writes(history, "nodw", age(&r.metadata));
     let st = r.status.unwrap();
     assert_eq!(st.worker_summary.as_deref(), Some("2/2"));
     assert_eq!(

@@ -58,7 +58,10 @@ pub enum Rec {
         ours: Option<String>,
     },
     Rollout {
+        name: String,
         phase: Option<Phase>,
+        /// A digest of the whole status, so status writes can be told from other edits.
+        status: u64,
     },
 }
 
@@ -196,7 +199,9 @@ impl History {
                 ns.api::<Dedup2DRollout>(),
                 entries.clone(),
                 |r: &Dedup2DRollout, _| Rec::Rollout {
+                    name: r.name_any(),
                     phase: r.status.as_ref().and_then(|s| s.phase),
+                    status: status_digest(r),
                 },
             ),
         ];
@@ -250,7 +255,7 @@ pub fn phases_between(entries: &[Entry], from: u64, to: u64) -> Vec<Option<Phase
         .cloned()
         .collect();
     sequence(&inside, |r| match r {
-        Rec::Rollout { phase } => Some(*phase),
+        Rec::Rollout { phase, .. } => Some(*phase),
         _ => None,
     })
 }
@@ -259,8 +264,34 @@ pub fn phases_between(entries: &[Entry], from: u64, to: u64) -> Vec<Option<Phase
 pub fn first_in_phase(entries: &[Entry], phase: Phase) -> Option<u64> {
     entries
         .iter()
-        .find(|e| matches!(e.rec, Rec::Rollout { phase: Some(p) } if p == phase))
+        .find(|e| matches!(e.rec, Rec::Rollout { phase: Some(p), .. } if p == phase))
         .map(|e| e.rv)
+}
+
+fn status_digest(r: &Dedup2DRollout) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(&r.status).unwrap().hash(&mut h);
+    h.finish()
+}
+
+/// The phase of each version of rollout `name` (entries in revision order) that carries another
+/// status than the version before it: one per status write that changed something (no-op writes
+/// make no version). The created rollout itself is not counted.
+pub fn status_writes(entries: &[Entry], name: &str) -> Vec<Option<Phase>> {
+    let statuses = sequence(entries, |r| match r {
+        Rec::Rollout {
+            name: n,
+            status,
+            phase,
+        } if n == name => Some((*status, *phase)),
+        _ => None,
+    });
+    statuses
+        .into_iter()
+        .skip(1)
+        .map(|(_, phase)| phase)
+        .collect()
 }
 
 /// Replays the history in revision order and checks invariant 1 (docs/design.md §5) at every

@@ -45,6 +45,7 @@ use crate::{
     snapshot::{Observed, Originals, KEY_INCLUDE_B64, KEY_MAX_BYTES},
 };
 
+pub mod coalesce;
 mod observation;
 mod phases;
 mod preflight;

@@ -1,0 +1,367 @@
+//! The operator's watch caches: one reflector store each for rollouts, Deployments, Pods and
+//! ConfigMaps, filled by the same watches that wake the controller, so a reconcile reads its world
+//! from memory instead of the API server.
+//!
+//! Objects are stripped before they are stored, keeping what the observer maps into the snapshot:
+//! Pods keep their metadata (without managedFields), container names and images, and the Ready
+//! condition; Deployments keep their managedFields (the planner looks up who owns a field) but
+//! lose the last-applied annotation and the pod template's volumes and probes; ConfigMaps keep
+//! only the keys the planner and the drain read (and their managedFields).
+
+use std::sync::Arc;
+
+use futures::Stream;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus},
+    },
+    NamespaceResourceScope,
+};
+use kube::{
+    core::{ObjectMeta, Selector, SelectorExt},
+    runtime::{
+        reflector::{self, store::Writer, ObjectRef, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Resource,
+};
+use serde::de::DeserializeOwned;
+
+use super::{
+    controller::GuardedRollout,
+    observe::{KEY_REDIS_KEY_PREFIX, KEY_REDIS_URL, KEY_REDIS_URL_FALLBACK},
+    snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS},
+};
+
+/// kubectl's copy of the whole applied object: never read, often the largest annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+/// The ConfigMap keys anything in the operator reads.
+const CONFIG_KEYS: [&str; 6] = [
+    KEY_INCLUDE_B64,
+    KEY_MAX_BYTES,
+    KEY_TTL_SECONDS,
+    KEY_REDIS_URL,
+    KEY_REDIS_URL_FALLBACK,
+    KEY_REDIS_KEY_PREFIX,
+];
+
+/// Readers of the four stores (cheap to clone).
+#[derive(Clone)]
+pub struct Caches {
+    pub rollouts: Store<GuardedRollout>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub config_maps: Store<ConfigMap>,
+}
+
+/// The writers behind [`Caches`], each consumed by the watch stream that fills it.
+pub struct Writers {
+    pub rollouts: Writer<GuardedRollout>,
+    pub deployments: Writer<Deployment>,
+    pub pods: Writer<Pod>,
+    pub config_maps: Writer<ConfigMap>,
+}
+
+/// Empty stores and their writers.
+pub fn stores() -> (Caches, Writers) {
+    let (rollouts, rw) = reflector::store();
+    let (deployments, dw) = reflector::store();
+    let (pods, pw) = reflector::store();
+    let (config_maps, cw) = reflector::store();
+    let caches = Caches {
+        rollouts,
+        deployments,
+        pods,
+        config_maps,
+    };
+    let writers = Writers {
+        rollouts: rw,
+        deployments: dw,
+        pods: pw,
+        config_maps: cw,
+    };
+    (caches, writers)
+}
+
+impl Caches {
+    /// Resolves once the Deployment, Pod and ConfigMap stores have their initial lists. The
+    /// rollout store is left out: the controller itself waits for it before any reconcile, and a
+    /// store's readiness wakes only one waiter at a time (a second one would never be woken). So
+    /// call this from one task only.
+    pub async fn wait_until_targets_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.deployments.wait_until_ready().await?;
+        self.pods.wait_until_ready().await?;
+        self.config_maps.wait_until_ready().await
+    }
+
+    pub fn rollout(&self, ns: &str, name: &str) -> Option<Arc<GuardedRollout>> {
+        self.rollouts.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The rollouts of namespace `ns` (ones that do not deserialize included).
+    pub fn rollouts_in(&self, ns: &str) -> Vec<Arc<GuardedRollout>> {
+        self.rollouts
+            .state_filter(|r| r.meta().namespace.as_deref() == Some(ns))
+    }
+
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(ns))
+    }
+
+    pub fn config_map(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// The pods of namespace `ns` whose labels `selector` matches (terminating ones included).
+    pub fn pods_selected(&self, ns: &str, selector: &Selector) -> Vec<Arc<Pod>> {
+        self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns)
+                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+        })
+    }
+}
+
+/// The watch of `api`, each object passed through `strip` and stored by `writer`; yields its events
+/// (for the controller's triggers).
+pub fn reflected<K>(
+    api: Api<K>,
+    writer: Writer<K>,
+    strip: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+}
+
+/// Metadata without managedFields and the last-applied annotation.
+fn strip_meta(meta: &mut ObjectMeta, keep_managed_fields: bool) {
+    if !keep_managed_fields {
+        meta.managed_fields = None;
+    }
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// A rollout as the reconciler reads it (its status write drops managedFields anyway).
+pub fn strip_rollout(r: &mut GuardedRollout) {
+    let meta = match &mut r.0 {
+        Ok(r) => &mut r.metadata,
+        Err(invalid) => &mut invalid.metadata,
+    };
+    strip_meta(meta, false);
+}
+
+/// A pod as `observe::pod_obs` and `controller::pod_deployment` read it.
+pub fn strip_pod(p: &mut Pod) {
+    strip_meta(&mut p.metadata, false);
+    if let Some(spec) = p.spec.as_mut() {
+        *spec = PodSpec {
+            containers: spec.containers.iter().map(name_and_image).collect(),
+            ..Default::default()
+        };
+    }
+    if let Some(status) = p.status.as_mut() {
+        let ready: Vec<PodCondition> = status
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ == "Ready")
+            .cloned()
+            .collect();
+        *status = PodStatus {
+            conditions: Some(ready),
+            ..Default::default()
+        };
+    }
+}
+
+fn name_and_image(c: &Container) -> Container {
+    Container {
+        name: c.name.clone(),
+        image: c.image.clone(),
+        ..Default::default()
+    }
+}
+
+/// A Deployment as `observe::deployment_obs` reads it: containers keep name, image and where their
+/// environment comes from.
+pub fn strip_deployment(d: &mut Deployment) {
+    strip_meta(&mut d.metadata, true);
+    let Some(pod_spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return;
+    };
+    *pod_spec = PodSpec {
+        containers: pod_spec
+            .containers
+            .iter()
+            .map(|c| Container {
+                env: c.env.clone(),
+                env_from: c.env_from.clone(),
+                ..name_and_image(c)
+            })
+            .collect(),
+        ..Default::default()
+    };
+}
+
+/// A ConfigMap with only the keys the operator reads.
+pub fn strip_config_map(c: &mut ConfigMap) {
+    strip_meta(&mut c.metadata, true);
+    c.binary_data = None;
+    if let Some(data) = c.data.as_mut() {
+        data.retain(|k, _| CONFIG_KEYS.contains(&k.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::Dedup2DRolloutSpec;
+    use crate::operator::observe::{config_obs, deployment_obs, pod_obs, redis_target};
+    use kube::ResourceExt;
+    use serde_json::json;
+
+    const MANAGED: &str = r#"[{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:data": {"f:DEDUP2D_INCLUDE_FILE_BYTES_B64": {}}}}]"#;
+
+    fn managed() -> serde_json::Value {
+        serde_json::from_str(MANAGED).unwrap()
+    }
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w-5d8f9-abcde", "namespace": "ns", "labels": {"app": "w"},
+                "annotations": {"a": "b"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d8f9", "uid": "u"}],
+                "deletionTimestamp": "2026-01-01T00:00:00Z", "managedFields": managed()},
+            "spec": {"containers": [{"name": "worker", "image": "w:2", "args": ["x"], "env": [{"name": "E", "value": "v"}]}],
+                "volumes": [{"name": "v", "emptyDir": {}}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
+                "containerStatuses": [{"name": "worker", "image": "w:2", "imageID": "x", "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap()
+    }
+
+    fn deployment() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w", "namespace": "ns", "generation": 3, "managedFields": managed(),
+                "annotations": {LAST_APPLIED: "{...}"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "w"}},
+                "template": {"metadata": {"labels": {"app": "w"}, "annotations": {"dedup2d.io/payload-config": "h"}},
+                    "spec": {"containers": [{"name": "worker", "image": "w:2",
+                        "envFrom": [{"configMapRef": {"name": "cfg"}}],
+                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "other", "key": "x"}}}],
+                        "readinessProbe": {"exec": {"command": ["true"]}}}],
+                    "volumes": [{"name": "v", "emptyDir": {}}]}}},
+            "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stripped_pod_observes_the_same_and_keeps_little() {
+        let full = pod();
+        let mut stripped = full.clone();
+        strip_pod(&mut stripped);
+        assert_eq!(pod_obs(&stripped), pod_obs(&full));
+        assert_eq!(
+            super::super::controller::pod_deployment(&stripped).as_deref(),
+            Some("w")
+        );
+        assert_eq!(stripped.metadata.labels, full.metadata.labels);
+        assert!(stripped.metadata.managed_fields.is_none());
+        let spec = stripped.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none() && spec.node_name.is_none());
+        assert!(spec.containers[0].env.is_none() && spec.containers[0].args.is_none());
+        let status = stripped.status.as_ref().unwrap();
+        assert!(status.container_statuses.is_none() && status.phase.is_none());
+        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
+        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
+        assert!(
+            size(&stripped) * 2 < size(&full),
+            "{} of {}",
+            size(&stripped),
+            size(&full)
+        );
+    }
+
+    #[test]
+    fn a_stripped_deployment_observes_the_same() {
+        let full = deployment();
+        let mut stripped = full.clone();
+        strip_deployment(&mut stripped);
+        let pods = [pod()];
+        assert_eq!(
+            deployment_obs(&stripped, &pods),
+            deployment_obs(&full, &pods)
+        );
+        assert_eq!(
+            stripped.metadata.managed_fields, full.metadata.managed_fields,
+            "managedFields kept (the planner reads field managers)"
+        );
+        let template = stripped
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        assert!(template.volumes.is_none() && template.containers[0].readiness_probe.is_none());
+        assert!(!stripped.annotations().contains_key(LAST_APPLIED));
+    }
+
+    #[test]
+    fn a_stripped_config_map_keeps_the_keys_the_operator_reads() {
+        let full: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "cfg", "namespace": "ns", "managedFields": managed()},
+            "data": {KEY_INCLUDE_B64: "1", KEY_MAX_BYTES: "5", KEY_TTL_SECONDS: "60",
+                KEY_REDIS_URL: "redis://r", KEY_REDIS_KEY_PREFIX: "p", "BIG": "x".repeat(10_000)},
+            "binaryData": {"blob": "AAAA"}
+        }))
+        .unwrap();
+        let mut stripped = full.clone();
+        strip_config_map(&mut stripped);
+        assert_eq!(config_obs(&stripped), config_obs(&full));
+        let spec: Dedup2DRolloutSpec = serde_json::from_value(json!({
+            "workers": [{"deployment": "w", "image": "i"}],
+            "api": {"deployment": "api", "configMap": "cfg"}
+        }))
+        .unwrap();
+        assert_eq!(
+            redis_target(&spec, Some(&stripped), None),
+            redis_target(&spec, Some(&full), None)
+        );
+        assert_eq!(
+            stripped.metadata.managed_fields,
+            full.metadata.managed_fields
+        );
+        assert!(stripped.binary_data.is_none());
+        assert!(!stripped.data.as_ref().unwrap().contains_key("BIG"));
+    }
+
+    #[test]
+    fn pods_are_found_by_selector_within_the_namespace() {
+        let (caches, mut writers) = stores();
+        let mut other_ns = pod();
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        let mut other_app = pod();
+        other_app.metadata.name = Some("x".into());
+        other_app.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
+        for p in [pod(), other_ns, other_app] {
+            writers.pods.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let sel: Selector = Selector::try_from(deployment().spec.unwrap().selector).unwrap();
+        let found = caches.pods_selected("ns", &sel);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].metadata.name.as_deref(), Some("w-5d8f9-abcde"));
+    }
+}
