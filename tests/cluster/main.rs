@@ -6,6 +6,7 @@
 
 #[path = "../support"]
 mod support {
+    pub mod bench;
     pub mod events;
     pub mod fleet;
     pub mod history;
@@ -20,6 +21,7 @@ mod support {
     pub mod scenario;
 }
 
+mod bench_operator;
 mod chart_rbac;
 mod cli;
 mod cli_with_operator;
