@@ -933,26 +933,22 @@ async fn restart(bench: &mut Bench, fleets: &IdleFleets, label: &str, bin: &Path
     let (startup_s, _) = a.settle(fleets.count, Duration::from_secs(300)).await;
     let (mut leader, standby) = if a.leads().await { (a, b) } else { (b, a) };
     let leases = fleets.ns.api::<Lease>();
+    // `None` when the read failed; `Some(None)` while the Lease names no holder.
     let holder = || async {
-        leases
-            .get_opt(&format!("opbench-{label}"))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
+        let lease = leases.get_opt(&format!("opbench-{label}")).await.ok()?;
+        Some(lease.and_then(|l| l.spec?.holder_identity))
     };
-    let killed_holder = holder().await;
+    let killed_holder = holder().await.flatten();
     leader.kill();
     let killed = Instant::now();
     let again = BenchOperator::start(bench, label, bin, ns, &format!("restart-c-{label}"));
     // Every holder the Lease had, and when (seconds after the kill).
-    let (mut holders, mut last) = (vec![json!([0.0, killed_holder])], None);
+    let (mut holders, mut last) = (vec![json!([0.0, killed_holder])], killed_holder.clone());
     while killed.elapsed() < bench.settings.restart_window {
-        let h = holder().await;
-        if h != last && last.is_some() {
+        if let Some(h) = holder().await.filter(|h| *h != last) {
             holders.push(json!([round(killed.elapsed().as_secs_f64()), h]));
+            last = h;
         }
-        last = h;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let losses = standby.leadership_losses() + again.leadership_losses();
