@@ -1034,89 +1034,91 @@ async fn setup() -> Bench {
     }
 }
 
+/// The report so far, written after every scenario (a run cut short keeps what it measured).
+struct Report {
+    started: Instant,
+    sections: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn progress(&self, what: &str) {
+        eprintln!("[opbench {:>5}s] {what}", self.started.elapsed().as_secs());
+    }
+
+    fn add(&mut self, section: &str, value: Value, settings: &Settings) {
+        self.sections.insert(section.into(), value);
+        self.sections.insert(
+            "run".into(),
+            json!({
+                "operators": std::env::var("DEDUP2D_BENCH_OPERATOR_NOTES").unwrap_or_default(),
+                "idle_sizes": settings.idle_sizes, "progressing_sizes": settings.progressing_sizes,
+                "idle_window_s": settings.idle_window.as_secs(),
+                "restart_window_s": settings.restart_window.as_secs(),
+                "seconds_so_far": self.started.elapsed().as_secs(),
+                "new_image": NEW_IMAGE, "api_new_image": API_NEW,
+            }),
+        );
+        let path = bench_result_path("operator.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = serde_json::to_string_pretty(&Value::Object(self.sections.clone())).unwrap();
+        std::fs::write(&path, text + "\n").unwrap();
+        self.progress(&format!("wrote {section} to {}", path.display()));
+    }
+}
+
+/// The scenarios cheapest first, so that a run cut short still has the forward path, the idle
+/// sizes and the restart: the progressing ones (fresh fleets per operator) come last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: bench/operator.sh runs it"]
 async fn operator_cost() {
-    let started = Instant::now();
+    let mut report = Report {
+        started: Instant::now(),
+        sections: serde_json::Map::new(),
+    };
     let mut bench = setup().await;
     let ops = bench.settings.operators.clone();
-    let mut report = serde_json::Map::new();
 
     let mut fwd = vec![];
     for (label, bin) in &ops {
-        eprintln!(
-            "[opbench {:>5}s] forward path: {label}",
-            started.elapsed().as_secs()
-        );
+        report.progress(&format!("forward path: {label}"));
         fwd.push((label.clone(), forward(&mut bench, label, bin).await));
     }
-    report.insert("forward".into(), side_by_side(fwd));
-
-    let mut prog = vec![];
-    for n in bench.settings.progressing_sizes.clone() {
-        let mut at = vec![];
-        for (label, bin) in &ops {
-            eprintln!(
-                "[opbench {:>5}s] {n} progressing: {label}",
-                started.elapsed().as_secs()
-            );
-            at.push((label.clone(), progressing(&mut bench, label, bin, n).await));
-        }
-        prog.push(json!({"rollouts": n, "results": side_by_side(at)}));
-    }
-    report.insert("progressing".into(), json!(prog));
+    report.add("forward", side_by_side(fwd), &bench.settings);
 
     let (first_label, first_bin) = ops[0].clone();
     let mut fleets = IdleFleets::create(&mut bench, &first_label, &first_bin).await;
     let mut idles = vec![];
     for n in bench.settings.idle_sizes.clone() {
-        eprintln!(
-            "[opbench {:>5}s] {n} idle rollouts: creating",
-            started.elapsed().as_secs()
-        );
+        report.progress(&format!("{n} idle rollouts: creating"));
         fleets.grow(n).await;
         let mut at = vec![];
         for (label, bin) in &ops {
-            eprintln!(
-                "[opbench {:>5}s] {n} idle: {label}",
-                started.elapsed().as_secs()
-            );
+            report.progress(&format!("{n} idle: {label}"));
             at.push((label.clone(), idle(&mut bench, &fleets, label, bin).await));
         }
         idles.push(json!({"rollouts": n, "results": side_by_side(at)}));
+        report.add("idle", json!(idles), &bench.settings);
     }
-    report.insert("idle".into(), json!(idles));
 
     let mut rs = vec![];
     for (label, bin) in &ops {
-        eprintln!(
-            "[opbench {:>5}s] restart at {}: {label}",
-            started.elapsed().as_secs(),
-            fleets.count
-        );
+        report.progress(&format!("restart at {}: {label}", fleets.count));
         rs.push((
             label.clone(),
             restart(&mut bench, &fleets, label, bin).await,
         ));
     }
-    report.insert("restart".into(), side_by_side(rs));
+    report.add("restart", side_by_side(rs), &bench.settings);
 
-    let s = &bench.settings;
-    report.insert(
-        "run".into(),
-        json!({
-            "operators": std::env::var("DEDUP2D_BENCH_OPERATOR_NOTES").unwrap_or_default(),
-            "idle_sizes": s.idle_sizes, "progressing_sizes": s.progressing_sizes,
-            "idle_window_s": s.idle_window.as_secs(), "restart_window_s": s.restart_window.as_secs(),
-            "total_s": started.elapsed().as_secs(), "new_image": NEW_IMAGE, "api_new_image": API_NEW,
-        }),
-    );
-    let path = bench_result_path("operator.json");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&Value::Object(report)).unwrap() + "\n",
-    )
-    .unwrap();
-    eprintln!("[opbench] wrote {}", path.display());
+    let mut prog = vec![];
+    for n in bench.settings.progressing_sizes.clone() {
+        let mut at = vec![];
+        for (label, bin) in &ops {
+            report.progress(&format!("{n} progressing: {label}"));
+            at.push((label.clone(), progressing(&mut bench, label, bin, n).await));
+        }
+        prog.push(json!({"rollouts": n, "results": side_by_side(at)}));
+        report.add("progressing", json!(prog), &bench.settings);
+    }
+    report.progress("done");
 }
