@@ -674,11 +674,7 @@ impl Watch {
         let mut out = vec![];
         for (at, deploy) in &t.settles {
             let id = deploy.split('-').next().unwrap_or("");
-            let before = t
-                .phases
-                .iter()
-                .filter(|(p, n, _)| n == id && p <= at)
-                .last();
+            let before = t.phases.iter().rfind(|(p, n, _)| n == id && p <= at);
             if matches!(before.map(|x| x.2), None | Some(Phase::Completed)) {
                 continue;
             }
