@@ -22,6 +22,7 @@ mod support {
     pub mod scenario;
 }
 
+mod bench_operator;
 mod chart_rbac;
 mod cli;
 mod cli_with_operator;
