@@ -113,6 +113,18 @@ impl ReconcileError {
         }
     }
 
+    /// A write refused because its precondition failed (HTTP 409): the object changed since it
+    /// was read.
+    pub fn is_conflict(&self) -> bool {
+        let is_409 = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
+        match self {
+            ReconcileError::Act(ActError::StaleRollout(_)) => true,
+            ReconcileError::Act(ActError::Kube { source, .. }) => is_409(source),
+            ReconcileError::Finalizer(f) => is_409(f.kube_error()),
+            _ => false,
+        }
+    }
+
     /// A small fixed label for `dedup2d_reconcile_errors_total{reason}`: the category.
     pub fn reason(&self) -> &'static str {
         self.category().as_str()
@@ -416,7 +428,16 @@ async fn reconcile(obj: Arc<GuardedRollout>, ctx: Arc<Context>) -> Result<Requeu
     }
     let span = tracing::info_span!("reconcile", rollout = %format!("{ns}/{name}"));
     let started = Instant::now();
-    let result = reconcile_steps(&ctx, &ns, &name).instrument(span).await;
+    let result = match reconcile_steps(&ctx, &ns, &name).instrument(span).await {
+        // A write whose precondition (a resourceVersion from the caches) no longer holds: the
+        // object changed, most often by our own write the cache has not shown yet. Nothing was
+        // written; re-plan from the newer version soon, without a Warning.
+        Err(e) if e.is_conflict() => {
+            debug!(rollout = %format!("{ns}/{name}"), error = %e, "an object changed under a write; re-planning");
+            Ok(Requeue::requeue(AFTER_STALE))
+        }
+        other => other,
+    };
     ctx.metrics.observe_reconcile(started.elapsed());
     if let Err(e) = &result {
         ctx.metrics.record_reconcile_error(e.reason());

@@ -29,6 +29,13 @@ pub struct FinalizerError {
     source: kube::Error,
 }
 
+impl FinalizerError {
+    /// The API server's answer.
+    pub fn kube_error(&self) -> &kube::Error {
+        &self.source
+    }
+}
+
 /// Does the rollout carry the finalizer?
 pub fn has_finalizer(rollout: &Dedup2DRollout) -> bool {
     rollout.finalizers().iter().any(|f| f == CLEANUP_FINALIZER)

@@ -131,11 +131,19 @@ async fn faults_redis_down_in_upgrading_workers_holds_then_resumes() {
             })
             .await;
             holds(ns, ROLLOUT, Phase::UpgradingWorkers, 3).await;
-            let message = status(ns, ROLLOUT).await.message.unwrap_or_default();
-            assert!(
-                message.contains("0/2 pods new") && message.contains("heartbeats unreadable"),
-                "{message}"
-            );
+            // The message is a progress figure: written within one coalescing interval.
+            let wait = dedup2d::operator::plan::coalesce::COALESCE_INTERVAL + WAIT;
+            eventually(
+                "the message to say the heartbeats are unreadable",
+                wait,
+                || async {
+                    let message = status(ns, ROLLOUT).await.message.unwrap_or_default();
+                    (message.contains("0/2 pods new") && message.contains("heartbeats unreadable"))
+                        .then_some(())
+                },
+            )
+            .await;
+            holds(ns, ROLLOUT, Phase::UpgradingWorkers, 1).await;
         })
         .await;
         windows.push(window);

@@ -56,6 +56,23 @@ impl<'a> Planner<'a> {
             && d.fully_rolled(|p| self.worker_pod_is_new(w, &c, p))
     }
 
+    /// Upgraded as the status shows it: [`Self::worker_upgraded`], except that a Deployment whose
+    /// controller has not yet observed a change outside the pod template (our originals annotation
+    /// moves `generation`) still counts when every replica is updated, available and new. Gates
+    /// use the strict form.
+    pub(super) fn worker_shown_upgraded(&self, w: &WorkerTarget) -> bool {
+        let Some((d, c)) = self.worker_container(w) else {
+            return false;
+        };
+        self.worker_upgraded(w)
+            || (d.template_image(&c) == Some(w.image.as_str())
+                && !d.progress_deadline_exceeded
+                && d.updated_replicas == d.replicas
+                && d.status_replicas == d.updated_replicas
+                && d.available_replicas >= d.updated_replicas
+                && d.pods.iter().all(|p| self.worker_pod_is_new(w, &c, p)))
+    }
+
     /// A worker upgraded before is not any more: its template left the target image, or a pod that
     /// cannot read file_ref exists. A lagging `observedGeneration` alone (another writer's edit
     /// outside the pod template, such as `revisionHistoryLimit`) is no regression: the phase that
