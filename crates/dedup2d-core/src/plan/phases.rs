@@ -189,9 +189,17 @@ impl<'a> Planner<'a> {
         if let Some(back) = self.workers_regressed() {
             return back;
         }
-        if !self.all_workers_upgraded() {
+        // Judged from the template and the pods (`worker_shown_upgraded`): a lagging
+        // observedGeneration alone (another writer's edits outside the template) must not hold
+        // dual-write on forever.
+        if !self
+            .spec
+            .workers
+            .iter()
+            .all(|w| self.worker_shown_upgraded(w))
+        {
             return self.with_deadline(Step::Wait {
-                message: "waiting for the worker Deployments to settle (observedGeneration)".into(),
+                message: "waiting for the worker Deployments to settle".into(),
                 requeue: POLL,
             });
         }
@@ -357,12 +365,16 @@ impl<'a> Planner<'a> {
 /// annotation of the old ones, and later count as running with values it never read (a rollout
 /// created again over a half-done restart reaches this). A rollout stuck past its progress
 /// deadline starts no pods, so it does not hold the change.
+/// "Rolling out" is judged from the pods, not from `observedGeneration`, which another writer's
+/// edits outside the template keep moving: every pod (terminating ones included) carries the
+/// template's annotation value, is ready, and there are as many as the Deployment wants.
 fn api_restart_in_flight(api: &DeploymentObs, config_map: &str) -> Option<Step> {
-    let restarting = api
-        .template_annotations
-        .contains_key(PAYLOAD_CONFIG_ANNOTATION)
-        && !api.rollout_complete()
-        && !api.progress_deadline_exceeded;
+    let value = api.template_annotations.get(PAYLOAD_CONFIG_ANNOTATION)?;
+    let settled = usize::try_from(api.replicas).is_ok_and(|n| api.pods.len() == n)
+        && api.pods.iter().all(|p| {
+            p.ready && !p.terminating && p.annotations.get(PAYLOAD_CONFIG_ANNOTATION) == Some(value)
+        });
+    let restarting = !settled && !api.progress_deadline_exceeded;
     restarting.then(|| Step::Wait {
         message: format!(
             "waiting for API Deployment {} to finish rolling out before changing ConfigMap {config_map}",

@@ -58,8 +58,9 @@ impl<'a> Planner<'a> {
 
     /// Upgraded as the status shows it: [`Self::worker_upgraded`], except that a Deployment whose
     /// controller has not yet observed a change outside the pod template (our originals annotation
-    /// moves `generation`) still counts when every replica is updated, available and new. Gates
-    /// use the strict form.
+    /// moves `generation`, and so does another writer's edit outside the template) still counts
+    /// when every replica is updated, available and new. The status and the dual-write-off gate use
+    /// this form: old pods can only come from a template, which is checked, and every pod is.
     pub(super) fn worker_shown_upgraded(&self, w: &WorkerTarget) -> bool {
         let Some((d, c)) = self.worker_container(w) else {
             return false;
