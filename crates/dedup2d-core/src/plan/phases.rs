@@ -189,15 +189,7 @@ impl<'a> Planner<'a> {
         if let Some(back) = self.workers_regressed() {
             return back;
         }
-        // Judged from the template and the pods (`worker_shown_upgraded`): a lagging
-        // observedGeneration alone (another writer's edits outside the template) must not hold
-        // dual-write on forever.
-        if !self
-            .spec
-            .workers
-            .iter()
-            .all(|w| self.worker_shown_upgraded(w))
-        {
+        if !self.all_workers_upgraded() {
             return self.with_deadline(Step::Wait {
                 message: "waiting for the worker Deployments to settle".into(),
                 requeue: POLL,

@@ -139,7 +139,7 @@ impl Planner<'_> {
                             .filter(|p| p.image(&c) != Some(w.image.as_str()))
                             .count(),
                     );
-                    ws.upgraded = self.worker_shown_upgraded(w);
+                    ws.upgraded = self.worker_upgraded(w);
                 }
                 ws
             })

@@ -48,30 +48,22 @@ impl<'a> Planner<'a> {
             .count()
     }
 
+    /// Is this worker on the target image and fully rolled: its template, every replica updated
+    /// and available, and every pod (terminating ones included) new? Judged from the template and
+    /// the pods rather than from `observedGeneration`, which moves with any edit outside the
+    /// template (our originals annotation, another writer's `revisionHistoryLimit`) and would
+    /// otherwise hold a rollout while such edits keep coming: old pods can only come from an old
+    /// template, which is checked, and every existing pod is.
     pub(super) fn worker_upgraded(&self, w: &WorkerTarget) -> bool {
         let Some((d, c)) = self.worker_container(w) else {
             return false;
         };
         d.template_image(&c) == Some(w.image.as_str())
-            && d.fully_rolled(|p| self.worker_pod_is_new(w, &c, p))
-    }
-
-    /// Upgraded as the status shows it: [`Self::worker_upgraded`], except that a Deployment whose
-    /// controller has not yet observed a change outside the pod template (our originals annotation
-    /// moves `generation`, and so does another writer's edit outside the template) still counts
-    /// when every replica is updated, available and new. The status and the dual-write-off gate use
-    /// this form: old pods can only come from a template, which is checked, and every pod is.
-    pub(super) fn worker_shown_upgraded(&self, w: &WorkerTarget) -> bool {
-        let Some((d, c)) = self.worker_container(w) else {
-            return false;
-        };
-        self.worker_upgraded(w)
-            || (d.template_image(&c) == Some(w.image.as_str())
-                && !d.progress_deadline_exceeded
-                && d.updated_replicas == d.replicas
-                && d.status_replicas == d.updated_replicas
-                && d.available_replicas >= d.updated_replicas
-                && d.pods.iter().all(|p| self.worker_pod_is_new(w, &c, p)))
+            && !d.progress_deadline_exceeded
+            && d.updated_replicas == d.replicas
+            && d.status_replicas == d.updated_replicas
+            && d.available_replicas >= d.updated_replicas
+            && d.pods.iter().all(|p| self.worker_pod_is_new(w, &c, p))
     }
 
     /// A worker upgraded before is not any more: its template left the target image, or a pod that
