@@ -165,8 +165,6 @@ impl DeploymentObs {
     /// `kubectl rollout status`'s test: the controller saw the latest spec, every replica is updated,
     /// no replica of an older ReplicaSet is counted, and the updated ones are available. The Progressing
     /// condition alone is stale right after a patch, so it is not used.
-    /// (The simulator's and the tests' reference: the planner's gates use [`Self::fully_rolled`].)
-    #[cfg(test)]
     pub(crate) fn rollout_complete(&self) -> bool {
         self.observed_generation >= self.generation && self.replicas_settled()
     }
