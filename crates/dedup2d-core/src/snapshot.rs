@@ -166,27 +166,17 @@ impl DeploymentObs {
     /// no replica of an older ReplicaSet is counted, and the updated ones are available. The Progressing
     /// condition alone is stale right after a patch, so it is not used.
     pub(crate) fn rollout_complete(&self) -> bool {
-        self.observed_generation >= self.generation && self.replicas_settled()
-    }
-
-    /// The replica counts of a finished rollout (every replica updated and available, none of an
-    /// older ReplicaSet counted, no progress deadline exceeded), without the `observedGeneration`
-    /// test: any edit outside the pod template (our originals annotation, another writer's
-    /// `revisionHistoryLimit`) moves `generation`, and a steady stream of them would hold a rollout.
-    fn replicas_settled(&self) -> bool {
-        !self.progress_deadline_exceeded
+        self.observed_generation >= self.generation
+            && !self.progress_deadline_exceeded
             && self.updated_replicas == self.replicas
             && self.status_replicas == self.updated_replicas
             && self.available_replicas >= self.updated_replicas
     }
 
-    /// Fully rolled: the replica counts settled *and* every pod that exists (terminating ones
-    /// included) satisfies `is_new`, which callers derive from the current template (its image or
-    /// annotation), so counts the controller has not yet updated for a new template never pass:
-    /// the old pods fail `is_new`. Terminating pods are not counted in `status.replicas`, so the
-    /// pods are checked one by one.
+    /// Fully rolled *and* every pod that exists (terminating ones included) satisfies `is_new`.
+    /// Terminating pods are not counted in `status.replicas`, so the pods are checked one by one.
     pub(crate) fn fully_rolled(&self, is_new: impl Fn(&PodObs) -> bool) -> bool {
-        self.replicas_settled() && self.pods.iter().all(is_new)
+        self.rollout_complete() && self.pods.iter().all(is_new)
     }
 }
 

@@ -59,7 +59,11 @@ impl<'a> Planner<'a> {
             return false;
         };
         d.template_image(&c) == Some(w.image.as_str())
-            && d.fully_rolled(|p| self.worker_pod_is_new(w, &c, p))
+            && !d.progress_deadline_exceeded
+            && d.updated_replicas == d.replicas
+            && d.status_replicas == d.updated_replicas
+            && d.available_replicas >= d.updated_replicas
+            && d.pods.iter().all(|p| self.worker_pod_is_new(w, &c, p))
     }
 
     /// A worker upgraded before is not any more: its template left the target image, or a pod that
