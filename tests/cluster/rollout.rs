@@ -18,10 +18,12 @@ use crate::support::{events::*, fleet::*, history::*, kube::TestNamespace, scena
 
 const WORKERS: [&str; 2] = ["worker-a", "worker-b"];
 /// The most status writes a forward rollout may take for the changes that matter (phases, records,
-/// in-effect times, drain figures; see `plan::coalesce`). The happy path measures 16 to 19: every
-/// field group is recorded in status before it is written (the originals on each target too), one
-/// write each. The target of 10 is not met; this bound catches a regression.
-const MAX_STATUS_WRITES: usize = 22;
+/// in-effect times, drain figures; see `plan::coalesce`). The happy path measures 10: the fields a
+/// phase writes are recorded together with its transition, and the status written with the record
+/// of an API restart already says the API is rolling. The core's
+/// `a_forward_rollout_costs_at_most_ten_status_writes` holds the bound of 10 in the
+/// simulator; this one leaves room for the cluster's timing (a drain figure seen in between).
+const MAX_STATUS_WRITES: usize = 12;
 
 /// How long ago the object was created.
 fn age(meta: &ObjectMeta) -> Duration {

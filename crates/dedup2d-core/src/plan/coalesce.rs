@@ -189,6 +189,76 @@ mod tests {
         assert!(!only_progress_changed(None, &new));
     }
 
+    /// One forward rollout in the simulator, the pods rolling one step per reconcile, the operator
+    /// requeueing as planned (at most 5 s): the status writes the adapter makes, each with what
+    /// changed.
+    fn forward_status_writes(workers: usize) -> Vec<(Option<Phase>, Vec<String>)> {
+        use crate::plan::{sim, Action};
+        let mut w = sim::World::new(sim::spec(workers), 2);
+        w.legacy.push(Some(w.now + 20));
+        let (mut written, mut last_at) = (None::<Status>, None);
+        let mut writes = vec![];
+        for round in 0..2_000 {
+            if w.phase() == Phase::AwaitingFinalize {
+                w.request = Some(format!("promote:{round}"));
+            }
+            let d = w.reconcile();
+            let now = sim::ts(w.now);
+            if status_write_needed(written.as_ref(), &d.status, last_at, now) {
+                let (a, b) = (
+                    serde_json::to_value(written.as_ref().map(what_matters)).unwrap(),
+                    serde_json::to_value(what_matters(&d.status)).unwrap(),
+                );
+                let fields = b.as_object().unwrap().iter();
+                let mut changed: Vec<String> = fields
+                    .filter(|(k, v)| a.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                let before = |t: &str| written.as_ref()?.conditions.iter().find(|c| c.type_ == t);
+                for c in &d.status.conditions {
+                    if before(&c.type_)
+                        .is_none_or(|o| (&o.status, &o.reason) != (&c.status, &c.reason))
+                    {
+                        changed.push(format!("{}={}/{}", c.type_, c.status, c.reason));
+                    }
+                }
+                writes.push((d.status.phase, changed));
+                (written, last_at) = (Some(d.status.clone()), Some(now));
+            }
+            if d.status.phase.is_some_and(Phase::is_terminal) && d.action == Action::None {
+                assert_eq!(d.status.phase, Some(Phase::Completed));
+                return writes;
+            }
+            for i in 0..=workers {
+                w.controller_step(i);
+                w.reap(i);
+            }
+            if d.action == Action::None {
+                let wait = d.requeue_after.unwrap_or(COALESCE_INTERVAL);
+                w.tick(wait.as_secs().clamp(1, 5) as i64);
+            }
+        }
+        panic!("the rollout did not complete: {writes:?}");
+    }
+
+    /// The bound: at most 10 status writes per completed rollout (one worker Deployment,
+    /// as the operator benchmark runs it; two cost the same: their images are recorded at once).
+    #[test]
+    fn a_forward_rollout_costs_at_most_ten_status_writes() {
+        for workers in [1, 2] {
+            let writes = forward_status_writes(workers);
+            println!(
+                "{workers} worker Deployments: {} status writes: {writes:?}",
+                writes.len()
+            );
+            assert!(
+                writes.len() <= 10,
+                "{workers} workers: {} writes: {writes:#?}",
+                writes.len()
+            );
+        }
+    }
+
     proptest! {
         /// Within the interval a write happens exactly when something that matters changed; after
         /// it, whenever anything changed.

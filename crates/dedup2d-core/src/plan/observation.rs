@@ -59,7 +59,8 @@ pub fn observation(spec: &Spec, status: Option<&Status>) -> Observation {
         _ => ScanKind::None,
     };
     let active = match phase {
-        Phase::Pending => ScanKind::None,
+        // The first observation reads it, so that the first status write carries RollbackSafe.
+        Phase::Pending if status.is_some() => ScanKind::None,
         Phase::RollingBack if !full_rollback => ScanKind::None,
         _ => confirm_or_recheck(status.and_then(|s| s.active_jobs_without_b64)),
     };

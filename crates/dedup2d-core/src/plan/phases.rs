@@ -70,6 +70,19 @@ impl<'a> Planner<'a> {
     }
 
     fn upgrading_workers(&mut self, t: &Targets<'a>) -> Step {
+        // Every worker Deployment's image is recorded at once (one status write); they are
+        // written one Deployment after another.
+        let wants: Vec<_> = t
+            .workers
+            .iter()
+            .map(|w| {
+                let field = field_id::image(&w.target.deployment, &w.container);
+                (field, w.target.image.clone())
+            })
+            .collect();
+        if self.record_fields(&wants) && !self.in_place(&wants) {
+            return Step::Recorded;
+        }
         for w in &t.workers {
             if let Err(step) = self.upgrade_worker(w) {
                 return step;
@@ -309,22 +322,25 @@ impl<'a> Planner<'a> {
         let cm = self.spec.api.config_map.clone();
         let api = self.spec.api.deployment.clone();
         let (include, max_bytes) = self.payload_values(on);
+        let hash = payload_config_hash(&include, &max_bytes);
+        // The ConfigMap keys and the restart annotation they imply are recorded together: one
+        // status write before the two writes.
         let wants = [
             (field_id::config_key(&cm, KEY_INCLUDE_B64), include.clone()),
             (field_id::config_key(&cm, KEY_MAX_BYTES), max_bytes.clone()),
+            (field_id::restart_annotation(&api), hash.clone()),
         ];
         if !self.ensure_fields(&wants)? {
-            if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
-                return Err(wait);
+            if !self.in_place(&wants[..2]) {
+                if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
+                    return Err(wait);
+                }
+                return Err(Step::Act(Action::SetConfig {
+                    config_map: cm,
+                    include_b64: include,
+                    max_bytes,
+                }));
             }
-            return Err(Step::Act(Action::SetConfig {
-                config_map: cm,
-                include_b64: include,
-                max_bytes,
-            }));
-        }
-        let hash = payload_config_hash(&include, &max_bytes);
-        if !self.ensure_fields(&[(field_id::restart_annotation(&api), hash.clone())])? {
             return Err(Step::Act(Action::SetApiRestartAnnotation {
                 deployment: api,
                 value: hash,

@@ -39,14 +39,28 @@ impl Planner<'_> {
     /// action follows, even for a field already in place: the action writes every field it
     /// carries, so each one must already be recorded with that value (invariant 5).
     pub(super) fn ensure_fields(&mut self, wants: &[(String, String)]) -> Result<bool, Step> {
+        let recorded = self.record_fields(wants);
+        if self.in_place(wants) {
+            Ok(true)
+        } else if recorded {
+            Err(Step::Recorded)
+        } else if let Some(action) = self.record_originals(wants) {
+            Err(Step::Act(action))
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Record the intent for `wants` (a new field with its previous value, or a new intended
+    /// value); `true` when the records changed, so they must be persisted before any write. A step
+    /// may record fields it writes only later, to persist them with a write it makes anyway.
+    pub(super) fn record_fields(&mut self, wants: &[(String, String)]) -> bool {
         let mut recorded = false;
-        let mut all_in_place = true;
         for (field, desired) in wants {
-            let current = self.world.get(field).cloned().flatten();
-            let in_place = current.as_deref() == Some(desired.as_str());
-            all_in_place &= in_place;
+            let in_place = self.holds(field, desired);
             match self.st.fields.iter().position(|r| &r.field == field) {
                 None => {
+                    let current = self.world.get(field).cloned().flatten();
                     let previous = self.adopt_original(field, current);
                     self.st.fields.push(FieldRecord {
                         field: field.clone(),
@@ -66,15 +80,20 @@ impl Planner<'_> {
                 }
             }
         }
-        if all_in_place {
-            Ok(true)
-        } else if recorded {
-            Err(Step::Recorded)
-        } else if let Some(action) = self.record_originals(wants) {
-            Err(Step::Act(action))
-        } else {
-            Ok(false)
-        }
+        recorded
+    }
+
+    /// Every field of `wants` holds its desired value in the world.
+    pub(super) fn in_place(&self, wants: &[(String, String)]) -> bool {
+        wants
+            .iter()
+            .all(|(field, desired)| self.holds(field, desired))
+    }
+
+    pub(super) fn holds(&self, field: &str, desired: &str) -> bool {
+        self.world
+            .get(field)
+            .is_some_and(|v| v.as_deref() == Some(desired))
     }
 
     /// The previous value of a field recorded for the first time: the entry of the object's

@@ -2,11 +2,13 @@
 //! drain figures, `status.dualWrite`, and the conditions, each built by its own function in the
 //! order they are listed in status.
 
-use super::{DualWriteBasis, DualWriteState, HoldReason, Planner, StallReason};
+use super::{
+    field_id, DualWriteBasis, DualWriteState, HoldReason, Planner, StallReason, TargetObject,
+};
 use crate::{
     conditions::{self as cond, set_condition, CondStatus},
     crd::{Phase, WorkerStatus},
-    snapshot::{include_b64_is_on, DrainObs, ScanKind},
+    snapshot::{include_b64_is_on, DrainObs, ScanKind, KEY_INCLUDE_B64},
 };
 
 /// One condition's value.
@@ -150,6 +152,13 @@ impl Planner<'_> {
     }
 
     fn dual_write(&self) -> DualWrite {
+        if let Some(on) = self.api_restart_ahead() {
+            let state = match on {
+                true => DualWriteState::TurningOn,
+                false => DualWriteState::TurningOff,
+            };
+            return (state, DualWriteBasis::ApiRolling);
+        }
         let (on_i, on_m) = self.payload_values(true);
         let (off_i, off_m) = self.payload_values(false);
         let include_on = self
@@ -176,6 +185,33 @@ impl Planner<'_> {
         } else {
             (DualWriteState::TurningOff, DualWriteBasis::ApiRolling)
         }
+    }
+
+    /// An API restart the rollout has recorded and is about to make: a record of an API
+    /// Deployment field or a ConfigMap key that is not in place yet, in an unfinished phase that is
+    /// not held. `Some(on)`: dual-write `on` once it is done. The status written with the record
+    /// already says the API is rolling (and so that a quick rollback is not safe), rather than a
+    /// second write once the restart is seen.
+    fn api_restart_ahead(&self) -> Option<bool> {
+        if self.phase.is_terminal() || self.st.hold.is_some() {
+            return None;
+        }
+        let api = TargetObject::Deployment(self.spec.api.deployment.clone());
+        let cm = TargetObject::ConfigMap(self.spec.api.config_map.clone());
+        let ahead = self.st.fields.iter().any(|r| {
+            let target = field_id::object(&r.field);
+            (target == Some(api.clone()) || target == Some(cm.clone()))
+                && !r.confirmed
+                && !self.holds(&r.field, &r.written)
+        });
+        let include = field_id::config_key(&self.spec.api.config_map, KEY_INCLUDE_B64);
+        let recorded = self.record(&include).map(|r| r.written.as_str());
+        let current = self
+            .obs
+            .config
+            .as_ref()
+            .and_then(|c| c.include_b64.as_deref());
+        ahead.then(|| include_b64_is_on(recorded.or(current)))
     }
 
     fn workers_upgraded_condition(&self) -> Cond {

@@ -87,6 +87,12 @@ fn records_previous_values_before_the_first_write() {
         d.action
     );
     let d = w.reconcile();
+    assert!(
+        matches!(&d.action, Action::SetOriginals { target: TargetObject::Deployment(a), .. } if a == "api"),
+        "then onto the API Deployment, whose restart annotation was recorded with them: {:?}",
+        d.action
+    );
+    let d = w.reconcile();
     assert_eq!(
         d.action,
         Action::SetConfig {
@@ -576,7 +582,9 @@ fn a_rollback_from_draining_clears_the_drain_deadline() {
 
 #[test]
 fn dual_write_before_the_first_api_restart_is_read_from_the_config_map() {
-    let mut w = World::new(spec(1), 1);
+    let mut s = spec(1);
+    s.dual_write.enabled = false;
+    let mut w = World::new(s, 1);
     w.include = Some("0".into());
     w.originals = world_values(&w.spec, &w.observe());
     let d = w.reconcile();
@@ -591,7 +599,42 @@ fn dual_write_before_the_first_api_restart_is_read_from_the_config_map() {
         ("False", "ConfigMapOnly")
     );
     assert_ne!(cond(&w, cond::ROLLBACK_SAFE).reason, "Safe");
-    until_phase(&mut w, Phase::UpgradingWorkers, 50);
+}
+
+/// The status written with the records of an API restart already says the API is rolling, so the
+/// restart itself costs no second write.
+#[test]
+fn a_recorded_api_restart_shows_as_rolling_from_the_record_on() {
+    let mut w = World::new(spec(1), 1);
+    w.include = Some("0".into());
+    w.originals = world_values(&w.spec, &w.observe());
+    let d = w.reconcile();
+    assert_eq!(d.action, Action::None, "the first call only records");
+    assert_eq!(d.status.dual_write.as_deref(), Some("TurningOn"));
+    let dw = cond(&w, cond::DUAL_WRITE);
+    assert_eq!(
+        (dw.status.as_str(), dw.reason.as_str()),
+        ("Unknown", "ApiRolling")
+    );
+    assert_eq!(cond(&w, cond::ROLLBACK_SAFE).reason, "DualWriteNotOn");
+    let first = w.status.clone().unwrap();
+    // Through the originals, the ConfigMap write and the restart annotation, until the API runs
+    // with it: the conditions do not move.
+    while w.phase() == Phase::DualWriteOn {
+        let d = w.reconcile();
+        if d.status.phase == Some(Phase::DualWriteOn) {
+            for (a, b) in first.conditions.iter().zip(&d.status.conditions) {
+                assert_eq!(
+                    (&a.status, &a.reason),
+                    (&b.status, &b.reason),
+                    "{}",
+                    a.type_
+                );
+            }
+        }
+        w.controller_step(1);
+        w.reap(1);
+    }
     assert_eq!(cond(&w, cond::DUAL_WRITE).reason, "InEffect");
     assert_eq!(w.status.as_ref().unwrap().dual_write.as_deref(), Some("On"));
 }
