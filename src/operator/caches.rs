@@ -4,9 +4,10 @@
 //!
 //! Objects are stripped before they are stored, keeping what the observer maps into the snapshot:
 //! Pods keep their metadata (without managedFields), container names and images, and the Ready
-//! condition; Deployments keep their managedFields (the planner looks up who owns a field) but
-//! lose the last-applied annotation and the pod template's volumes and probes; ConfigMaps keep
-//! only the keys the planner and the drain read (and their managedFields).
+//! condition; Deployments keep the part of their managedFields that names who owns a field the
+//! operator writes (each entry's tree cut to those fields) but lose the last-applied annotation and
+//! the pod template's volumes and probes; ConfigMaps keep only the keys the planner and the drain
+//! read (and who owns them). Writes never use these copies: an apply reads its target fresh.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use k8s_openapi::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus},
     },
+    apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry},
     NamespaceResourceScope,
 };
 use kube::{
@@ -30,6 +32,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     controller::GuardedRollout,
+    managed,
     observe::{KEY_REDIS_KEY_PREFIX, KEY_REDIS_URL, KEY_REDIS_URL_FALLBACK},
     snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS},
 };
@@ -150,6 +153,27 @@ fn strip_meta(meta: &mut ObjectMeta, keep_managed_fields: bool) {
     }
 }
 
+/// managedFields cut to what `managed::managers` reads: entries of the main resource (not a
+/// subresource), each tree reduced by `kept` and dropped when nothing of it is left.
+fn keep_managed_fields(
+    meta: &mut ObjectMeta,
+    kept: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
+) {
+    let Some(entries) = meta.managed_fields.take() else {
+        return;
+    };
+    let entries: Vec<ManagedFieldsEntry> = entries
+        .into_iter()
+        .filter(|e| e.subresource.as_deref().unwrap_or("").is_empty())
+        .filter_map(|mut e| {
+            let tree = kept(&e.fields_v1.take()?.0)?;
+            e.fields_v1 = Some(FieldsV1(tree));
+            Some(e)
+        })
+        .collect();
+    meta.managed_fields = Some(entries);
+}
+
 /// A rollout as the reconciler reads it (its status write drops managedFields anyway).
 pub fn strip_rollout(r: &mut GuardedRollout) {
     let meta = match &mut r.0 {
@@ -195,6 +219,7 @@ fn name_and_image(c: &Container) -> Container {
 /// environment comes from.
 pub fn strip_deployment(d: &mut Deployment) {
     strip_meta(&mut d.metadata, true);
+    keep_managed_fields(&mut d.metadata, managed::deployment_fields_kept);
     let Some(pod_spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
         return;
     };
@@ -215,6 +240,9 @@ pub fn strip_deployment(d: &mut Deployment) {
 /// A ConfigMap with only the keys the operator reads.
 pub fn strip_config_map(c: &mut ConfigMap) {
     strip_meta(&mut c.metadata, true);
+    keep_managed_fields(&mut c.metadata, |f| {
+        managed::config_map_fields_kept(&CONFIG_KEYS, f)
+    });
     c.binary_data = None;
     if let Some(data) = c.data.as_mut() {
         data.retain(|k, _| CONFIG_KEYS.contains(&k.as_str()));
@@ -235,6 +263,21 @@ mod tests {
         serde_json::from_str(MANAGED).unwrap()
     }
 
+    /// kubectl's entry (the image, the restart annotation and much else) and the controller's
+    /// status entry.
+    fn deployment_managed() -> serde_json::Value {
+        json!([
+            {"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1", "time": "2026-01-01T00:00:00Z",
+                "fieldsV1": {"f:spec": {"f:replicas": {}, "f:selector": {}, "f:strategy": {"f:type": {}},
+                    "f:template": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}, "f:annotations": {".": {}, "f:dedup2d.io/payload-config": {}}},
+                        "f:spec": {"f:containers": {"k:{\"name\":\"worker\"}": {".": {}, "f:image": {}, "f:name": {},
+                            "f:envFrom": {}, "f:readinessProbe": {".": {}, "f:exec": {".": {}, "f:command": {}}}}},
+                            "f:volumes": {".": {}, "k:{\"name\":\"v\"}": {".": {}, "f:emptyDir": {}, "f:name": {}}}}}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:status": {"f:observedGeneration": {}, "f:replicas": {}, "f:updatedReplicas": {}}}}
+        ])
+    }
+
     fn pod() -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "w-5d8f9-abcde", "namespace": "ns", "labels": {"app": "w"},
@@ -252,7 +295,7 @@ mod tests {
 
     fn deployment() -> Deployment {
         serde_json::from_value(json!({
-            "metadata": {"name": "w", "namespace": "ns", "generation": 3, "managedFields": managed(),
+            "metadata": {"name": "w", "namespace": "ns", "generation": 3, "managedFields": deployment_managed(),
                 "annotations": {LAST_APPLIED: "{...}"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "w"}},
                 "template": {"metadata": {"labels": {"app": "w"}, "annotations": {"dedup2d.io/payload-config": "h"}},
@@ -303,9 +346,26 @@ mod tests {
             deployment_obs(&stripped, &pods),
             deployment_obs(&full, &pods)
         );
+        let managers = deployment_obs(&stripped, &pods).managers;
         assert_eq!(
-            stripped.metadata.managed_fields, full.metadata.managed_fields,
-            "managedFields kept (the planner reads field managers)"
+            managers
+                .get("Deployment/w/containers/worker/image")
+                .map(String::as_str),
+            Some("kubectl"),
+            "who owns the fields the operator writes is kept: {managers:?}"
+        );
+        let entries = stripped.metadata.managed_fields.as_ref().unwrap();
+        assert_eq!(entries.len(), 1, "the status entry is dropped");
+        let tree = |d: &Deployment| {
+            serde_json::to_string(&d.metadata.managed_fields)
+                .unwrap()
+                .len()
+        };
+        assert!(
+            tree(&stripped) * 2 < tree(&full),
+            "{} of {}",
+            tree(&stripped),
+            tree(&full)
         );
         let template = stripped
             .spec
@@ -322,7 +382,9 @@ mod tests {
     #[test]
     fn a_stripped_config_map_keeps_the_keys_the_operator_reads() {
         let full: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": "cfg", "namespace": "ns", "managedFields": managed()},
+            "metadata": {"name": "cfg", "namespace": "ns", "managedFields": [{"manager": "kubectl",
+                "operation": "Update", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {".": {}, format!("f:{KEY_INCLUDE_B64}"): {}, "f:BIG": {}}}}]},
             "data": {KEY_INCLUDE_B64: "1", KEY_MAX_BYTES: "5", KEY_TTL_SECONDS: "60",
                 KEY_REDIS_URL: "redis://r", KEY_REDIS_KEY_PREFIX: "p", "BIG": "x".repeat(10_000)},
             "binaryData": {"blob": "AAAA"}
@@ -340,10 +402,20 @@ mod tests {
             redis_target(&spec, Some(&stripped), None),
             redis_target(&spec, Some(&full), None)
         );
+        let managers = |c: &ConfigMap| {
+            managed::managers(c.managed_fields(), "dedup2d-operator", |f| {
+                managed::config_map_fields("cfg", &CONFIG_KEYS, f)
+            })
+        };
+        assert_eq!(managers(&stripped), managers(&full));
         assert_eq!(
-            stripped.metadata.managed_fields,
-            full.metadata.managed_fields
+            managers(&stripped)
+                .get(&format!("ConfigMap/cfg/data/{KEY_INCLUDE_B64}"))
+                .map(String::as_str),
+            Some("kubectl")
         );
+        let tree = &stripped.metadata.managed_fields.as_ref().unwrap()[0].fields_v1;
+        assert!(!serde_json::to_string(tree).unwrap().contains("BIG"));
         assert!(stripped.binary_data.is_none());
         assert!(!stripped.data.as_ref().unwrap().contains_key("BIG"));
     }

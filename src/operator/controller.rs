@@ -13,7 +13,7 @@
 //! reconcile carries the rollout as `rollout=<namespace>/<name>`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -234,7 +234,19 @@ impl Context {
     }
 
     /// Everything kept about a rollout that is gone.
+    /// Drops what the operator holds for a rollout that is gone (or going): its metrics, Events
+    /// bookkeeping, last write and the found sets of every rollout no longer in the cache (they
+    /// are kept by uid, which a deleted rollout's key no longer tells).
     fn forget(&self, ns: &str, name: &str) {
+        let live: HashSet<String> = self
+            .caches
+            .rollouts
+            .state()
+            .iter()
+            .filter(|r| r.meta().deletion_timestamp.is_none())
+            .filter_map(|r| r.meta().uid.clone())
+            .collect();
+        self.redis.forget_found_except(|uid| live.contains(uid));
         self.metrics.forget_rollout(ns, name);
         self.events.forget(ns, name);
         self.writes

@@ -52,6 +52,11 @@ impl FoundKeys {
         self.lock().retain(|(u, _, _), _| u != uid);
     }
 
+    /// Forgets the sets of every rollout that `live` does not name (deleted ones).
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.lock().retain(|(u, _, _), _| live(u));
+    }
+
     /// Keys held in all sets.
     pub fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -97,6 +102,14 @@ mod tests {
         f.forget("u1");
         assert_eq!(f.get("u1", &target("a"), Check::Legacy), None);
         assert_eq!(f.len(), 1, "u2's set is kept");
+        f.put("u3", &target("a"), Check::Legacy, Some(vec!["k3".into()]));
+        f.retain(|uid| uid == "u3");
+        assert_eq!(
+            f.get("u2", &target("a"), Check::Legacy),
+            None,
+            "u2 was deleted"
+        );
+        assert_eq!(f.len(), 1, "u3's set is kept");
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
+    /// Forgets the found sets of every rollout that `live` does not name (deleted ones).
+    pub fn forget_found_except(&self, live: impl Fn(&str) -> bool) {
+        self.found.retain(live);
+    }
+
     async fn get(&self, url: &str) -> Result<ConnectionManager, RedisError> {
         if let Some(c) = self.conns.lock().await.get(url) {
             return Ok(c.clone());

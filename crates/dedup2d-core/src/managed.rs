@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 use crate::{crd::PAYLOAD_CONFIG_ANNOTATION, plan::field_id};
 
@@ -44,6 +44,46 @@ pub fn config_map_fields(config_map: &str, keys: &[&str], fields_v1: &Value) -> 
         .filter(|k| fields_v1["f:data"].get(format!("f:{k}")).is_some())
         .map(|k| field_id::config_key(config_map, k))
         .collect()
+}
+
+/// Of one `fieldsV1` tree of a Deployment, only what [`deployment_fields`] reads (`None`: none of
+/// it). A watch cache keeps this instead of the whole tree: parsed, a tree costs a map allocation
+/// per node, tens of KiB per entry.
+pub fn deployment_fields_kept(fields_v1: &Value) -> Option<Value> {
+    let template = &fields_v1["f:spec"]["f:template"];
+    let mut kept = Map::new();
+    if let Some(containers) = template["f:spec"]["f:containers"].as_object() {
+        let images: Map<String, Value> = containers
+            .iter()
+            .filter(|(_, fields)| fields.get("f:image").is_some())
+            .map(|(key, _)| (key.clone(), json!({"f:image": {}})))
+            .collect();
+        if !images.is_empty() {
+            kept.insert("f:spec".into(), json!({"f:containers": images}));
+        }
+    }
+    let annotation = format!("f:{PAYLOAD_CONFIG_ANNOTATION}");
+    if template["f:metadata"]["f:annotations"]
+        .get(&annotation)
+        .is_some()
+    {
+        kept.insert(
+            "f:metadata".into(),
+            json!({"f:annotations": {annotation: {}}}),
+        );
+    }
+    (!kept.is_empty()).then(|| json!({"f:spec": {"f:template": kept}}))
+}
+
+/// Of one `fieldsV1` tree of a ConfigMap, only the `data` keys in `keys` (`None`: none of them).
+pub fn config_map_fields_kept(keys: &[&str], fields_v1: &Value) -> Option<Value> {
+    let data: Map<String, Value> = keys
+        .iter()
+        .map(|k| format!("f:{k}"))
+        .filter(|k| fields_v1["f:data"].get(k).is_some())
+        .map(|k| (k, json!({})))
+        .collect();
+    (!data.is_empty()).then(|| json!({"f:data": data}))
 }
 
 /// `k:{"name":"worker"}` -> `worker`.
@@ -141,6 +181,56 @@ mod tests {
                 field_id::restart_annotation("api")
             ])
         );
+    }
+
+    /// What kubectl's client-side apply owns on a Deployment, plus our annotation and a sidecar.
+    fn kubectl_tree() -> Value {
+        json!({"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}},
+        "f:spec": {"f:progressDeadlineSeconds": {}, "f:replicas": {}, "f:revisionHistoryLimit": {},
+            "f:selector": {}, "f:strategy": {"f:rollingUpdate": {".": {}, "f:maxSurge": {}, "f:maxUnavailable": {}}, "f:type": {}},
+            "f:template": {
+                "f:metadata": {"f:annotations": {".": {}, "f:dedup2d.io/payload-config": {}}, "f:labels": {".": {}, "f:app": {}}},
+                "f:spec": {"f:containers": {
+                    "k:{\"name\":\"api\"}": {".": {}, "f:env": {".": {}, "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:value": {}}},
+                        "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:resources": {}},
+                    "k:{\"name\":\"sidecar\"}": {".": {}, "f:name": {}, "f:resources": {}}
+                }, "f:dnsPolicy": {}, "f:restartPolicy": {}, "f:schedulerName": {}}
+            }}})
+    }
+
+    #[test]
+    fn a_kept_tree_reads_the_same_and_keeps_only_that() {
+        let trees = [
+            kubectl_tree(),
+            image_tree("worker"),
+            json!({"f:spec": {"f:template": {"f:metadata": {"f:annotations": {"f:dedup2d.io/payload-config": {}}}}}}),
+            json!({"f:spec": {"f:replicas": {}}}),
+            json!({}),
+        ];
+        for tree in trees {
+            let kept = deployment_fields_kept(&tree);
+            let read = deployment_fields("d", &tree);
+            assert_eq!(
+                kept.as_ref()
+                    .map_or_else(BTreeSet::new, |k| deployment_fields("d", k)),
+                read,
+                "{tree}"
+            );
+            assert_eq!(kept.is_none(), read.is_empty(), "{tree}");
+        }
+        let kept = deployment_fields_kept(&kubectl_tree()).unwrap();
+        assert!(
+            kept.to_string().len() < kubectl_tree().to_string().len() / 4,
+            "{kept}"
+        );
+        let tree = json!({"f:data": {".": {}, "f:A": {}, "f:B": {}, "f:OTHER": {}}});
+        let kept = config_map_fields_kept(&["A", "C"], &tree).unwrap();
+        assert_eq!(kept, json!({"f:data": {"f:A": {}}}));
+        assert_eq!(
+            config_map_fields("cm", &["A", "C"], &kept),
+            config_map_fields("cm", &["A", "C"], &tree)
+        );
+        assert_eq!(config_map_fields_kept(&["C"], &tree), None);
     }
 
     #[test]
