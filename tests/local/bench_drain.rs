@@ -48,22 +48,38 @@ end
 return {legacy, bytes}
 "#;
 
-/// The longest command (µs) in the slow log, which logs every command (see `drain_check_cost_on_redis`).
-async fn longest_command_us(conn: &mut ConnectionManager) -> i64 {
+/// The longest command in the slow log, which logs every command (see `drain_check_cost_on_redis`):
+/// its time (µs) and its name with its first two arguments.
+async fn longest_command(conn: &mut ConnectionManager) -> (i64, String) {
     let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(1_000_000)
         .query_async(conn)
         .await
         .unwrap();
+    let args = |e: &[redis::Value]| match e.get(3) {
+        Some(redis::Value::Array(args)) => args
+            .iter()
+            .take(3)
+            .filter_map(|a| redis::from_redis_value::<String>(a.clone()).ok())
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    // The measurement's own commands (a `SLOWLOG RESET` frees the last pass's log) are not the pass.
+    let ours = |command: &str| {
+        let name = command.split(' ').next().unwrap_or("").to_ascii_uppercase();
+        ["SLOWLOG", "INFO", "SCRIPT", "CONFIG", "PING"].contains(&name.as_str())
+    };
     entries
         .iter()
         .filter_map(|e| match e.get(2) {
-            Some(redis::Value::Int(us)) => Some(*us),
+            Some(redis::Value::Int(us)) => Some((*us, args(e))),
             _ => None,
         })
-        .max()
-        .unwrap_or(0)
+        .filter(|(_, command)| !ours(command))
+        .max_by_key(|(us, _)| *us)
+        .unwrap_or_default()
 }
 
 /// Bytes Redis received and sent so far (`INFO stats`).
@@ -115,13 +131,15 @@ where
     let wall = started.elapsed();
     let cpu = redis_cpu_s(conn).await - cpu0;
     stop.store(true, Ordering::Relaxed);
-    let (worst, count) = pings.await.unwrap();
+    let pings = pings.await.unwrap();
+    let (worst, count) = (pings.worst, pings.count);
     let moved = (redis_net_bytes(conn).await - net0).saturating_sub(count * PING_WIRE_BYTES);
-    let longest = longest_command_us(conn).await;
+    let (longest, longest_name) = longest_command(conn).await;
     json!({"counted": counted, "bytes_examined": examined, "bytes_moved": moved,
            "redis_cpu_s": cpu, "wall_s": wall.as_secs_f64(),
            "worst_ping_ms": worst.as_secs_f64() * 1e3, "pings": count,
-           "longest_command_ms": longest as f64 / 1e3})
+           "pings_over_10ms": pings.over_10ms,
+           "longest_command_ms": longest as f64 / 1e3, "longest_command": longest_name})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +231,7 @@ async fn drain_check_cost_on_redis() {
         "keys": n + big, "small_keys": n, "dual_write_every": dual_every, "ten_mib_keys": big,
         "legacy": legacy, "stored_bytes": stored, "scan_batch": BATCH,
         "window_bytes": WINDOW_BYTES, "call_budget_bytes": CALL_BUDGET_BYTES,
+        "redis_pinned_to_cpu": std::env::var("DEDUP2D_BENCH_REDIS_CPU").ok(),
         "old_check": old, "naive_get": naive, "bounded_check": new, "bare_scan": scan,
         "bytes_moved_per_key": {
             "bounded_check": per_key(&new), "bare_scan": per_key(&scan),

@@ -119,7 +119,8 @@ async fn faults_drain_live_traffic_sees_no_redis_timeouts() {
     let done = w::wait_finished(&store, &ids, Duration::from_secs(300)).await;
     stop.store(true, Ordering::Relaxed);
     let seen = drain.await.unwrap();
-    let (worst_ping, ping_count) = pings.await.unwrap();
+    let pings = pings.await.unwrap();
+    let (worst_ping, ping_count) = (pings.worst, pings.count);
 
     let failed: Vec<String> = done
         .values()

@@ -43,30 +43,37 @@ pub fn env_list(name: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-/// A client pinging Redis every millisecond until `stop`: the worst round trip it saw and the
-/// number of pings.
+/// What a pinging client saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pings {
+    pub worst: std::time::Duration,
+    pub count: u64,
+    /// Round trips over 10 ms (the stall bound).
+    pub over_10ms: u64,
+}
+
+/// A client pinging Redis every millisecond until `stop`. It runs on a thread of its own with a
+/// blocking connection, so that the measuring side's async work (parsing large replies, say)
+/// cannot hold a ping up: what it sees is Redis's latency and the scheduler's.
 pub fn pinger(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<(std::time::Duration, u64)> {
+) -> tokio::task::JoinHandle<Pings> {
     use std::time::{Duration, Instant};
-    tokio::spawn(async move {
-        // No response timeout: a ping held up by a blocked Redis is the figure, not an error.
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let mut conn = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .unwrap();
-        let (mut worst, mut count) = (Duration::ZERO, 0u64);
+    tokio::task::spawn_blocking(move || {
+        // No timeout: a ping held up by a blocked Redis is the figure, not an error.
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let mut seen = Pings::default();
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             let t = Instant::now();
-            let _: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-            worst = worst.max(t.elapsed());
-            count += 1;
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            let _: String = redis::cmd("PING").query(&mut conn).unwrap();
+            let took = t.elapsed();
+            seen.worst = seen.worst.max(took);
+            seen.count += 1;
+            seen.over_10ms += u64::from(took > Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
-        (worst, count)
+        seen
     })
 }
 
