@@ -6,6 +6,7 @@
 #   DEDUP2D_BENCH_JOBS=3000   jobs per side and concurrency
 #   DEDUP2D_BENCH_JOB_MS=0    the sleep each job makes after reading its payload (both sides)
 #   DEDUP2D_BENCH_CONCURRENCY=1,10,50
+#   DEDUP2D_BENCH_ROUNDS=3    rounds per concurrency, the sides alternating; the ratio is of the medians
 #   DEDUP2D_BENCH_PROFILE=release (default) or dev
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -117,7 +117,7 @@ cargo test --workspace --locked --all-targets -- "$THREADS"
 step "benchmarks: smoke run at tiny sizes (their own correctness checks; figures to a temp dir)"
 BENCH_OUT="$(mktemp -d)"
 DEDUP2D_BENCH_OUT="$BENCH_OUT" DEDUP2D_BENCH_KEYS=300 DEDUP2D_BENCH_BIG=2 DEDUP2D_BENCH_SIZES_MIB=1 \
-  DEDUP2D_BENCH_SUBMITS=100 DEDUP2D_BENCH_JOBS=40 DEDUP2D_BENCH_SIZES_KIB=100 \
+  DEDUP2D_BENCH_SUBMITS=100 DEDUP2D_BENCH_JOBS=40 DEDUP2D_BENCH_ROUNDS=1 DEDUP2D_BENCH_SIZES_KIB=100 \
   cargo test --workspace --locked --test local bench_ -- --ignored --test-threads=1
 test -s "$BENCH_OUT/drain.json" && test -s "$BENCH_OUT/worker-rss.json" && test -s "$BENCH_OUT/worker-throughput.json"
 test -s "$BENCH_OUT/api-submit.json" && test -s "$BENCH_OUT/redis-memory.json"
