@@ -667,19 +667,20 @@ impl Watch {
         }
     }
 
-    /// For each Deployment settling while its rollout was not finished: seconds to that rollout's
-    /// next phase change. A Deployment `<id>-...` belongs to the rollout `<id>`.
-    fn settle_to_phase(&self) -> Vec<f64> {
+    /// For each Deployment settling while its rollout was not finished: the phase it was in and
+    /// the seconds to that rollout's next phase change. A Deployment `<id>-...` belongs to the
+    /// rollout `<id>`.
+    fn settle_to_phase(&self) -> Vec<(Phase, f64)> {
         let t = self.timeline.lock().unwrap();
         let mut out = vec![];
         for (at, deploy) in &t.settles {
             let id = deploy.split('-').next().unwrap_or("");
             let before = t.phases.iter().rfind(|(p, n, _)| n == id && p <= at);
-            if matches!(before.map(|x| x.2), None | Some(Phase::Completed)) {
+            let Some(phase) = before.map(|x| x.2).filter(|p| *p != Phase::Completed) else {
                 continue;
-            }
+            };
             if let Some((p, _, _)) = t.phases.iter().find(|(p, n, _)| n == id && p > at) {
-                out.push(p.duration_since(*at).as_secs_f64());
+                out.push((phase, p.duration_since(*at).as_secs_f64()));
             }
         }
         out
@@ -782,7 +783,18 @@ async fn progressing(bench: &mut Bench, label: &str, bin: &Path, n: usize) -> Va
     let mut out = bench.close(w, label, op.pid(), n).await;
     out["rollouts"] = json!(n);
     out["completed"] = json!(done);
-    out["settle_to_next_phase"] = percentiles(watch.settle_to_phase());
+    let samples = watch.settle_to_phase();
+    out["settle_to_next_phase"] = percentiles(samples.iter().map(|x| x.1).collect());
+    // Where the tail is: by the phase the rollout was in when its Deployment settled.
+    let mut by_phase: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (phase, secs) in samples {
+        by_phase.entry(phase.to_string()).or_default().push(secs);
+    }
+    out["settle_to_next_phase_by_phase"] = by_phase
+        .into_iter()
+        .map(|(phase, xs)| (phase, percentiles(xs)))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
     out
 }
 
