@@ -41,6 +41,7 @@ use tracing::{debug, info, warn, Instrument};
 use super::{
     act::{self, ActError},
     caches::{self, Caches, Writers},
+    changes::changes_only,
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
     events::Announcer,
     finalizer,
@@ -325,7 +326,8 @@ pub async fn run(
 }
 
 /// The controller over (guarded) rollouts, also woken by the Deployments, Pods and ConfigMaps they
-/// target and by the other rollouts that share a Deployment with them. The rollout, Deployment, Pod
+/// target (when what the cache keeps of them changes: `changes`) and by the other rollouts that
+/// share a Deployment with them. The rollout, Deployment, Pod
 /// and ConfigMap watches fill the stores behind `writers`; the second rollout watch (for the
 /// others-sharing-a-Deployment trigger) stores nothing.
 fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller<GuardedRollout> {
@@ -340,15 +342,24 @@ fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller
     let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
     controller
         .watches_stream(
-            caches::reflected(api(client, ns), w.deployments, caches::strip_deployment)
-                .touched_objects(),
+            changes_only(caches::reflected(
+                api(client, ns),
+                w.deployments,
+                caches::strip_deployment,
+            ))
+            .touched_objects(),
             move |d| {
                 let (ns, name) = (d.namespace(), d.name_any());
                 targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
             },
         )
         .watches_stream(
-            caches::reflected(api(client, ns), w.pods, caches::strip_pod).touched_objects(),
+            changes_only(caches::reflected(
+                api(client, ns),
+                w.pods,
+                caches::strip_pod,
+            ))
+            .touched_objects(),
             move |p| {
                 let Some(deployment) = pod_deployment(&p) else {
                     return vec![];
@@ -359,8 +370,12 @@ fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller
             },
         )
         .watches_stream(
-            caches::reflected(api(client, ns), w.config_maps, caches::strip_config_map)
-                .touched_objects(),
+            changes_only(caches::reflected(
+                api(client, ns),
+                w.config_maps,
+                caches::strip_config_map,
+            ))
+            .touched_objects(),
             move |c| {
                 let name = c.name_any();
                 targeting(&s3, c.namespace().as_deref(), |r| {

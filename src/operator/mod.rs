@@ -6,6 +6,7 @@ pub use dedup2d_core::{conditions, crd, duration, managed, plan, snapshot};
 
 pub mod act;
 pub mod caches;
+pub mod changes;
 pub mod controller;
 pub mod drain;
 pub mod events;
