@@ -59,12 +59,15 @@ pub struct ActiveFigures {
     pub found: Option<Vec<String>>,
 }
 
-/// Bytes of a value read per `GETRANGE` window; a value of at most two windows is read whole.
-pub const WINDOW_BYTES: u64 = 4096;
+/// Bytes of a value read per `GETRANGE` window; a value of at most two windows is read whole. Above
+/// a file_ref-only payload's length (about 700 bytes; a longer `file_ref` or request fits too), so
+/// one window decides it; a legacy payload's member name sits in its first few hundred bytes.
+pub const WINDOW_BYTES: u64 = 2048;
 
 /// Bytes one Lua call examines before it stops and returns where it stopped (the Rust side
-/// continues the batch from there in the next call), so no call holds Redis long.
-pub const CALL_BUDGET_BYTES: u64 = 256 * 1024;
+/// continues the batch from there in the next call), so no call holds Redis long: copying and
+/// searching 1 MiB takes well under a millisecond; the per-key commands of a batch cost more.
+pub const CALL_BUDGET_BYTES: u64 = 1024 * 1024;
 
 /// `contract::payload::is_legacy_payload` in Lua, for the checks below: a `"file_bytes_b64"`
 /// member whose value is a non-empty string, found in the text (no JSON decode). Unlike the Rust
