@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Multipart, Path, Query, State};
+use axum::http::{request::Parts, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use base64::Engine;
@@ -55,6 +55,26 @@ fn query_of(
 fn path_of(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     p.map(|Path(p)| p)
         .map_err(|e| rejected("INVALID_PARAMETER", e.status(), e.body_text()))
+}
+
+/// The caller's tenant and the path's `{job_id}`, checked in that order (a bad key is a 401 before
+/// a bad path is a 400).
+pub(crate) struct TenantJob {
+    tenant_id: String,
+    job_id: String,
+}
+
+impl FromRequestParts<Arc<ApiState>> for TenantJob {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, ApiError> {
+        let tenant_id = tenant(state, &parts.headers)?;
+        let job_id = path_of(Path::<String>::from_request_parts(parts, state).await)?;
+        Ok(TenantJob { tenant_id, job_id })
+    }
 }
 
 fn multipart_error(e: MultipartError) -> ApiError {
@@ -319,11 +339,8 @@ fn job_json(v: &JobView) -> Value {
 /// `GET /api/v1/dedup/2d/jobs/{job_id}`: another tenant's job is 404 like a missing one.
 pub(crate) async fn get_job(
     State(state): Shared,
-    headers: HeaderMap,
-    job_id: Result<Path<String>, PathRejection>,
+    TenantJob { tenant_id, job_id }: TenantJob,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant_id = tenant(&state, &headers)?;
-    let job_id = path_of(job_id)?;
     let view = state.store.get_for_tenant(&job_id, &tenant_id).await?;
     Ok(Json(job_json(&view)))
 }
@@ -331,11 +348,8 @@ pub(crate) async fn get_job(
 /// `POST /api/v1/dedup/2d/jobs/{job_id}/cancel`: never waits for a worker.
 pub(crate) async fn cancel_job(
     State(state): Shared,
-    headers: HeaderMap,
-    job_id: Result<Path<String>, PathRejection>,
+    TenantJob { tenant_id, job_id }: TenantJob,
 ) -> Result<Json<Value>, ApiError> {
-    let tenant_id = tenant(&state, &headers)?;
-    let job_id = path_of(job_id)?;
     let outcome = state
         .store
         .cancel_for_tenant(&job_id, &tenant_id, &state.queues())

@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use dedup2d::operator::crd::{Dedup2DRollout, Phase};
 
 use crate::support::{
-    bench::bench_result_path,
+    bench::{bench_result_path, command_total, reset_command_stats},
     fleet::{
         apply_rollout, deployment, fleet, rolled_out, service_account_token_kubeconfig,
         upgrade_spec, write_payloads, API_NEW, API_OLD, INCLUDE, MAX_BYTES, NEW_IMAGE, OLD_IMAGE,
@@ -256,38 +256,6 @@ impl AuditLog {
     }
 }
 
-/// Commands Redis served since the last [`reset_redis_stats`], ours (`INFO`, `CONFIG`) excluded.
-async fn redis_commands(redis: &mut redis::aio::ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await
-        .unwrap();
-    info.lines()
-        .filter(|l| {
-            l.starts_with("cmdstat_")
-                && !l.starts_with("cmdstat_info:")
-                && !l.starts_with("cmdstat_config")
-        })
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
-async fn reset_redis_stats(redis: &mut redis::aio::ConnectionManager) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(redis)
-        .await
-        .unwrap();
-}
-
 fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
@@ -333,7 +301,7 @@ impl Bench {
         let op_cpu = cpu_seconds(op_pid) - w.op_cpu;
         let api_cpu = cpu_seconds(self.settings.apiserver_pid) - w.apiserver_cpu;
         let (rss, hwm) = memory_mib(op_pid);
-        let redis = redis_commands(&mut self.conn).await;
+        let redis = command_total(&mut self.conn).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let req = self
             .audit
@@ -725,7 +693,7 @@ async fn forward(bench: &mut Bench, label: &str, bin: &Path) -> Value {
     let op = BenchOperator::start(bench, label, bin, &ns.name, &format!("forward-{label}"));
     op.settle(0, Duration::from_secs(60)).await;
     let watch = Watch::start(&ns);
-    reset_redis_stats(&mut bench.conn).await;
+    reset_command_stats(&mut bench.conn).await;
     let reconciles_before = op.reconciles().await;
     let w = bench.open(op.pid());
     apply_rollout(&ns, "fwd", upgrade_spec(&["w"], "0")).await;
@@ -776,7 +744,7 @@ async fn progressing(bench: &mut Bench, label: &str, bin: &Path, n: usize) -> Va
     op.settle(0, Duration::from_secs(60)).await;
     let watch = Watch::start(&ns);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    reset_redis_stats(&mut bench.conn).await;
+    reset_command_stats(&mut bench.conn).await;
     let w = bench.open(op.pid());
     apply_rollouts(&ns, &ids).await;
     let done = watch.until_completed(&ids, SCENARIO_CAP).await;
@@ -908,7 +876,7 @@ async fn idle(bench: &mut Bench, fleets: &IdleFleets, label: &str, bin: &Path) -
         &format!("idle{n}-{label}"),
     );
     let (startup_s, startup_reconciles) = op.settle(n, Duration::from_secs(300)).await;
-    reset_redis_stats(&mut bench.conn).await;
+    reset_command_stats(&mut bench.conn).await;
     let r0 = op.reconciles().await;
     let w = bench.open(op.pid());
     tokio::time::sleep(bench.settings.idle_window).await;

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::support::api::{submit_file, ApiProcess};
-use crate::support::measure::{env_list, env_or, info_section, redis_cpu_s};
+use crate::support::bench::command_total;
+use crate::support::measure::{env_list, env_or, redis_cpu_s};
 use crate::support::redis::RedisServer;
 use crate::support::worker::{self as w, QUEUE, TENANT};
 use dedup2d::contract::arq::JobRecord;
@@ -74,24 +75,6 @@ pub fn small_dxf(bytes: usize) -> Vec<u8> {
     }
     s.push_str("0\nENDSEC\n0\nEOF\n");
     s.into_bytes()
-}
-
-/// Commands Redis has run so far, those run by scripts included (`INFO commandstats`), less the
-/// measurement's own `INFO` calls: a cost figure that a loaded machine does not blur.
-async fn redis_commands(conn: &mut ConnectionManager) -> u64 {
-    info_section(conn, "commandstats")
-        .await
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 async fn scard(conn: &mut ConnectionManager, key: &str) -> u64 {
@@ -194,7 +177,7 @@ async fn run_blocks(
         let size = block.min(n - b * block);
         let next = Arc::new(AtomicUsize::new(0));
         let cpu0 = redis_cpu_s(conn).await;
-        let commands0 = redis_commands(conn).await;
+        let commands0 = command_total(conn).await;
         let started = Instant::now();
         let tasks: Vec<_> = (0..concurrency.min(size))
             .map(|_| {
@@ -211,7 +194,7 @@ async fn run_blocks(
         }
         let wall = started.elapsed().as_secs_f64();
         let cpu = redis_cpu_s(conn).await - cpu0;
-        let commands = redis_commands(conn).await - commands0;
+        let commands = command_total(conn).await - commands0;
         let pending = scard(conn, &active_key).await;
         assert_eq!(pending as usize, b * block + size, "every submit pending");
         rows.push(json!({

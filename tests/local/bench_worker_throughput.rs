@@ -12,7 +12,6 @@
 //! finish, both read from the ARQ results the worker wrote. Redis commands are the
 //! `INFO commandstats` delta (commands a Lua script calls included) over the run.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,13 +26,12 @@ use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::bench::{command_calls, reset_command_stats};
 use crate::support::peer_scripts::run_peer_async;
 use crate::support::redis::RedisServer;
 
 const QUEUE: &str = "bench:queue";
 const PAYLOAD_PREFIX: &str = "bench:payload:";
-/// Commands the benchmark itself sends while a worker runs, left out of the counts.
-const OWN_COMMANDS: [&str; 2] = ["info", "config|resetstat"];
 
 /// The benchmark's job on our side: what `bench_arq_worker.py` does on theirs.
 struct ReadAndSleep {
@@ -101,35 +99,8 @@ async fn load(conn: &ConnectionManager, n: u64) -> Vec<String> {
         }))
         .await;
     }
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    reset_command_stats(&mut c).await;
     ids
-}
-
-/// `INFO commandstats` as command → calls.
-async fn command_counts(conn: &ConnectionManager) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn.clone())
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|l| l.strip_prefix("cmdstat_"))
-        .filter_map(|l| {
-            let (name, rest) = l.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_string(), calls))
-        })
-        .filter(|(name, _)| !OWN_COMMANDS.contains(&name.as_str()))
-        .collect()
 }
 
 /// Every job finished successfully: jobs/s over the span from the first start to the last finish
@@ -215,7 +186,7 @@ async fn measure(
         "dedup2d" => run_ours(redis, concurrency, sleep).await,
         _ => run_arq(redis, concurrency, sleep).await,
     }
-    let mut counts = command_counts(&conn).await;
+    let mut counts = command_calls(&mut conn.clone()).await;
     if side == "dedup2d" {
         // Our depth polls above; the consumer itself sends no ZCARD.
         counts.remove("zcard");

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::bench::command_total;
 use crate::support::peer_scripts::run_peer_async;
 use crate::support::redis::RedisServer;
 use base64::Engine;
@@ -404,21 +405,9 @@ async fn commands_during<F: std::future::Future<Output = ()>>(
     conn: &mut redis::aio::ConnectionManager,
     call: F,
 ) -> u64 {
-    async fn total(conn: &mut redis::aio::ConnectionManager) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(conn)
-            .await
-            .unwrap();
-        info.lines()
-            .filter_map(|l| l.split("calls=").nth(1))
-            .filter_map(|v| v.split(',').next()?.parse::<u64>().ok())
-            .sum()
-    }
-    let before = total(conn).await;
+    let before = command_total(conn).await;
     call.await;
-    // The INFO call itself counts once.
-    total(conn).await - before - 1
+    command_total(conn).await - before
 }
 
 #[tokio::test]

@@ -9,73 +9,39 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::support::redis::RedisServer;
-use crate::support::worker::{self as w, WorkerProc};
-use bytes::Bytes;
+use crate::support::worker::{self as w, LocalSetup, WorkerProc};
 use dedup2d::contract::arq::{JobRecord, Outcome};
 use dedup2d::contract::keys::{arq as arq_keys, Keys};
 use dedup2d::contract::payload::FileRef;
 use dedup2d::contract::queue::ArqQueue;
 use dedup2d::contract::store::{JobStatus, JobStore};
-use dedup2d::storage::{FileStorage, LocalStorage};
+use dedup2d::storage::FileStorage;
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde_json::json;
 
-struct Setup {
-    redis: RedisServer,
-    dir: tempfile::TempDir,
-    storage: LocalStorage,
+/// A worker that deletes each job's upload when the job finishes, with `extra` environment.
+fn hostile_worker(s: &LocalSetup, extra: &[(&str, &str)]) -> WorkerProc {
+    let mut env = vec![("DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH", "1")];
+    env.extend_from_slice(extra);
+    s.worker("hostile", &env)
 }
 
-impl Setup {
-    fn new() -> Self {
-        let redis = RedisServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
-        Setup {
-            redis,
-            dir,
-            storage,
-        }
-    }
-
-    fn worker(&self, extra: &[(&str, &str)]) -> WorkerProc {
-        let mut env = w::env(&[
-            ("DEDUP2D_FILE_STORAGE", "local"),
-            (
-                "DEDUP2D_FILE_STORAGE_DIR",
-                self.dir.path().join("uploads").to_str().unwrap(),
-            ),
-            ("DEDUP2D_FILE_STORAGE_CLEANUP_ON_FINISH", "1"),
-        ]);
-        env.extend(w::env(extra));
-        WorkerProc::spawn(&self.redis.url(), self.dir.path(), "hostile", &env)
-    }
-
-    async fn upload(&self, job_id: &str, data: Vec<u8>) -> FileRef {
-        self.storage
-            .save(job_id, "part.dxf", "application/dxf", Bytes::from(data))
-            .await
-            .unwrap()
-    }
-
-    /// Files left under the storage root (directories are not counted).
-    fn files_left(&self) -> Vec<String> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(p.display().to_string());
-                }
+/// Files left under the storage root (directories are not counted).
+fn files_left(s: &LocalSetup) -> Vec<String> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p.display().to_string());
             }
         }
-        let mut out = Vec::new();
-        walk(&self.dir.path().join("uploads"), &mut out);
-        out
     }
+    let mut out = Vec::new();
+    walk(&s.uploads(), &mut out);
+    out
 }
 
 /// Every key in the database with its TTL (-1: none).
@@ -180,11 +146,11 @@ fn record_with_args(args: Vec<serde_pickle::Value>, function: &str) -> Vec<u8> {
 }
 
 /// A submitted job with an upload behind it (file_ref payload).
-async fn submit_with_upload(s: &Setup, store: &JobStore, data: &[u8]) -> String {
+async fn submit_with_upload(s: &LocalSetup, store: &JobStore, data: &[u8]) -> String {
     submit_with_ref(s, store, data).await.0
 }
 
-async fn submit_with_ref(s: &Setup, store: &JobStore, data: &[u8]) -> (String, FileRef) {
+async fn submit_with_ref(s: &LocalSetup, store: &JobStore, data: &[u8]) -> (String, FileRef) {
     let id = uuid::Uuid::new_v4().to_string();
     let r = s.upload(&id, data.to_vec()).await;
     w::submit_as(store, &id, w::payload(Some(r.clone()), None)).await;
@@ -203,7 +169,7 @@ enum Poison {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut c = conn.clone();
@@ -296,7 +262,7 @@ async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving(
         .await
         .unwrap();
 
-    let mut worker = s.worker(&[]);
+    let mut worker = hostile_worker(&s, &[]);
     worker.wait_healthy(Duration::from_secs(20)).await;
     let mut all = ids.clone();
     all.extend([forged.clone(), bad_retry.clone()]);
@@ -323,9 +289,9 @@ async fn poison_records_fail_their_own_job_at_once_and_the_worker_keeps_serving(
     assert_eq!(done[&next].status, JobStatus::Completed);
     worker.wait_healthy(Duration::from_secs(5)).await;
     assert!(
-        s.files_left().is_empty(),
+        files_left(&s).is_empty(),
         "uploads left: {:?}",
-        s.files_left()
+        files_left(&s)
     );
     wait_arq_result(&queue, &next).await;
     assert_no_key_without_ttl(&conn).await;
@@ -344,7 +310,7 @@ async fn wait_arq_result(queue: &ArqQueue, id: &str) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_hash_of_the_wrong_type_fails_its_job_instead_of_looping() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut c = conn.clone();
@@ -353,7 +319,7 @@ async fn a_job_hash_of_the_wrong_type_fails_its_job_instead_of_looping() {
     let _: () = c.del(&job_key).await.unwrap();
     let _: () = c.set_ex(&job_key, "not a hash", 3600).await.unwrap();
 
-    let mut worker = s.worker(&[("DEDUP2D_INDEX_TTL_SECONDS", "600")]);
+    let mut worker = hostile_worker(&s, &[("DEDUP2D_INDEX_TTL_SECONDS", "600")]);
     worker.wait_healthy(Duration::from_secs(20)).await;
     let queue = ArqQueue::new(conn.clone(), w::QUEUE);
     match wait_arq_result(&queue, &id).await {
@@ -375,7 +341,7 @@ async fn a_job_hash_of_the_wrong_type_fails_its_job_instead_of_looping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_cap_read_steps_and_the_dual_write_fallback() {
     use sha2::Digest as _;
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut c = conn.clone();
@@ -415,10 +381,13 @@ async fn payload_cap_read_steps_and_the_dual_write_fallback() {
     )
     .await;
 
-    let mut worker = s.worker(&[(
-        "DEDUP2D_WORKER_MAX_PAYLOAD_BYTES",
-        &(16u64 << 20).to_string(),
-    )]);
+    let mut worker = hostile_worker(
+        &s,
+        &[(
+            "DEDUP2D_WORKER_MAX_PAYLOAD_BYTES",
+            &(16u64 << 20).to_string(),
+        )],
+    );
     worker.wait_healthy(Duration::from_secs(20)).await;
     let ids = [&big_id, &huge_id, &typed_id, &lost_id, &trav_id].map(|s| (*s).clone());
     let done = w::wait_finished(&store, &ids, Duration::from_secs(60)).await;
@@ -485,7 +454,7 @@ async fn payload_cap_read_steps_and_the_dual_write_fallback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_payloads_never_time_out_the_claim_path() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     // The submitting side writes 21 MiB payloads in one call: no response timeout here.
     let conn = redis::Client::open(s.redis.url())
         .unwrap()
@@ -500,7 +469,7 @@ async fn concurrent_large_payloads_never_time_out_the_claim_path() {
         let data = vec![i; 16 << 20];
         ids.push(w::submit(&store, w::payload(None, Some(&data))).await);
     }
-    let mut worker = s.worker(&[("DEDUP2D_WORKER_MAX_JOBS", "4")]);
+    let mut worker = hostile_worker(&s, &[("DEDUP2D_WORKER_MAX_JOBS", "4")]);
     worker.wait_healthy(Duration::from_secs(20)).await;
     let done = w::wait_finished(&store, &ids, Duration::from_secs(120)).await;
     for id in &ids {

@@ -4,71 +4,18 @@
 
 use std::time::Duration;
 
-use crate::support::redis::RedisServer;
-use crate::support::worker::{self as w, WorkerProc};
+use crate::support::worker::{self as w, LocalSetup};
 use bytes::Bytes;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::FileRef;
 use dedup2d::contract::store::{CancelOutcome, JobStatus};
-use dedup2d::storage::{FileStorage, LocalStorage};
+use dedup2d::storage::FileStorage;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
 
-struct Setup {
-    redis: RedisServer,
-    dir: tempfile::TempDir,
-    storage: LocalStorage,
-}
-
-impl Setup {
-    fn new() -> Self {
-        let redis = RedisServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
-        Setup {
-            redis,
-            dir,
-            storage,
-        }
-    }
-
-    fn local_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut env = w::env(&[
-            ("DEDUP2D_FILE_STORAGE", "local"),
-            (
-                "DEDUP2D_FILE_STORAGE_DIR",
-                self.dir.path().join("uploads").to_str().unwrap(),
-            ),
-        ]);
-        env.extend(w::env(extra));
-        env
-    }
-
-    fn worker(&self, name: &str, extra: &[(&str, &str)]) -> WorkerProc {
-        WorkerProc::spawn(
-            &self.redis.url(),
-            self.dir.path(),
-            name,
-            &self.local_env(extra),
-        )
-    }
-
-    async fn upload(&self, job_id: &str, data: &'static [u8]) -> FileRef {
-        self.storage
-            .save(
-                job_id,
-                "part.dxf",
-                "application/dxf",
-                Bytes::from_static(data),
-            )
-            .await
-            .unwrap()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_formats_complete_with_the_contract_result_and_metrics() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut worker = s.worker("w", &[]);
@@ -136,7 +83,7 @@ async fn both_formats_complete_with_the_contract_result_and_metrics() {
     let FileRef::Local { path } = &ref1 else {
         unreachable!()
     };
-    assert!(!s.dir.path().join("uploads").join(path).exists());
+    assert!(!s.uploads().join(path).exists());
     // The job hash is final just before the ARQ record is finished: give that a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -200,7 +147,7 @@ async fn both_formats_complete_with_the_contract_result_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_payloads_fail_only_their_own_job_with_a_reason() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut c = conn.clone();
@@ -209,7 +156,7 @@ async fn bad_payloads_fail_only_their_own_job_with_a_reason() {
     // A file outside the storage root and a symlink to it inside the root.
     let secret = s.dir.path().join("secret.txt");
     std::fs::write(&secret, b"secret").unwrap();
-    std::os::unix::fs::symlink(&secret, s.dir.path().join("uploads/escape.txt")).unwrap();
+    std::os::unix::fs::symlink(&secret, s.uploads().join("escape.txt")).unwrap();
 
     let good_ref = |id: &str| {
         let id = id.to_string();
@@ -304,7 +251,7 @@ async fn bad_payloads_fail_only_their_own_job_with_a_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_fails_the_job_and_cancel_cancels_it() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut c = conn.clone();
@@ -371,7 +318,7 @@ async fn timeout_fails_the_job_and_cancel_cancels_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_running_jobs_finish() {
-    let s = Setup::new();
+    let s = LocalSetup::start();
     let conn = s.redis.manager().await;
     let store = w::store(conn.clone());
     let mut worker = s.worker(

@@ -8,14 +8,62 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use bytes::Bytes;
 use dedup2d::contract::payload::{FileRef, JobPayload};
 use dedup2d::contract::store::{JobStatus, JobStore, JobView, NewJob};
+use dedup2d::storage::{FileStorage, LocalStorage};
 
 pub use super::job_store::{result, store, PREFIX};
 use super::process::free_port;
+use super::redis::RedisServer;
 
 pub const QUEUE: &str = "dedup2d:queue";
 pub const TENANT: &str = "0123456789abcdef";
+
+/// A redis-server and local file storage (`uploads/` in a temporary directory, which also holds
+/// the workers' logs): what a test of `dedup2d worker` processes runs them on.
+pub struct LocalSetup {
+    pub redis: RedisServer,
+    pub dir: tempfile::TempDir,
+    pub storage: LocalStorage,
+}
+
+impl LocalSetup {
+    pub fn start() -> Self {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(dir.path().join("uploads")).unwrap();
+        LocalSetup {
+            redis,
+            dir,
+            storage,
+        }
+    }
+
+    /// The storage's root.
+    pub fn uploads(&self) -> PathBuf {
+        self.dir.path().join("uploads")
+    }
+
+    /// A worker (`name` for its log) on this Redis and storage, with `extra` environment on top.
+    pub fn worker(&self, name: &str, extra: &[(&str, &str)]) -> WorkerProc {
+        let uploads = self.uploads();
+        let mut vars = env(&[
+            ("DEDUP2D_FILE_STORAGE", "local"),
+            ("DEDUP2D_FILE_STORAGE_DIR", uploads.to_str().unwrap()),
+        ]);
+        vars.extend(env(extra));
+        WorkerProc::spawn(&self.redis.url(), self.dir.path(), name, &vars)
+    }
+
+    /// Stores `data` as an upload of `job_id` (`part.dxf`).
+    pub async fn upload(&self, job_id: &str, data: impl Into<Bytes>) -> FileRef {
+        self.storage
+            .save(job_id, "part.dxf", "application/dxf", data.into())
+            .await
+            .unwrap()
+    }
+}
 
 /// One `dedup2d worker` process; SIGKILLed on drop if still running.
 pub struct WorkerProc {

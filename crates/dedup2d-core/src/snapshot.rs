@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::jiff::Timestamp;
 
+use crate::crd::PAYLOAD_CONFIG_ANNOTATION;
+
 /// ConfigMap key: dual-write on/off.
 pub const KEY_INCLUDE_B64: &str = "DEDUP2D_JOB_PAYLOAD_INCLUDE_BYTES_B64";
 /// ConfigMap key: largest file that also travels as `file_bytes_b64`.
@@ -110,6 +112,13 @@ impl PodObs {
             .find(|(n, _)| n == container)
             .map(|(_, i)| i.as_str())
     }
+
+    /// The payload-config annotation the pod was created with: the ConfigMap values it started on.
+    pub fn payload_config(&self) -> Option<&str> {
+        self.annotations
+            .get(PAYLOAD_CONFIG_ANNOTATION)
+            .map(String::as_str)
+    }
 }
 
 /// Why a target's container cannot be resolved.
@@ -152,6 +161,13 @@ impl DeploymentObs {
                 count: self.containers.len(),
             }),
         }
+    }
+
+    /// The payload-config annotation of the pod template: what new pods are created with.
+    pub fn template_payload_config(&self) -> Option<&str> {
+        self.template_annotations
+            .get(PAYLOAD_CONFIG_ANNOTATION)
+            .map(String::as_str)
     }
 
     /// The template image of a container.

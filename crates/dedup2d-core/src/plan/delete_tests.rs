@@ -88,15 +88,7 @@ fn a_rollout_created_again_records_the_adopted_previous_value_with_an_event() {
                 .filter(|e| e.reason == EventReason::OriginalAdopted.as_str()),
         );
     }
-    let rec = w
-        .status
-        .as_ref()
-        .unwrap()
-        .fields
-        .iter()
-        .find(|r| r.field == field_id::image("worker-0", "worker"))
-        .cloned()
-        .unwrap();
+    let rec = w.field_record(&field_id::image("worker-0", "worker"));
     assert_eq!(rec.previous.as_deref(), Some(OLD));
     assert!(
         adopted
@@ -115,15 +107,7 @@ fn a_completed_rollout_clears_its_originals_so_the_next_records_fresh_ones() {
     w.recreate();
     w.spec.workers[0].image = "reg/dedup2d:2.6.0".into();
     until_phase(&mut w, Phase::Soaking, 200);
-    let rec = w
-        .status
-        .as_ref()
-        .unwrap()
-        .fields
-        .iter()
-        .find(|r| r.field == field_id::image("worker-0", "worker"))
-        .cloned()
-        .unwrap();
+    let rec = w.field_record(&field_id::image("worker-0", "worker"));
     assert_eq!(rec.previous.as_deref(), Some(NEW));
 }
 
@@ -179,11 +163,6 @@ fn entries_naming_another_object_are_not_adopted() {
         Some("evil/image:1".to_string()),
     )]);
     until_phase(&mut w, Phase::Soaking, 200);
-    let st = w.status.as_ref().unwrap();
-    let rec = st
-        .fields
-        .iter()
-        .find(|r| r.field == field_id::image("worker-1", "worker"))
-        .unwrap();
+    let rec = w.field_record(&field_id::image("worker-1", "worker"));
     assert_eq!(rec.previous.as_deref(), Some(OLD));
 }

@@ -13,7 +13,7 @@ use super::{
     NEXT_SCAN, POLL, RECHECK_POLL,
 };
 use crate::{
-    crd::{DrainStrategy, Evidence, Finalize, Phase, PAYLOAD_CONFIG_ANNOTATION},
+    crd::{DrainStrategy, Evidence, Finalize, Phase},
     duration::parse_duration,
     snapshot::{
         DeploymentObs, DrainFigures, DrainObs, Heartbeats, ScanKind, KEY_INCLUDE_B64, KEY_MAX_BYTES,
@@ -353,7 +353,7 @@ impl<'a> Planner<'a> {
         let new = d
             .pods
             .iter()
-            .filter(|p| p.annotations.get(PAYLOAD_CONFIG_ANNOTATION) == Some(&hash))
+            .filter(|p| p.payload_config() == Some(hash.as_str()))
             .count();
         Err(Step::Wait {
             message: format!(
@@ -377,11 +377,12 @@ impl<'a> Planner<'a> {
 /// edits outside the template keep moving: every pod (terminating ones included) carries the
 /// template's annotation value, is ready, and there are as many as the Deployment wants.
 fn api_restart_in_flight(api: &DeploymentObs, config_map: &str) -> Option<Step> {
-    let value = api.template_annotations.get(PAYLOAD_CONFIG_ANNOTATION)?;
+    let value = api.template_payload_config()?;
     let settled = usize::try_from(api.replicas).is_ok_and(|n| api.pods.len() == n)
-        && api.pods.iter().all(|p| {
-            p.ready && !p.terminating && p.annotations.get(PAYLOAD_CONFIG_ANNOTATION) == Some(value)
-        });
+        && api
+            .pods
+            .iter()
+            .all(|p| p.ready && !p.terminating && p.payload_config() == Some(value));
     let restarting = !settled && !api.progress_deadline_exceeded;
     restarting.then(|| Step::Wait {
         message: format!(

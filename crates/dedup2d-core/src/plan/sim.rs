@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::{
-    crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, WorkerTarget},
+    crd::{ApiTarget, Dedup2DRolloutSpec, DrainSpec, DualWriteSpec, FieldRecord, WorkerTarget},
     snapshot::{ConfigObs, DrainFigures, Originals, ScanKind},
 };
 
@@ -286,6 +286,15 @@ impl World {
             .as_ref()
             .and_then(|s| s.phase)
             .unwrap_or_default()
+    }
+
+    /// The persisted status's record of `field`; a test asking for one expects it there.
+    pub fn field_record(&self, field: &str) -> &FieldRecord {
+        let st = self.status.as_ref().expect("a persisted status");
+        st.fields
+            .iter()
+            .find(|r| r.field == field)
+            .unwrap_or_else(|| panic!("no record of {field} in {:?}", st.fields))
     }
 
     pub fn observe(&self) -> Observed {

@@ -54,6 +54,11 @@ pub(super) fn until_phase(w: &mut World, p: Phase, max: usize) {
     );
 }
 
+/// The decision moved the rollout from `from` to `to`.
+fn transitioned(d: &Decision, from: Phase, to: Phase) -> bool {
+    d.transitions().any(|t| t == (from, to))
+}
+
 fn cond<'a>(
     w: &'a World,
     t: &str,
@@ -124,9 +129,11 @@ fn dual_write_on_is_in_effect_only_when_the_api_has_fully_rolled() {
     );
     while w.reap(1) {}
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::DualWriteOn, Phase::UpgradingWorkers)));
+    assert!(transitioned(
+        &d,
+        Phase::DualWriteOn,
+        Phase::UpgradingWorkers
+    ));
     assert_eq!(d.status.dual_write_on_in_effect_at, Some(Time(ts(w.now))));
     assert_eq!(w.status.as_ref().unwrap().dual_write.as_deref(), Some("On"));
 }
@@ -210,9 +217,11 @@ fn heartbeat_evidence_requires_a_file_ref_heartbeat() {
         "{message}"
     );
     let d = plan(&w.spec, w.status.as_ref(), &w.observe(), ts(w.now));
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::UpgradingWorkers, Phase::UpgradingApi)));
+    assert!(transitioned(
+        &d,
+        Phase::UpgradingWorkers,
+        Phase::UpgradingApi
+    ));
     // A heartbeat without file_ref also blocks, whatever the evidence setting.
     let mut obs = w.observe();
     let pod = obs.workers["worker-0"].pods[0].name.clone();
@@ -255,17 +264,13 @@ fn soak_waits_its_duration_and_promote_ends_it() {
     assert!(d.requeue_after.unwrap() <= Duration::from_secs(60));
     w.tick(61);
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::Soaking, Phase::DualWriteOff)));
+    assert!(transitioned(&d, Phase::Soaking, Phase::DualWriteOff));
 
     let mut w = World::new(spec(1), 1);
     until_phase(&mut w, Phase::Soaking, 80);
     w.request = Some("promote".into());
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::Soaking, Phase::DualWriteOff)));
+    assert!(transitioned(&d, Phase::Soaking, Phase::DualWriteOff));
     assert_eq!(
         d.status.last_request.as_ref().unwrap().outcome,
         "soak ended"
@@ -322,9 +327,7 @@ fn observe_drain_needs_a_scan_after_dual_write_off_and_no_legacy_payload() {
     // Gone: Completed.
     w.legacy.clear();
     let d = plan(&w.spec, Some(&st), &w.observe(), ts(w.now));
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::Draining, Phase::Completed)));
+    assert!(transitioned(&d, Phase::Draining, Phase::Completed));
     assert_eq!(
         cond::get_condition(&d.status.conditions, cond::READY)
             .unwrap()
@@ -361,9 +364,7 @@ fn ttl_drain_waits_the_full_ttl_and_redis_down_holds() {
     assert_eq!(cond(&w, cond::STALLED).reason, "RedisUnreachable");
     w.redis_up = true;
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::Draining, Phase::Completed)));
+    assert!(transitioned(&d, Phase::Draining, Phase::Completed));
 }
 
 #[test]
@@ -376,9 +377,7 @@ fn manual_finalize_waits_for_promote() {
     assert_eq!(w.reconcile().status.phase, Some(Phase::AwaitingFinalize));
     w.request = Some("promote:1".into());
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::AwaitingFinalize, Phase::Completed)));
+    assert!(transitioned(&d, Phase::AwaitingFinalize, Phase::Completed));
 }
 
 #[test]
@@ -430,9 +429,7 @@ fn a_reapplied_abort_after_a_retry_does_not_roll_back_again() {
     assert_eq!(w.settle(100), Phase::RolledBack);
     w.request = Some("retry:1".into());
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::RolledBack, Phase::Pending)));
+    assert!(transitioned(&d, Phase::RolledBack, Phase::Pending));
     until_phase(&mut w, Phase::UpgradingWorkers, 50);
     // The unchanged manifest is applied again: `abort` comes back.
     w.request = Some("abort".into());
@@ -703,9 +700,7 @@ fn a_drain_rechecks_what_it_found_and_completes_only_on_a_confirming_full_scan()
     w.tick(400);
     assert_eq!(w.reconcile().status.phase, Some(Phase::Draining));
     let d = w.reconcile();
-    assert!(d
-        .transitions()
-        .any(|t| t == (Phase::Draining, Phase::Completed)));
+    assert!(transitioned(&d, Phase::Draining, Phase::Completed));
 }
 
 #[test]
@@ -875,23 +870,14 @@ fn new_target_image_mid_rollout_goes_back_to_the_right_phase() {
     w.generation += 1;
     let d = w.reconcile();
     assert!(
-        d.transitions()
-            .any(|t| t == (Phase::Soaking, Phase::DualWriteOn)),
+        transitioned(&d, Phase::Soaking, Phase::DualWriteOn),
         "{:?}",
         d.events
     );
     assert_eq!(w.settle(300), Phase::Completed);
     assert_eq!(w.workers[0].image, "reg/dedup2d:2.6.0");
     // The recorded previous image is still the one before the rollout.
-    let rec = w
-        .status
-        .as_ref()
-        .unwrap()
-        .fields
-        .iter()
-        .find(|r| r.field.contains("worker-0"))
-        .unwrap()
-        .clone();
+    let rec = w.field_record(&field_id::image("worker-0", "worker"));
     assert_eq!(rec.previous.as_deref(), Some(OLD));
 }
 
@@ -901,20 +887,12 @@ fn happy_path_passes_every_phase_in_order() {
     s.finalize = Finalize::Manual;
     let mut w = World::new(s, 3);
     assert_eq!(w.settle(400), Phase::Completed);
-    use Phase::*;
-    assert_eq!(
-        w.phases,
-        vec![
-            DualWriteOn,
-            UpgradingWorkers,
-            UpgradingApi,
-            Soaking,
-            DualWriteOff,
-            Draining,
-            AwaitingFinalize,
-            Completed
-        ]
-    );
+    // Every forward phase after Pending, in their declared order.
+    let forward: Vec<Phase> = Phase::ALL
+        .into_iter()
+        .filter(|&p| p != Phase::Pending && p.forward_rank().is_some())
+        .collect();
+    assert_eq!(w.phases, forward);
     assert_eq!(w.include.as_deref(), Some("0"));
     assert_eq!(w.api.annotation, Some(payload_config_hash("0", "1000")));
     let st = w.status.as_ref().unwrap();

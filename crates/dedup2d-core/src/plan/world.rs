@@ -4,7 +4,7 @@
 
 use super::{payload_config_hash, Planner};
 use crate::{
-    crd::{Evidence, WorkerTarget, PAYLOAD_CONFIG_ANNOTATION},
+    crd::{Evidence, WorkerTarget},
     snapshot::{
         ConfigObs, DeploymentObs, Heartbeats, PodObs, DEFAULT_TTL_SECONDS, FILE_REF_FORMAT,
     },
@@ -143,6 +143,6 @@ pub(super) fn config_in_effect(
     let hash = payload_config_hash(include, max_bytes);
     config.include_b64.as_deref() == Some(include)
         && config.max_bytes.as_deref() == Some(max_bytes)
-        && api.template_annotations.get(PAYLOAD_CONFIG_ANNOTATION) == Some(&hash)
-        && api.fully_rolled(|p| p.annotations.get(PAYLOAD_CONFIG_ANNOTATION) == Some(&hash))
+        && api.template_payload_config() == Some(hash.as_str())
+        && api.fully_rolled(|p| p.payload_config() == Some(hash.as_str()))
 }
