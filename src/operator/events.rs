@@ -5,7 +5,9 @@
 //! the Event, so every transition is also kept in `status.transitions`, and before planning the
 //! controller checks the newest ones against the Events the API server holds and re-publishes the
 //! missing ones. The check runs once per process and rollout, and again after a failed publication;
-//! otherwise the in-memory "published up to" time makes it free.
+//! otherwise the in-memory "published up to" time makes it free. It lists no Events at all for a
+//! rollout whose transitions are older than [`REPUBLISH_WINDOW`] (a restart over long-finished
+//! rollouts costs no request per rollout).
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -122,6 +124,12 @@ impl Announcer {
             .get(&ObjectRef::from_obj(rollout))
             .copied();
         if known.is_some_and(|k| k >= newest) {
+            return;
+        }
+        // Nothing recent enough to re-publish even if the API server held no Event at all (a
+        // restart over long-finished rollouts): no need to list them.
+        if missing(&status.transitions, known, &[], Timestamp::now()).is_empty() {
+            self.mark(rollout, newest);
             return;
         }
         let seen = match self.seen(rollout).await {
