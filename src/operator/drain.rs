@@ -59,6 +59,10 @@ pub struct ActiveFigures {
     pub found: Option<Vec<String>>,
 }
 
+/// Keys per SCAN step and per server-side Lua check. A check of one key costs Redis a few
+/// microseconds (more for a legacy one), so a call of 200 keys stays within a few milliseconds.
+pub const SCAN_BATCH: usize = 200;
+
 /// Bytes of a value read per `GETRANGE` window; a value of at most two windows is read whole. Above
 /// a file_ref-only payload's length (about 700 bytes; a longer `file_ref` or request fits too), so
 /// one window decides it; a legacy payload's member name sits in its first few hundred bytes.

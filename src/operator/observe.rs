@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 use super::{
     caches::Caches,
     crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
-    drain::{self, ActiveFigures},
+    drain::{self, ActiveFigures, SCAN_BATCH},
     found::{Check, FoundKeys, MAX_FOUND_KEYS},
     managed,
     plan::{observation, Observation},
@@ -51,8 +51,6 @@ pub const KEY_REDIS_URL: &str = "DEDUP2D_REDIS_URL";
 pub const KEY_REDIS_URL_FALLBACK: &str = "REDIS_URL";
 /// ConfigMap key with the Redis key prefix.
 pub const KEY_REDIS_KEY_PREFIX: &str = "DEDUP2D_REDIS_KEY_PREFIX";
-/// Keys per SCAN step (and per server-side Lua check).
-const SCAN_BATCH: usize = 500;
 /// Upper bound for one whole Redis observation (connect, heartbeats, drain and active scans).
 const REDIS_BUDGET: Duration = Duration::from_secs(20);
 

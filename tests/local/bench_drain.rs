@@ -18,16 +18,15 @@ use crate::support::redis::RedisServer;
 use dedup2d::contract::keys::Keys;
 use dedup2d::contract::payload::is_legacy_payload;
 use dedup2d::contract::scan::Scan;
-use dedup2d::operator::drain::{observe_legacy_payloads, CALL_BUDGET_BYTES, WINDOW_BYTES};
+use dedup2d::operator::drain::{
+    observe_legacy_payloads, CALL_BUDGET_BYTES, SCAN_BATCH as BATCH, WINDOW_BYTES,
+};
 use dedup2d::operator::found::MAX_FOUND_KEYS;
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 
 /// The payload keys of `Keys::new("dedup2d")`.
 const PATTERN: &str = "dedup2d:payload:*";
-
-/// The operator's SCAN batch.
-const BATCH: usize = 500;
 
 /// The check before bounded windows: `GET`s every payload of a batch into Lua.
 const OLD_CHECK: &str = r#"
