@@ -323,24 +323,28 @@ impl<'a> Planner<'a> {
         let api = self.spec.api.deployment.clone();
         let (include, max_bytes) = self.payload_values(on);
         let hash = payload_config_hash(&include, &max_bytes);
-        // The ConfigMap keys and the restart annotation they imply are recorded together: one
-        // status write before the two writes.
+        // The ConfigMap keys and the restart annotation they imply are recorded together (one
+        // status write before the two writes); each object's originals go on just before its
+        // own first write, the ConfigMap's first.
         let wants = [
             (field_id::config_key(&cm, KEY_INCLUDE_B64), include.clone()),
             (field_id::config_key(&cm, KEY_MAX_BYTES), max_bytes.clone()),
             (field_id::restart_annotation(&api), hash.clone()),
         ];
-        if !self.ensure_fields(&wants)? {
-            if !self.in_place(&wants[..2]) {
-                if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
-                    return Err(wait);
-                }
-                return Err(Step::Act(Action::SetConfig {
-                    config_map: cm,
-                    include_b64: include,
-                    max_bytes,
-                }));
+        if self.record_fields(&wants) && !self.in_place(&wants) {
+            return Err(Step::Recorded);
+        }
+        if !self.ensure_fields(&wants[..2])? {
+            if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
+                return Err(wait);
             }
+            return Err(Step::Act(Action::SetConfig {
+                config_map: cm,
+                include_b64: include,
+                max_bytes,
+            }));
+        }
+        if !self.ensure_fields(&wants[2..])? {
             return Err(Step::Act(Action::SetApiRestartAnnotation {
                 deployment: api,
                 value: hash,

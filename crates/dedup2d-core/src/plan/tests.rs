@@ -92,12 +92,6 @@ fn records_previous_values_before_the_first_write() {
         d.action
     );
     let d = w.reconcile();
-    assert!(
-        matches!(&d.action, Action::SetOriginals { target: TargetObject::Deployment(a), .. } if a == "api"),
-        "then onto the API Deployment, whose restart annotation was recorded with them: {:?}",
-        d.action
-    );
-    let d = w.reconcile();
     assert_eq!(
         d.action,
         Action::SetConfig {
@@ -106,6 +100,18 @@ fn records_previous_values_before_the_first_write() {
             max_bytes: "1000".into()
         }
     );
+    // The API Deployment's originals go on only after the ConfigMap write, just before its own
+    // first write (its restart annotation was recorded with the ConfigMap keys).
+    let d = w.reconcile();
+    assert!(
+        matches!(&d.action, Action::SetOriginals { target: TargetObject::Deployment(a), .. } if a == "api"),
+        "{:?}",
+        d.action
+    );
+    assert!(matches!(
+        w.reconcile().action,
+        Action::SetApiRestartAnnotation { .. }
+    ));
 }
 
 #[test]
