@@ -80,8 +80,8 @@ impl<'a> Planner<'a> {
                 (field, w.target.image.clone())
             })
             .collect();
-        if self.record_fields(&wants) && !self.in_place(&wants) {
-            return Step::Recorded;
+        if let Err(step) = self.record_ahead(&wants) {
+            return step;
         }
         for w in &t.workers {
             if let Err(step) = self.upgrade_worker(w) {
@@ -331,9 +331,7 @@ impl<'a> Planner<'a> {
             (field_id::config_key(&cm, KEY_MAX_BYTES), max_bytes.clone()),
             (field_id::restart_annotation(&api), hash.clone()),
         ];
-        if self.record_fields(&wants) && !self.in_place(&wants) {
-            return Err(Step::Recorded);
-        }
+        self.record_ahead(&wants)?;
         if !self.ensure_fields(&wants[..2])? {
             if let Some(wait) = api_restart_in_flight(t.api.deployment, &cm) {
                 return Err(wait);

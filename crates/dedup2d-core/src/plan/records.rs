@@ -83,6 +83,15 @@ impl Planner<'_> {
         recorded
     }
 
+    /// Record `wants` ahead of the writes a step makes one after another (one status write for
+    /// all of them): `Err(Step::Recorded)` when the new records must be persisted first.
+    pub(super) fn record_ahead(&mut self, wants: &[(String, String)]) -> Result<(), Step> {
+        if self.record_fields(wants) && !self.in_place(wants) {
+            return Err(Step::Recorded);
+        }
+        Ok(())
+    }
+
     /// Every field of `wants` holds its desired value in the world.
     pub(super) fn in_place(&self, wants: &[(String, String)]) -> bool {
         wants

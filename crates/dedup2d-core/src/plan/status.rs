@@ -200,7 +200,7 @@ impl Planner<'_> {
         let cm = TargetObject::ConfigMap(self.spec.api.config_map.clone());
         let ahead = self.st.fields.iter().any(|r| {
             let target = field_id::object(&r.field);
-            (target == Some(api.clone()) || target == Some(cm.clone()))
+            (target.as_ref() == Some(&api) || target.as_ref() == Some(&cm))
                 && !r.confirmed
                 && !self.holds(&r.field, &r.written)
         });
