@@ -123,6 +123,15 @@ test -s "$BENCH_OUT/drain.json" && test -s "$BENCH_OUT/worker-rss.json" && test 
 test -s "$BENCH_OUT/api-submit.json" && test -s "$BENCH_OUT/redis-memory.json"
 rm -rf "$BENCH_OUT"
 
+step "operator benchmark: smoke run at tiny sizes, the debug build on both sides (its own checks; figures to a temp dir)"
+BENCH_OUT="$(mktemp -d)"
+cargo build --locked --bin dedup2d
+DEDUP2D_BENCH_OUT="$BENCH_OUT" DEDUP2D_BENCH_BASELINE_BIN="$CARGO_TARGET_DIR/debug/dedup2d" \
+  DEDUP2D_BENCH_CANDIDATE_BIN="$CARGO_TARGET_DIR/debug/dedup2d" DEDUP2D_BENCH_SIZES=3 \
+  DEDUP2D_BENCH_PROGRESSING=3 DEDUP2D_BENCH_IDLE_SECS=10 DEDUP2D_BENCH_RESTART_SECS=10 bench/operator.sh
+test -s "$BENCH_OUT/operator.json"
+rm -rf "$BENCH_OUT"
+
 step "container image: reproducible build, config, run under runc (hack/image.sh check)"
 hack/image.sh check
 
