@@ -6,7 +6,9 @@
 //! Every read of a reconcile comes from the watch caches (`caches.rs`), which those watches fill;
 //! only the writes go to the API server, each with its precondition. Reconciles run at most
 //! `--max-concurrent-reconciles` at a time, and planned requeues are jittered, so a restart with
-//! many rollouts does not wake them all at once.
+//! many rollouts does not wake them all at once. Jitter only ever brings a requeue forward: a
+//! deadline the planner waits for (the soak's end, the drain TTL) is never overshot, and a rollout
+//! woken early just waits out the rest.
 //!
 //! One reconcile is a pipeline of named steps: caches synced → rollout from the cache → lost events → observe →
 //! plan → persist status → act → events → requeue (the contract in `plan.rs`). Every log line of a
@@ -63,8 +65,8 @@ const AFTER_STALE: Duration = Duration::from_millis(500);
 const AFTER_UNSYNCED: Duration = Duration::from_millis(500);
 /// Default bound on reconciles running at once (`--max-concurrent-reconciles`).
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 8;
-/// Planned requeues and backoffs vary by up to this share, either way.
-const JITTER: f64 = 0.15;
+/// Planned requeues and backoffs come up to this share early (never late).
+const JITTER: f64 = 0.25;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -717,12 +719,13 @@ fn error_policy(obj: Arc<GuardedRollout>, err: &ReconcileError, ctx: Arc<Context
     Requeue::requeue(delay)
 }
 
-/// `d` varied by up to ±[`JITTER`], by a deterministic draw from the rollout's name and `draw`.
+/// `d` shortened by up to [`JITTER`] of itself, by a deterministic draw from the rollout's name and
+/// `draw`. Never longer than `d`: a requeue aimed at a deadline must not fire after it.
 pub fn jitter(d: Duration, name: &str, draw: u64) -> Duration {
     let mut h = std::hash::DefaultHasher::new();
     (name, draw).hash(&mut h);
     let unit = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
-    d.mul_f64(1.0 + JITTER * (2.0 * unit - 1.0))
+    d.mul_f64(1.0 - JITTER * unit)
 }
 
 /// Delay before retry number `attempt` (1-based).
@@ -881,14 +884,13 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_within_its_band_and_varies() {
+    fn jitter_only_brings_a_requeue_forward_and_varies() {
         let d = Duration::from_secs(120);
         let draws: Vec<Duration> = (0..200).map(|i| jitter(d, "team-a/r1", i)).collect();
-        let (lo, hi) = (d.mul_f64(1.0 - JITTER), d.mul_f64(1.0 + JITTER));
-        assert!(draws.iter().all(|j| *j >= lo && *j <= hi), "{draws:?}");
+        let lo = d.mul_f64(1.0 - JITTER);
+        assert!(draws.iter().all(|j| *j >= lo && *j <= d), "{draws:?}");
         assert!(
-            draws.iter().any(|j| *j < d.mul_f64(0.95))
-                && draws.iter().any(|j| *j > d.mul_f64(1.05))
+            draws.iter().any(|j| *j < d.mul_f64(0.8)) && draws.iter().any(|j| *j > d.mul_f64(0.95))
         );
         assert_eq!(
             jitter(d, "team-a/r1", 7),
