@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The operator's cost on a local control plane of its own (named dedup2d-bench, with an audit
 # log), the baseline operator and the candidate side by side in one run: writes
-# bench/results/operator.json (tests/cluster/bench_operator.rs, an #[ignore]d test this runs).
+# bench/results/$DEDUP2D_BENCH_NAME.json, default operator.json (tests/cluster/bench_operator.rs, an
+# #[ignore]d test this runs).
 # A measurement, not a test: nothing here is timed. See bench/README.md, section operator.
 #
 #   bench/operator.sh
@@ -12,7 +13,7 @@
 # and built into $DEDUP2D_CACHE/target-opbench-base; the candidate is a release build of this
 # checkout (in CARGO_TARGET_DIR, or target/). DEDUP2D_BENCH_BASELINE_BIN / DEDUP2D_BENCH_CANDIDATE_BIN
 # take ready binaries instead (DEDUP2D_BENCH_OPERATOR_NOTES: what they are, for the JSON).
-# DEDUP2D_BENCH_IDLE_SECS (default 120, one re-observe period) is each idle window,
+# DEDUP2D_BENCH_IDLE_SECS (default 120, one re-observe period) is each of the two idle windows,
 # DEDUP2D_BENCH_RESTART_SECS (default 60) the window after the leader restart. The cluster is stopped at the end unless DEDUP2D_BENCH_KEEP_CLUSTER=1.
 # About 25 minutes at the default sizes on 2 cores (plus the builds the first time).
 set -euo pipefail
@@ -57,8 +58,10 @@ export DEDUP2D_BENCH_OPERATOR_NOTES="${DEDUP2D_BENCH_OPERATOR_NOTES:-baseline: $
 
 # Enough kwok nodes (110 pods each) for the idle fleets (2 pods each) and the progressing ones.
 max() { tr ',' '\n' | sort -n | tail -1; }
-idle_max="$(max <<<"${DEDUP2D_BENCH_SIZES:-10,100,1000}")"
-prog_max="$(max <<<"${DEDUP2D_BENCH_PROGRESSING:-50,150}")"
+# (An empty DEDUP2D_BENCH_PROGRESSING= runs no progressing scenario.)
+idle_max="$(max <<<"${DEDUP2D_BENCH_SIZES-10,100,1000}")"
+prog_max="$(max <<<"${DEDUP2D_BENCH_PROGRESSING-50,150}")"
+idle_max="${idle_max:-0}" prog_max="${prog_max:-0}"
 nodes=$(( (2 * idle_max + 4 * prog_max + 100) / 100 + 1 ))
 
 export DEDUP2D_CLUSTER_NAME=dedup2d-bench DEDUP2D_AUDIT_POLICY="$ROOT/bench/operator-audit.yaml"
