@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use dedup2d::operator::crd::{Dedup2DRollout, Phase};
 
 use crate::support::{
-    bench::{bench_result_path, command_total, reset_command_stats},
+    bench::{command_total, named_result_path, reset_command_stats},
     fleet::{
         apply_rollout, deployment, fleet, rolled_out, service_account_token_kubeconfig,
         upgrade_spec, write_payloads, API_NEW, API_OLD, INCLUDE, MAX_BYTES, NEW_IMAGE, OLD_IMAGE,
@@ -879,25 +879,14 @@ async fn idle(bench: &mut Bench, fleets: &IdleFleets, label: &str, bin: &Path) -
         &format!("idle{n}-{label}"),
     );
     let (startup_s, startup_reconciles) = op.settle(n, Duration::from_secs(300)).await;
-    reset_command_stats(&mut bench.conn).await;
-    let r0 = op.reconciles().await;
-    let w = bench.open(op.pid());
-    tokio::time::sleep(bench.settings.idle_window).await;
-    let mut out = bench.close(w, label, op.pid(), n).await;
+    let mut out = idle_window(bench, &op, label, n).await;
     out["rollouts"] = json!(n);
     out["startup_s"] = json!(startup_s);
     out["startup_reconciles"] = json!(startup_reconciles);
-    let r1 = op.reconciles().await;
-    out["reconciles_in_window"] = json!(r1 - r0);
     // A second window on the same process: the steady state, once any one-time work over fleets
     // this operator meets for the first time (finalizers, Events) that ran on into the first
     // window is over.
-    reset_command_stats(&mut bench.conn).await;
-    let w = bench.open(op.pid());
-    tokio::time::sleep(bench.settings.idle_window).await;
-    let mut settled = bench.close(w, label, op.pid(), n).await;
-    settled["reconciles_in_window"] = json!(op.reconciles().await - r1);
-    out["settled"] = settled;
+    out["settled"] = idle_window(bench, &op, label, n).await;
     let phases = fleets
         .ns
         .api::<Dedup2DRollout>()
@@ -910,6 +899,17 @@ async fn idle(bench: &mut Bench, fleets: &IdleFleets, label: &str, bin: &Path) -
         .filter(|r| r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Completed))
         .count());
     op.stop();
+    out
+}
+
+/// One measured window of `DEDUP2D_BENCH_IDLE_SECS` over operator `op`, with its reconciles.
+async fn idle_window(bench: &mut Bench, op: &BenchOperator, label: &str, n: usize) -> Value {
+    reset_command_stats(&mut bench.conn).await;
+    let r0 = op.reconciles().await;
+    let w = bench.open(op.pid());
+    tokio::time::sleep(bench.settings.idle_window).await;
+    let mut out = bench.close(w, label, op.pid(), n).await;
+    out["reconciles_in_window"] = json!(op.reconciles().await - r0);
     out
 }
 
@@ -1047,8 +1047,7 @@ impl Report {
                 "new_image": NEW_IMAGE, "api_new_image": API_NEW,
             }),
         );
-        let name = std::env::var("DEDUP2D_BENCH_NAME").unwrap_or_else(|_| "operator".into());
-        let path = bench_result_path(&format!("{name}.json"));
+        let path = named_result_path("operator");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let text = serde_json::to_string_pretty(&Value::Object(self.sections.clone())).unwrap();
         std::fs::write(&path, text + "\n").unwrap();

@@ -252,7 +252,6 @@ async fn drain_check_cost_on_redis() {
     });
     let text = serde_json::to_string_pretty(&out).unwrap();
     println!("{text}");
-    let name = std::env::var("DEDUP2D_BENCH_NAME").unwrap_or_else(|_| "drain".into());
-    let path = crate::support::bench::bench_result_path(&format!("{name}.json"));
+    let path = crate::support::bench::named_result_path("drain");
     std::fs::write(path, text + "\n").unwrap();
 }

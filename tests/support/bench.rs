@@ -15,6 +15,13 @@ pub fn bench_result_path(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
+/// [`bench_result_path`] of `$DEDUP2D_BENCH_NAME.json`, or of `{default}.json` when it is unset
+/// (a measurement run at several sizes keeps each run's figures apart).
+pub fn named_result_path(default: &str) -> std::path::PathBuf {
+    let name = std::env::var("DEDUP2D_BENCH_NAME").unwrap_or_else(|_| default.into());
+    bench_result_path(&format!("{name}.json"))
+}
+
 /// Calls per command (`get`, `evalsha`, `config|get`, ...) Redis has served since it started or
 /// since the last [`reset_command_stats`], from `INFO commandstats`: the commands a Lua script
 /// calls count, the measurement's own `INFO` and `CONFIG` calls do not.
