@@ -10,7 +10,11 @@
 //!   object again and never overwrites a change it did not see.
 //! - The `dedup2d.io/originals` metadata annotation is applied by a field manager of its own
 //!   (`dedup2d-operator-originals`), stating exactly the entries the planner wants: the target
-//!   writes above never need to restate it, and an apply without it removes it.
+//!   writes above never need to restate it. Clearing it is a merge patch that deletes it (with the
+//!   same `resourceVersion` precondition), not an apply that leaves it out: an apply only gives up
+//!   the operator's own claim, so an annotation another manager also owns (a manifest exported from
+//!   the cluster and applied back, a copied object) would stay, and the planner would ask again on
+//!   every reconcile.
 
 use std::collections::BTreeSet;
 
@@ -146,22 +150,41 @@ where
         .await
         .map_err(kube_err(format!("reading {what}")))?
         .ok_or_else(|| ActError::Missing(what.clone()))?;
-    let body = originals_apply(
-        (&K::api_version(&()), &K::kind(&())),
-        name,
-        current.resource_version().as_deref(),
-        values,
-    );
-    let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
-    api.patch(name, &ssa, &Patch::Apply(&body))
-        .await
-        .map_err(kube_err(format!(
-            "applying {what} (its {ORIGINALS_ANNOTATION} annotation)"
-        )))?;
+    let rv = current.resource_version();
+    let result = match values.is_empty() {
+        true => {
+            let params = PatchParams {
+                field_manager: Some(ORIGINALS_FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            api.patch(name, &params, &Patch::Merge(originals_clear(rv.as_deref())))
+                .await
+        }
+        false => {
+            let body = originals_apply(
+                (&K::api_version(&()), &K::kind(&())),
+                name,
+                rv.as_deref(),
+                values,
+            );
+            let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
+            api.patch(name, &ssa, &Patch::Apply(&body)).await
+        }
+    };
+    result.map_err(kube_err(format!(
+        "applying {what} (its {ORIGINALS_ANNOTATION} annotation)"
+    )))?;
     Ok(())
 }
 
-/// The apply configuration of the originals annotation: exactly `values` (none: no annotation).
+/// The merge patch that deletes the originals annotation, whoever owns it.
+pub fn originals_clear(resource_version: Option<&str>) -> Value {
+    json!({"metadata": {"resourceVersion": resource_version,
+                        "annotations": {ORIGINALS_ANNOTATION: null}}})
+}
+
+/// The apply configuration of the originals annotation: exactly `values` (clearing is
+/// [`originals_clear`]).
 pub fn originals_apply(
     (api_version, kind): (&str, &str),
     name: &str,
@@ -361,11 +384,10 @@ mod tests {
             "the observer reads back what the actor wrote"
         );
         assert!(body.get("spec").is_none(), "metadata only: no pod restarts");
-        let cleared = originals_apply(("v1", "ConfigMap"), "cfg", Some("3"), &Originals::new());
         assert_eq!(
-            cleared,
-            json!({"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": "cfg", "resourceVersion": "3"}})
+            originals_clear(Some("3")),
+            json!({"metadata": {"resourceVersion": "3",
+                                "annotations": {ORIGINALS_ANNOTATION: null}}})
         );
     }
 

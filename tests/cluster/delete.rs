@@ -11,7 +11,10 @@ use dedup2d::operator::{
     snapshot::{parse_originals, Originals, KEY_INCLUDE_B64},
 };
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap};
-use kube::{api::DeleteParams, Resource, ResourceExt};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams},
+    Resource, ResourceExt,
+};
 use serde_json::json;
 
 use crate::safety::stuck_worker_fleet;
@@ -158,4 +161,57 @@ async fn a_finished_rollout_retargeted_by_a_newer_one_says_it_is_superseded() {
     let message = st.message.unwrap_or_default();
     assert!(message.contains("superseded by second"), "{message}");
     assert_eq!(st.phase, Some(Phase::Completed));
+}
+
+/// A completed rollout whose worker Deployment carries an originals annotation that another
+/// manager applied too (a manifest exported from the cluster and applied back, say): the operator
+/// deletes it with one write and is quiet after, instead of asking for it again on every reconcile
+/// (an apply that leaves the annotation out only gives up the operator's own claim).
+#[tokio::test]
+async fn a_completed_rollout_clears_originals_another_manager_also_owns_once() {
+    let s = Scenario::builder("op-originals-owned")
+        .workers(&[("worker-a", 1)])
+        .fleet()
+        .await;
+    let ns = &s.ns;
+    let op = s.run("r", rollout_spec(&["worker-a"], json!({}))).await;
+    s.wait("r", Phase::Completed).await;
+    wait_originals_released(ns, "r").await;
+
+    let image_field = field_id::image("worker-a", "worker");
+    let encoded = serde_json::to_string(&Originals::from([(
+        image_field.clone(),
+        Some(OLD_IMAGE.to_string()),
+    )]))
+    .unwrap();
+    let exported = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "worker-a", "annotations": {ORIGINALS_ANNOTATION: encoded}},
+    });
+    ns.api::<Deployment>()
+        .patch(
+            "worker-a",
+            &PatchParams::apply("gitops-export"),
+            &Patch::Apply(&exported),
+        )
+        .await
+        .unwrap();
+    wait_originals_released(ns, "r").await;
+
+    // Quiet after: the Deployment does not change again, and the operator logs no further write.
+    let rv = deploy(ns, "worker-a").await.resource_version();
+    let writes = || {
+        op.log_text()
+            .lines()
+            .filter(|l| l.contains("applying") && l.contains("SetOriginals"))
+            .count()
+    };
+    let cleared = writes();
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert_eq!(deploy(ns, "worker-a").await.resource_version(), rv);
+    assert_eq!(writes(), cleared, "no write after the one that cleared it");
+    assert_eq!(
+        s.wait("r", Phase::Completed).await.status.unwrap().phase,
+        Some(Phase::Completed)
+    );
 }
