@@ -8,16 +8,20 @@
 //! operator writes (each entry's tree cut to those fields) but lose the last-applied annotation and
 //! the pod template's volumes and probes; ConfigMaps keep only the keys the planner and the drain
 //! read (and who owns them). Writes never use these copies: an apply reads its target fresh.
+//!
+//! Two indexes (`index`) sit beside the stores, kept from the same events: pods by their labels,
+//! rollouts by the Deployments and ConfigMap they target. Every per-rollout read
+//! goes through them, so its cost does not grow with the number of fleets in the namespace.
 
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
         core::v1::{ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus},
     },
-    apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry},
+    apimachinery::pkg::apis::meta::v1::{FieldsV1, LabelSelector, ManagedFieldsEntry},
     NamespaceResourceScope,
 };
 use kube::{
@@ -32,6 +36,8 @@ use serde::de::DeserializeOwned;
 
 use super::{
     controller::GuardedRollout,
+    crd::Dedup2DRollout,
+    index::Index,
     managed,
     observe::{KEY_REDIS_KEY_PREFIX, KEY_REDIS_URL, KEY_REDIS_URL_FALLBACK},
     snapshot::{KEY_INCLUDE_B64, KEY_MAX_BYTES, KEY_TTL_SECONDS},
@@ -49,16 +55,62 @@ const CONFIG_KEYS: [&str; 6] = [
     KEY_REDIS_KEY_PREFIX,
 ];
 
-/// Readers of the four stores (cheap to clone).
+/// What a rollout targets, as the rollout index files it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A worker Deployment or the API's.
+    Deployment(String),
+    /// The API's ConfigMap.
+    ConfigMap(String),
+}
+
+/// The targets a rollout names (none when it does not deserialize).
+fn rollout_targets(r: &GuardedRollout) -> Vec<Target> {
+    let Ok(r) = &r.0 else { return vec![] };
+    r.spec
+        .workers
+        .iter()
+        .map(|w| Target::Deployment(w.deployment.clone()))
+        .chain([
+            Target::Deployment(r.spec.api.deployment.clone()),
+            Target::ConfigMap(r.spec.api.config_map.clone()),
+        ])
+        .collect()
+}
+
+/// One `key=value` label, as the pod index files pods.
+pub type Label = (String, String);
+
+/// The label the ReplicaSet controller adds to tell a Deployment's revisions apart: every pod has
+/// one, and no Deployment selects by it.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// A pod's labels but its template hash.
+fn pod_labels(p: &Pod) -> Vec<Label> {
+    p.metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != POD_TEMPLATE_HASH)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Readers of the four stores and the two indexes (cheap to clone).
 #[derive(Clone)]
 pub struct Caches {
     pub rollouts: Store<GuardedRollout>,
     pub deployments: Store<Deployment>,
     pub pods: Store<Pod>,
     pub config_maps: Store<ConfigMap>,
+    /// Rollouts by what they target.
+    pub rollouts_by_target: Index<GuardedRollout, Target>,
+    /// Pods by each of their labels (but the template hash).
+    pub pods_by_label: Index<Pod, Label>,
 }
 
-/// The writers behind [`Caches`], each consumed by the watch stream that fills it.
+/// The writers behind [`Caches`], each consumed by the watch stream that fills it (the indexes
+/// are written through their shared handles in [`Caches`]).
 pub struct Writers {
     pub rollouts: Writer<GuardedRollout>,
     pub deployments: Writer<Deployment>,
@@ -66,7 +118,7 @@ pub struct Writers {
     pub config_maps: Writer<ConfigMap>,
 }
 
-/// Empty stores and their writers.
+/// Empty stores and indexes, and the stores' writers.
 pub fn stores() -> (Caches, Writers) {
     let (rollouts, rw) = reflector::store();
     let (deployments, dw) = reflector::store();
@@ -77,6 +129,8 @@ pub fn stores() -> (Caches, Writers) {
         deployments,
         pods,
         config_maps,
+        rollouts_by_target: Index::new(rollout_targets),
+        pods_by_label: Index::new(pod_labels),
     };
     let writers = Writers {
         rollouts: rw,
@@ -102,10 +156,39 @@ impl Caches {
         self.rollouts.get(&ObjectRef::new(name).within(ns))
     }
 
-    /// The rollouts of namespace `ns` (ones that do not deserialize included).
-    pub fn rollouts_in(&self, ns: &str) -> Vec<Arc<GuardedRollout>> {
-        self.rollouts
-            .state_filter(|r| r.meta().namespace.as_deref() == Some(ns))
+    /// The rollouts of namespace `ns` that target `target` (ones that deserialize), by name.
+    pub fn rollouts_targeting(&self, ns: &str, target: &Target) -> Vec<Arc<GuardedRollout>> {
+        self.rollouts_by_target
+            .names(ns, target)
+            .into_iter()
+            .filter_map(|name| self.rollout(ns, &name))
+            .collect()
+    }
+
+    /// The other rollouts of namespace `ns` that target a Deployment `rollout` targets, each once.
+    pub fn rollouts_sharing_a_deployment(
+        &self,
+        ns: &str,
+        rollout: &Dedup2DRollout,
+    ) -> Vec<Arc<GuardedRollout>> {
+        let spec = &rollout.spec;
+        let mut names: Vec<String> = spec
+            .workers
+            .iter()
+            .map(|w| &w.deployment)
+            .chain([&spec.api.deployment])
+            .flat_map(|d| {
+                self.rollouts_by_target
+                    .names(ns, &Target::Deployment(d.clone()))
+            })
+            .filter(|n| Some(n.as_str()) != rollout.metadata.name.as_deref())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| self.rollout(ns, &name))
+            .collect()
     }
 
     pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
@@ -116,21 +199,44 @@ impl Caches {
         self.config_maps.get(&ObjectRef::new(name).within(ns))
     }
 
-    /// The pods of namespace `ns` whose labels `selector` matches (terminating ones included).
-    pub fn pods_selected(&self, ns: &str, selector: &Selector) -> Vec<Arc<Pod>> {
-        self.pods.state_filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns)
-                && selector.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
-        })
+    /// The pods of namespace `ns` that `selector` selects, terminating ones included (every pod
+    /// that matches, owned by the Deployment or not: an orphaned old pod still takes jobs). The
+    /// candidates are the pods carrying the selector's rarest `matchLabels` pair; a selector of
+    /// `matchExpressions` alone walks the namespace's pods. An empty or unparsable selector would
+    /// select the whole namespace: it selects no pods instead.
+    pub fn pods_selected(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<Pod>> {
+        let matcher = match Selector::try_from(selector.clone()) {
+            Ok(m) if !m.selects_all() => m,
+            _ => return vec![],
+        };
+        let matches =
+            |p: &Pod| matcher.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()));
+        let rarest = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| self.pods_by_label.names(ns, &(k.clone(), v.clone())))
+            .min_by_key(Vec::len);
+        match rarest {
+            Some(names) => names
+                .into_iter()
+                .filter_map(|name| self.pods.get(&ObjectRef::new(&name).within(ns)))
+                .filter(|p| matches(p))
+                .collect(),
+            None => self
+                .pods
+                .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns) && matches(p)),
+        }
     }
 }
 
-/// The watch of `api`, each object passed through `strip` and stored by `writer`; yields its events
-/// (for the controller's triggers).
+/// The watch of `api`, each object passed through `strip`, stored by `writer` and shown to
+/// `index`; yields its events (for the controller's triggers).
 pub fn reflected<K>(
     api: Api<K>,
     writer: Writer<K>,
     strip: fn(&mut K),
+    index: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
@@ -141,7 +247,15 @@ where
         .default_backoff()
         .modify(strip)
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                index(event);
+            }
+        })
 }
+
+/// An index hook that files nothing (for the stores that have no index).
+pub fn unindexed<K>(_: &watcher::Event<K>) {}
 
 /// Metadata without managedFields and the last-applied annotation.
 fn strip_meta(meta: &mut ObjectMeta, keep_managed_fields: bool) {
@@ -421,19 +535,45 @@ mod tests {
     }
 
     #[test]
-    fn pods_are_found_by_selector_within_the_namespace() {
+    fn pods_are_found_by_selector_within_the_namespace_owned_or_not() {
         let (caches, mut writers) = stores();
         let mut other_ns = pod();
         other_ns.metadata.namespace = Some("elsewhere".into());
         let mut other_app = pod();
         other_app.metadata.name = Some("x".into());
         other_app.metadata.labels = Some([("app".to_string(), "x".to_string())].into());
-        for p in [pod(), other_ns, other_app] {
-            writers.pods.apply_watcher_event(&watcher::Event::Apply(p));
+        let mut orphan = pod();
+        orphan.metadata.name = Some("w-orphan".into());
+        orphan.metadata.owner_references = None;
+        let mut gone = pod();
+        gone.metadata.name = Some("w-5d8f9-gone".into());
+        for p in [pod(), other_ns, other_app, orphan, gone.clone()] {
+            let event = watcher::Event::Apply(p);
+            writers.pods.apply_watcher_event(&event);
+            caches.pods_by_label.apply(&event);
         }
-        let sel: Selector = Selector::try_from(deployment().spec.unwrap().selector).unwrap();
-        let found = caches.pods_selected("ns", &sel);
-        assert_eq!(found.len(), 1);
-        assert_eq!(found[0].metadata.name.as_deref(), Some("w-5d8f9-abcde"));
+        let event = watcher::Event::Delete(gone);
+        writers.pods.apply_watcher_event(&event);
+        caches.pods_by_label.apply(&event);
+        let names = |sel: &LabelSelector| -> Vec<String> {
+            let mut n: Vec<_> = caches
+                .pods_selected("ns", sel)
+                .iter()
+                .map(|p| p.name_any())
+                .collect();
+            n.sort();
+            n
+        };
+        let by_labels = deployment().spec.unwrap().selector;
+        assert_eq!(names(&by_labels), ["w-5d8f9-abcde", "w-orphan"]);
+        let by_expression: LabelSelector = serde_json::from_value(
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["w"]}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            names(&by_expression),
+            names(&by_labels),
+            "the walk finds the same"
+        );
     }
 }

@@ -32,7 +32,7 @@ use kube::{
     runtime::{
         controller::{self, Action as Requeue},
         events::Reporter,
-        reflector::{ObjectRef, Store},
+        reflector::ObjectRef,
         watcher, Controller, WatchStreamExt,
     },
     Api, Client, Resource, ResourceExt,
@@ -42,7 +42,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{
     act::{self, ActError},
-    caches::{self, Caches, Writers},
+    caches::{self, Caches, Target, Writers},
     changes::changes_only,
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
     events::Announcer,
@@ -310,7 +310,7 @@ pub async fn run(
         }
     };
     let ctx = Arc::new(Context::new(client.clone(), caches, synced_rx, metrics));
-    let reconciling = watching_targets(&client, ns, writers)
+    let reconciling = watching_targets(&client, ns, &ctx.caches, writers)
         .with_config(controller::Config::default().concurrency(concurrency.max(1)))
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -332,43 +332,53 @@ pub async fn run(
 /// share a Deployment with them. The rollout, Deployment, Pod
 /// and ConfigMap watches fill the stores behind `writers`; the second rollout watch (for the
 /// others-sharing-a-Deployment trigger) stores nothing.
-fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller<GuardedRollout> {
+fn watching_targets(
+    client: &Client,
+    ns: Option<&str>,
+    caches: &Caches,
+    w: Writers,
+) -> Controller<GuardedRollout> {
     let store = w.rollouts.as_reader();
-    let rollouts = caches::reflected(
-        api::<GuardedRollout>(client, ns),
-        w.rollouts,
-        caches::strip_rollout,
-    )
-    .applied_objects();
-    let controller = Controller::for_stream(rollouts, store.clone());
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    let rollouts = {
+        let index = caches.rollouts_by_target.clone();
+        caches::reflected(
+            api::<GuardedRollout>(client, ns),
+            w.rollouts,
+            caches::strip_rollout,
+            move |e| index.apply(e),
+        )
+        .applied_objects()
+    };
+    let controller = Controller::for_stream(rollouts, store);
+    let pods = caches.pods_by_label.clone();
+    let (c1, c2, c3, c4) = (
+        caches.clone(),
+        caches.clone(),
+        caches.clone(),
+        caches.clone(),
+    );
     controller
         .watches_stream(
             changes_only(caches::reflected(
                 api(client, ns),
                 w.deployments,
                 caches::strip_deployment,
+                caches::unindexed,
             ))
             .touched_objects(),
-            move |d| {
-                let (ns, name) = (d.namespace(), d.name_any());
-                targeting(&s1, ns.as_deref(), |r| targets_deployment(r, &name))
-            },
+            move |d| targeting(&c1, d.namespace(), Target::Deployment(d.name_any())),
         )
         .watches_stream(
             changes_only(caches::reflected(
                 api(client, ns),
                 w.pods,
                 caches::strip_pod,
+                move |e| pods.apply(e),
             ))
             .touched_objects(),
-            move |p| {
-                let Some(deployment) = pod_deployment(&p) else {
-                    return vec![];
-                };
-                targeting(&s2, p.namespace().as_deref(), |r| {
-                    targets_deployment(r, &deployment)
-                })
+            move |p| match pod_deployment(&p) {
+                Some(deployment) => targeting(&c2, p.namespace(), Target::Deployment(deployment)),
+                None => vec![],
             },
         )
         .watches_stream(
@@ -376,14 +386,10 @@ fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller
                 api(client, ns),
                 w.config_maps,
                 caches::strip_config_map,
+                caches::unindexed,
             ))
             .touched_objects(),
-            move |c| {
-                let name = c.name_any();
-                targeting(&s3, c.namespace().as_deref(), |r| {
-                    r.spec.api.config_map == name
-                })
-            },
+            move |c| targeting(&c3, c.namespace(), Target::ConfigMap(c.name_any())),
         )
         .watches(
             api::<GuardedRollout>(client, ns),
@@ -393,27 +399,25 @@ fn watching_targets(client: &Client, ns: Option<&str>, w: Writers) -> Controller
                     return vec![];
                 };
                 // A new phase or the deletion of one rollout can end another's conflict.
-                targeting(&s4, changed.namespace().as_deref(), |r| {
-                    r.name_any() != changed.name_any() && share_a_deployment(r, changed)
-                })
+                let ns = changed.namespace().unwrap_or_default();
+                c4.rollouts_sharing_a_deployment(&ns, changed)
+                    .iter()
+                    .map(|r| ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
             },
         )
 }
 
-/// Rollouts in namespace `ns` for which `pred` holds (ones that did not deserialize never match).
+/// The rollouts of namespace `ns` that target `target` (ones that did not deserialize never do).
 fn targeting(
-    store: &Store<GuardedRollout>,
-    ns: Option<&str>,
-    pred: impl Fn(&Dedup2DRollout) -> bool,
+    caches: &Caches,
+    ns: Option<String>,
+    target: Target,
 ) -> Vec<ObjectRef<GuardedRollout>> {
-    store
-        .state()
+    caches
+        .rollouts_targeting(&ns.unwrap_or_default(), &target)
         .iter()
-        .filter(|g| {
-            g.0.as_ref()
-                .is_ok_and(|r| r.namespace().as_deref() == ns && pred(r))
-        })
-        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()
 }
 
@@ -777,23 +781,25 @@ mod tests {
 
     #[test]
     fn a_bad_rollout_never_matches_a_watched_target() {
-        let store_writer = {
-            let mut w = kube::runtime::reflector::store::Writer::<GuardedRollout>::default();
-            for (name, workers) in [
-                (
-                    "good",
-                    json!([{"deployment": "worker", "image": "reg/w:2"}]),
-                ),
-                ("bad", json!(7)),
-            ] {
-                let mut v = rollout_json(workers);
-                v["metadata"]["name"] = json!(name);
-                w.apply_watcher_event(&watcher::Event::Apply(serde_json::from_value(v).unwrap()));
-            }
-            w
-        };
-        let store = store_writer.as_reader();
-        let found = targeting(&store, Some("team-a"), |r| targets_deployment(r, "api"));
+        let (caches, mut writers) = caches::stores();
+        for (name, workers) in [
+            (
+                "good",
+                json!([{"deployment": "worker", "image": "reg/w:2"}]),
+            ),
+            ("bad", json!(7)),
+        ] {
+            let mut v = rollout_json(workers);
+            v["metadata"]["name"] = json!(name);
+            let event = watcher::Event::Apply(serde_json::from_value(v).unwrap());
+            writers.rollouts.apply_watcher_event(&event);
+            caches.rollouts_by_target.apply(&event);
+        }
+        let found = targeting(
+            &caches,
+            Some("team-a".into()),
+            Target::Deployment("api".into()),
+        );
         let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["good"]);
     }

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod events;
 pub mod finalizer;
 pub mod found;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

@@ -22,10 +22,7 @@ use k8s_openapi::{
     },
     jiff::Timestamp,
 };
-use kube::{
-    core::{ObjectMeta, Selector},
-    Api, Client, ResourceExt,
-};
+use kube::{core::ObjectMeta, Api, Client, ResourceExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
@@ -175,7 +172,7 @@ pub async fn observe(
             }));
     }
 
-    let others = caches.rollouts_in(&ns);
+    let others = caches.rollouts_sharing_a_deployment(&ns, rollout);
     let others = || others.iter().filter_map(|g| g.0.as_ref().ok());
     let conflicts = conflicts(rollout, others());
     let superseded_by = superseded_by(rollout, others());
@@ -280,15 +277,9 @@ async fn observe_redis_in_budget(
 /// A Deployment and its pods (found by its selector) from the caches.
 fn read_deployment(caches: &Caches, ns: &str, name: &str) -> Option<DeploymentObs> {
     let d = caches.deployment(ns, name)?;
-    let selector = d
-        .spec
-        .as_ref()
-        .map(|s| s.selector.clone())
-        .and_then(|s| Selector::try_from(s).ok());
-    let pods = match selector {
-        // An empty or unparsable selector would select the whole namespace: observe no pods instead.
-        Some(sel) if !sel.selects_all() => caches.pods_selected(ns, &sel),
-        _ => vec![],
+    let pods = match d.spec.as_ref() {
+        Some(spec) => caches.pods_selected(ns, &spec.selector),
+        None => vec![],
     };
     Some(deployment_obs(&d, pods.iter().map(AsRef::as_ref)))
 }
