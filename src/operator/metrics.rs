@@ -166,7 +166,9 @@ impl Default for OperatorMetrics {
             status_writes_coalesced,
             phases: Mutex::new(HashMap::new()),
         };
-        metrics.recount_phases(&HashMap::new());
+        for p in Phase::ALL {
+            metrics.count_phase(p, 0);
+        }
         metrics
     }
 }
@@ -182,8 +184,13 @@ impl OperatorMetrics {
         let phase = status.phase.unwrap_or_default();
         {
             let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
-            phases.insert((namespace.into(), name.into()), phase);
-            self.recount_phases(&phases);
+            let was = phases.insert((namespace.into(), name.into()), phase);
+            if was != Some(phase) {
+                self.count_phase(phase, 1);
+                if let Some(was) = was {
+                    self.count_phase(was, -1);
+                }
+            }
         }
         let labels = rollout_labels(namespace, name);
         match status.legacy_payloads {
@@ -218,24 +225,23 @@ impl OperatorMetrics {
     pub fn forget_rollout(&self, namespace: &str, name: &str) {
         {
             let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
-            phases.remove(&(namespace.to_string(), name.to_string()));
-            self.recount_phases(&phases);
+            if let Some(was) = phases.remove(&(namespace.to_string(), name.to_string())) {
+                self.count_phase(was, -1);
+            }
         }
         let labels = rollout_labels(namespace, name);
         self.legacy_payloads.remove(&labels);
         self.drain_remaining.remove(&labels);
     }
 
-    /// One `dedup2d_rollouts{phase}` series per phase, 0 when no rollout is in it.
-    fn recount_phases(&self, phases: &HashMap<(String, String), Phase>) {
-        for p in Phase::ALL {
-            let n = phases.values().filter(|q| **q == p).count() as i64;
-            self.rollouts
-                .get_or_create(&PhaseLabel {
-                    phase: p.to_string(),
-                })
-                .set(n);
-        }
+    /// Moves `dedup2d_rollouts{phase}` by `by` (one series per phase, 0 when no rollout is in
+    /// it; kept under the `phases` lock, so the counts always match the map).
+    fn count_phase(&self, phase: Phase, by: i64) {
+        self.rollouts
+            .get_or_create(&PhaseLabel {
+                phase: phase.to_string(),
+            })
+            .inc_by(by);
     }
 
     /// Counts one phase transition.
@@ -401,7 +407,9 @@ mod tests {
             ..Default::default()
         };
         m.observe_rollout("a", "r1", &draining);
+        m.observe_rollout("a", "r1", &draining);
         m.forget_rollout("a", "r2");
+        m.forget_rollout("a", "never-seen");
         let text = m.render();
         assert_eq!(
             line_value(&text, "dedup2d_rollouts{phase=\"Soaking\"}"),
