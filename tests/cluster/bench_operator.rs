@@ -39,7 +39,8 @@ use crate::support::{
     bench::{command_total, named_result_path, reset_command_stats},
     fleet::{
         apply_rollout, deployment, fleet, rolled_out, service_account_token_kubeconfig,
-        upgrade_spec, write_payloads, API_NEW, API_OLD, INCLUDE, MAX_BYTES, NEW_IMAGE, OLD_IMAGE,
+        upgrade_spec, wait_originals_released, write_payloads, API_NEW, API_OLD, INCLUDE,
+        MAX_BYTES, NEW_IMAGE, OLD_IMAGE,
     },
     kube::TestNamespace,
     operator::install_crd,
@@ -402,18 +403,15 @@ impl BenchOperator {
             .count()
     }
 
-    /// Waits until it leads and every rollout was reconciled at least once (the start-up burst),
-    /// then a few quiet seconds; at most `cap`. The seconds it took and the reconciles so far.
+    /// [`settle`] over this replica alone: the seconds it took and the reconciles so far.
     async fn settle(&self, rollouts: usize, cap: Duration) -> (f64, u64) {
-        let t0 = Instant::now();
-        while t0.elapsed() < cap {
-            if self.leads().await && self.reconciles().await >= rollouts as u64 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        (round(t0.elapsed().as_secs_f64()), self.reconciles().await)
+        let (secs, _) = settle(&[self], rollouts, cap).await;
+        (secs, self.reconciles().await)
+    }
+
+    /// Has it led through the start-up burst (it leads and reconciled every rollout once)?
+    async fn through_startup(&self, rollouts: usize) -> bool {
+        self.leads().await && self.reconciles().await >= rollouts as u64
     }
 
     /// SIGTERM (it releases its Lease), SIGKILL after 10 s.
@@ -810,6 +808,10 @@ impl IdleFleets {
             1,
             "the template rollout did not complete"
         );
+        // Copies must not carry the template's originals annotation (a Completed rollout removes
+        // it after persisting the phase), or every operator measured spends its first window
+        // removing 1,000 of them.
+        wait_originals_released(&ns, &first[0]).await;
         drop(op);
         let mut template = BTreeMap::new();
         let get = |v: serde_json::Result<Value>| as_template(v.unwrap());
@@ -913,14 +915,41 @@ async fn idle_window(bench: &mut Bench, op: &BenchOperator, label: &str, n: usiz
     out
 }
 
+/// Waits until one of `replicas` leads and has reconciled every rollout at least once (the
+/// start-up burst), then a few quiet seconds; at most `cap`. The seconds it took, and the index of
+/// the replica leading then (if any does).
+async fn settle(
+    replicas: &[&BenchOperator],
+    rollouts: usize,
+    cap: Duration,
+) -> (f64, Option<usize>) {
+    let t0 = Instant::now();
+    'wait: while t0.elapsed() < cap {
+        for r in replicas {
+            if r.through_startup(rollouts).await {
+                break 'wait;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut leading = None;
+    for (i, r) in replicas.iter().enumerate() {
+        if r.leads().await {
+            leading = Some(i);
+        }
+    }
+    (round(t0.elapsed().as_secs_f64()), leading)
+}
+
 /// Two replicas over the idle namespace; the leader is SIGKILLed once the start-up burst is over
 /// and started again; the Lease holder and both survivors' logs over the following window.
 async fn restart(bench: &mut Bench, fleets: &IdleFleets, label: &str, bin: &Path) -> Value {
     let ns = &fleets.ns.name;
     let a = BenchOperator::start(bench, label, bin, ns, &format!("restart-a-{label}"));
     let b = BenchOperator::start(bench, label, bin, ns, &format!("restart-b-{label}"));
-    let (startup_s, _) = a.settle(fleets.count, Duration::from_secs(300)).await;
-    let (mut leader, standby) = if a.leads().await { (a, b) } else { (b, a) };
+    let (startup_s, leading) = settle(&[&a, &b], fleets.count, Duration::from_secs(300)).await;
+    let (mut leader, standby) = if leading == Some(0) { (a, b) } else { (b, a) };
     let leases = fleets.ns.api::<Lease>();
     // `None` when the read failed; `Some(None)` while the Lease names no holder.
     let holder = || async {
