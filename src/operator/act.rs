@@ -151,25 +151,22 @@ where
         .map_err(kube_err(format!("reading {what}")))?
         .ok_or_else(|| ActError::Missing(what.clone()))?;
     let rv = current.resource_version();
-    let result = match values.is_empty() {
-        true => {
-            let params = PatchParams {
-                field_manager: Some(ORIGINALS_FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            api.patch(name, &params, &Patch::Merge(originals_clear(rv.as_deref())))
-                .await
-        }
-        false => {
-            let body = originals_apply(
-                (&K::api_version(&()), &K::kind(&())),
-                name,
-                rv.as_deref(),
-                values,
-            );
-            let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
-            api.patch(name, &ssa, &Patch::Apply(&body)).await
-        }
+    let result = if values.is_empty() {
+        let params = PatchParams {
+            field_manager: Some(ORIGINALS_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(name, &params, &Patch::Merge(originals_clear(rv.as_deref())))
+            .await
+    } else {
+        let body = originals_apply(
+            (&K::api_version(&()), &K::kind(&())),
+            name,
+            rv.as_deref(),
+            values,
+        );
+        let ssa = PatchParams::apply(ORIGINALS_FIELD_MANAGER).force();
+        api.patch(name, &ssa, &Patch::Apply(&body)).await
     };
     result.map_err(kube_err(format!(
         "applying {what} (its {ORIGINALS_ANNOTATION} annotation)"

@@ -576,4 +576,53 @@ mod tests {
             "the walk finds the same"
         );
     }
+
+    /// A rollout as the watch delivers it, from its workers and API Deployment.
+    fn guarded(name: &str, workers: &[&str], api: &str) -> GuardedRollout {
+        let workers: Vec<_> = workers
+            .iter()
+            .map(|w| json!({"deployment": w, "image": "i"}))
+            .collect();
+        serde_json::from_value(json!({
+            "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"workers": workers, "api": {"deployment": api, "configMap": "c"}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn rollouts_target_workers_and_the_api() {
+        let targets = rollout_targets(&guarded("r", &["w"], "a"));
+        let deployment = |d: &str| Target::Deployment(d.into());
+        assert!(targets.contains(&deployment("w")));
+        assert!(targets.contains(&deployment("a")));
+        assert!(!targets.contains(&deployment("c")));
+    }
+
+    #[test]
+    fn rollouts_on_a_common_deployment_are_related() {
+        let a = guarded("a", &["w1", "w2"], "api");
+        for (b, related) in [
+            (guarded("b", &["w2"], "api2"), true),
+            (guarded("c", &["x"], "api"), true),
+            (guarded("d", &["api"], "api3"), true),
+            (guarded("e", &["x"], "w1"), true),
+            (guarded("f", &["x", "y"], "z"), false),
+        ] {
+            let (caches, mut writers) = stores();
+            for r in [&a, &b] {
+                let event = watcher::Event::Apply(r.clone());
+                writers.rollouts.apply_watcher_event(&event);
+                caches.rollouts_by_target.apply(&event);
+            }
+            let sharing = |x: &GuardedRollout| {
+                !caches
+                    .rollouts_sharing_a_deployment("ns", x.0.as_ref().unwrap())
+                    .is_empty()
+            };
+            assert_eq!(sharing(&a), related, "{}", b.name_any());
+            assert_eq!(sharing(&b), related, "{} (symmetric)", b.name_any());
+        }
+    }
 }

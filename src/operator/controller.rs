@@ -421,20 +421,6 @@ fn targeting(
         .collect()
 }
 
-/// Does the rollout name this Deployment as a worker or as the API?
-pub fn targets_deployment(r: &Dedup2DRollout, deployment: &str) -> bool {
-    r.spec.api.deployment == deployment || r.spec.workers.iter().any(|w| w.deployment == deployment)
-}
-
-/// Do the two rollouts name a common Deployment (as a worker or as the API)?
-pub fn share_a_deployment(a: &Dedup2DRollout, b: &Dedup2DRollout) -> bool {
-    targets_deployment(a, &b.spec.api.deployment)
-        || b.spec
-            .workers
-            .iter()
-            .any(|w| targets_deployment(a, &w.deployment))
-}
-
 /// The Deployment a pod belongs to: its ReplicaSet owner's name without the pod-template hash.
 pub fn pod_deployment(pod: &Pod) -> Option<String> {
     let rs = pod
@@ -842,51 +828,6 @@ mod tests {
         assert_eq!(pod_deployment(&pod).as_deref(), Some("dedup2d-worker"));
         let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
         assert_eq!(pod_deployment(&bare), None);
-    }
-
-    #[test]
-    fn rollouts_target_workers_and_the_api() {
-        let r: Dedup2DRollout = serde_json::from_value(json!({
-            "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
-            "metadata": {"name": "r", "namespace": "ns"},
-            "spec": {"workers": [{"deployment": "w", "image": "i"}], "api": {"deployment": "a", "configMap": "c"}}
-        }))
-        .unwrap();
-        assert!(targets_deployment(&r, "w"));
-        assert!(targets_deployment(&r, "a"));
-        assert!(!targets_deployment(&r, "c"));
-    }
-
-    #[test]
-    fn rollouts_on_a_common_deployment_are_related() {
-        let r = |name: &str, workers: &[&str], api: &str| -> Dedup2DRollout {
-            let workers: Vec<_> = workers
-                .iter()
-                .map(|w| json!({"deployment": w, "image": "i"}))
-                .collect();
-            serde_json::from_value(json!({
-                "apiVersion": "dedup2d.io/v1alpha1", "kind": "Dedup2DRollout",
-                "metadata": {"name": name, "namespace": "ns"},
-                "spec": {"workers": workers, "api": {"deployment": api, "configMap": "c"}}
-            }))
-            .unwrap()
-        };
-        let a = r("a", &["w1", "w2"], "api");
-        for (b, related) in [
-            (r("b", &["w2"], "api2"), true),
-            (r("c", &["x"], "api"), true),
-            (r("d", &["api"], "api3"), true),
-            (r("e", &["x"], "w1"), true),
-            (r("f", &["x", "y"], "z"), false),
-        ] {
-            assert_eq!(share_a_deployment(&a, &b), related, "{}", b.name_any());
-            assert_eq!(
-                share_a_deployment(&b, &a),
-                related,
-                "{} (symmetric)",
-                b.name_any()
-            );
-        }
     }
 
     #[test]

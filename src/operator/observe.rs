@@ -28,7 +28,6 @@ use tokio::sync::Mutex;
 
 use super::{
     caches::Caches,
-    controller::share_a_deployment,
     crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
     drain::{self, ActiveFigures, SCAN_BATCH},
     found::{Check, FoundKeys, MAX_FOUND_KEYS},
@@ -639,11 +638,8 @@ fn sharing_a_deployment<'a>(
             .collect()
     };
     let mine = targets(this);
-    // The allocation-free test first: a reconcile walks every rollout of the namespace, and
-    // almost none share a Deployment with this one.
     let mut out: Vec<String> = all
         .into_iter()
-        .filter(|o| share_a_deployment(this, o))
         .filter(|o| o.uid() != this.uid() && o.name_any() != this.name_any())
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter(|o| pred(o))
