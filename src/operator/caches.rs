@@ -2,12 +2,12 @@
 //! ConfigMaps, filled by the same watches that wake the controller, so a reconcile reads its world
 //! from memory instead of the API server.
 //!
-//! Objects are stripped before they are stored, keeping what the observer maps into the snapshot:
-//! Pods keep their metadata (without managedFields), container names and images, and the Ready
-//! condition; Deployments keep the part of their managedFields that names who owns a field the
-//! operator writes (each entry's tree cut to those fields) but lose the last-applied annotation and
-//! the pod template's volumes and probes; ConfigMaps keep only the keys the planner and the drain
-//! read (and who owns them). Writes never use these copies: an apply reads its target fresh.
+//! Pods and Deployments are held in the compact types of `cached`, which keep only what the
+//! observer maps into the snapshot. Objects are stripped before they are stored: Pods lose their
+//! managedFields and every condition but Ready; Deployments keep the part of their managedFields
+//! that names who owns a field the operator writes (each entry's tree cut to those fields) and
+//! lose the last-applied annotation; ConfigMaps keep only the keys the planner and the drain read
+//! (and who owns them). Writes never use these copies: an apply reads its target fresh.
 //!
 //! Two indexes (`index`) sit beside the stores, kept from the same events: pods by their labels,
 //! rollouts by the Deployments and ConfigMap they target. Every per-rollout read
@@ -17,10 +17,7 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Container, Pod, PodCondition, PodSpec, PodStatus},
-    },
+    api::core::v1::ConfigMap,
     apimachinery::pkg::apis::meta::v1::{FieldsV1, LabelSelector, ManagedFieldsEntry},
     NamespaceResourceScope,
 };
@@ -35,6 +32,7 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{
+    cached::{CachedDeployment, CachedPod},
     controller::GuardedRollout,
     crd::Dedup2DRollout,
     index::Index,
@@ -86,7 +84,7 @@ pub type Label = (String, String);
 const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// A pod's labels but its template hash.
-fn pod_labels(p: &Pod) -> Vec<Label> {
+fn pod_labels(p: &CachedPod) -> Vec<Label> {
     p.metadata
         .labels
         .iter()
@@ -100,21 +98,21 @@ fn pod_labels(p: &Pod) -> Vec<Label> {
 #[derive(Clone)]
 pub struct Caches {
     pub rollouts: Store<GuardedRollout>,
-    pub deployments: Store<Deployment>,
-    pub pods: Store<Pod>,
+    pub deployments: Store<CachedDeployment>,
+    pub pods: Store<CachedPod>,
     pub config_maps: Store<ConfigMap>,
     /// Rollouts by what they target.
     pub rollouts_by_target: Index<GuardedRollout, Target>,
     /// Pods by each of their labels (but the template hash).
-    pub pods_by_label: Index<Pod, Label>,
+    pub pods_by_label: Index<CachedPod, Label>,
 }
 
 /// The writers behind [`Caches`], each consumed by the watch stream that fills it (the indexes
 /// are written through their shared handles in [`Caches`]).
 pub struct Writers {
     pub rollouts: Writer<GuardedRollout>,
-    pub deployments: Writer<Deployment>,
-    pub pods: Writer<Pod>,
+    pub deployments: Writer<CachedDeployment>,
+    pub pods: Writer<CachedPod>,
     pub config_maps: Writer<ConfigMap>,
 }
 
@@ -191,7 +189,7 @@ impl Caches {
             .collect()
     }
 
-    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<Deployment>> {
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<Arc<CachedDeployment>> {
         self.deployments.get(&ObjectRef::new(name).within(ns))
     }
 
@@ -204,13 +202,14 @@ impl Caches {
     /// candidates are the pods carrying the selector's rarest `matchLabels` pair; a selector of
     /// `matchExpressions` alone walks the namespace's pods. An empty or unparsable selector would
     /// select the whole namespace: it selects no pods instead.
-    pub fn pods_selected(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<Pod>> {
+    pub fn pods_selected(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<CachedPod>> {
         let matcher = match Selector::try_from(selector.clone()) {
             Ok(m) if !m.selects_all() => m,
             _ => return vec![],
         };
-        let matches =
-            |p: &Pod| matcher.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()));
+        let matches = |p: &CachedPod| {
+            matcher.matches(p.metadata.labels.as_ref().unwrap_or(&Default::default()))
+        };
         let rarest = selector
             .match_labels
             .iter()
@@ -298,57 +297,30 @@ pub fn strip_rollout(r: &mut GuardedRollout) {
 }
 
 /// A pod as `observe::pod_obs` and `controller::pod_deployment` read it.
-pub fn strip_pod(p: &mut Pod) {
+pub fn strip_pod(p: &mut CachedPod) {
     strip_meta(&mut p.metadata, false);
-    if let Some(spec) = p.spec.as_mut() {
-        *spec = PodSpec {
-            containers: spec.containers.iter().map(name_and_image).collect(),
-            ..Default::default()
-        };
-    }
-    if let Some(status) = p.status.as_mut() {
-        let ready: Vec<PodCondition> = status
-            .conditions
-            .iter()
-            .flatten()
-            .filter(|c| c.type_ == "Ready")
-            .cloned()
-            .collect();
-        *status = PodStatus {
-            conditions: Some(ready),
-            ..Default::default()
-        };
-    }
+    p.status.conditions.retain(|c| c.type_ == "Ready");
+    p.status.conditions.shrink_to_fit();
 }
 
-fn name_and_image(c: &Container) -> Container {
-    Container {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        ..Default::default()
-    }
-}
-
-/// A Deployment as `observe::deployment_obs` reads it: containers keep name, image and where their
-/// environment comes from.
-pub fn strip_deployment(d: &mut Deployment) {
+/// A Deployment as `observe::deployment_obs` reads it: of its containers' environment, only the
+/// entries that read a ConfigMap.
+pub fn strip_deployment(d: &mut CachedDeployment) {
     strip_meta(&mut d.metadata, true);
     keep_managed_fields(&mut d.metadata, managed::deployment_fields_kept);
-    let Some(pod_spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+    let Some(spec) = d.spec.as_mut() else {
         return;
     };
-    *pod_spec = PodSpec {
-        containers: pod_spec
-            .containers
-            .iter()
-            .map(|c| Container {
-                env: c.env.clone(),
-                env_from: c.env_from.clone(),
-                ..name_and_image(c)
-            })
-            .collect(),
-        ..Default::default()
-    };
+    for c in &mut spec.template.spec.containers {
+        c.env.retain(|e| {
+            e.value_from
+                .as_ref()
+                .is_some_and(|v| v.config_map_key_ref.is_some())
+        });
+        c.env_from.retain(|e| e.config_map_ref.is_some());
+        c.env.shrink_to_fit();
+        c.env_from.shrink_to_fit();
+    }
 }
 
 /// A ConfigMap with only the keys the operator reads.
@@ -392,8 +364,9 @@ mod tests {
         ])
     }
 
-    fn pod() -> Pod {
-        serde_json::from_value(json!({
+    /// A pod as the API serves it.
+    fn pod_json() -> serde_json::Value {
+        json!({
             "metadata": {"name": "w-5d8f9-abcde", "namespace": "ns", "labels": {"app": "w"},
                 "annotations": {"a": "b"},
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "w-5d8f9", "uid": "u"}],
@@ -403,19 +376,23 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.0.0.1",
                 "conditions": [{"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}],
                 "containerStatuses": [{"name": "worker", "image": "w:2", "imageID": "x", "ready": true, "restartCount": 0}]}
-        }))
-        .unwrap()
+        })
     }
 
-    fn deployment() -> Deployment {
+    fn pod() -> CachedPod {
+        serde_json::from_value(pod_json()).unwrap()
+    }
+
+    fn deployment() -> CachedDeployment {
         serde_json::from_value(json!({
             "metadata": {"name": "w", "namespace": "ns", "generation": 3, "managedFields": deployment_managed(),
                 "annotations": {LAST_APPLIED: "{...}"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "w"}},
                 "template": {"metadata": {"labels": {"app": "w"}, "annotations": {"dedup2d.io/payload-config": "h"}},
                     "spec": {"containers": [{"name": "worker", "image": "w:2",
-                        "envFrom": [{"configMapRef": {"name": "cfg"}}],
-                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "other", "key": "x"}}}],
+                        "envFrom": [{"configMapRef": {"name": "cfg"}}, {"secretRef": {"name": "s"}}],
+                        "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "other", "key": "x"}}},
+                            {"name": "E", "value": "v"}, {"name": "F", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                         "readinessProbe": {"exec": {"command": ["true"]}}}],
                     "volumes": [{"name": "v", "emptyDir": {}}]}}},
             "status": {"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
@@ -435,19 +412,10 @@ mod tests {
         );
         assert_eq!(stripped.metadata.labels, full.metadata.labels);
         assert!(stripped.metadata.managed_fields.is_none());
-        let spec = stripped.spec.as_ref().unwrap();
-        assert!(spec.volumes.is_none() && spec.node_name.is_none());
-        assert!(spec.containers[0].env.is_none() && spec.containers[0].args.is_none());
-        let status = stripped.status.as_ref().unwrap();
-        assert!(status.container_statuses.is_none() && status.phase.is_none());
-        assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
-        let size = |p: &Pod| serde_json::to_vec(p).unwrap().len();
-        assert!(
-            size(&stripped) * 2 < size(&full),
-            "{} of {}",
-            size(&stripped),
-            size(&full)
-        );
+        assert_eq!(stripped.status.conditions.len(), 1, "Ready only");
+        let kept = serde_json::to_vec(&stripped).unwrap().len();
+        let served = serde_json::to_vec(&pod_json()).unwrap().len();
+        assert!(kept * 2 < served, "{kept} of {served}");
     }
 
     #[test]
@@ -470,7 +438,7 @@ mod tests {
         );
         let entries = stripped.metadata.managed_fields.as_ref().unwrap();
         assert_eq!(entries.len(), 1, "the status entry is dropped");
-        let tree = |d: &Deployment| {
+        let tree = |d: &CachedDeployment| {
             serde_json::to_string(&d.metadata.managed_fields)
                 .unwrap()
                 .len()
@@ -481,15 +449,12 @@ mod tests {
             tree(&stripped),
             tree(&full)
         );
-        let template = stripped
-            .spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap();
-        assert!(template.volumes.is_none() && template.containers[0].readiness_probe.is_none());
+        let container = &stripped.spec.as_ref().unwrap().template.spec.containers[0];
+        assert_eq!(
+            (container.env.len(), container.env_from.len()),
+            (1, 1),
+            "only the environment read from a ConfigMap is kept"
+        );
         assert!(!stripped.annotations().contains_key(LAST_APPLIED));
     }
 

@@ -25,7 +25,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     api::ListParams,
     core::{error_boundary::InvalidObject, DeserializeGuard},
@@ -42,6 +42,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{
     act::{self, ActError},
+    cached::CachedPod,
     caches::{self, Caches, Target, Writers},
     changes::changes_only,
     crd::{Dedup2DRollout, Phase, FIELD_MANAGER},
@@ -422,7 +423,7 @@ fn targeting(
 }
 
 /// The Deployment a pod belongs to: its ReplicaSet owner's name without the pod-template hash.
-pub fn pod_deployment(pod: &Pod) -> Option<String> {
+pub fn pod_deployment(pod: &CachedPod) -> Option<String> {
     let rs = pod
         .metadata
         .owner_references
@@ -822,11 +823,11 @@ mod tests {
 
     #[test]
     fn pods_map_to_their_deployment() {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "dedup2d-worker-5d8f9-abcde",
+        let pod: CachedPod = serde_json::from_value(json!({"metadata": {"name": "dedup2d-worker-5d8f9-abcde",
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "dedup2d-worker-5d8f9", "uid": "u"}]}}))
         .unwrap();
         assert_eq!(pod_deployment(&pod).as_deref(), Some("dedup2d-worker"));
-        let bare: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        let bare: CachedPod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
         assert_eq!(pod_deployment(&bare), None);
     }
 

@@ -5,6 +5,7 @@
 pub use dedup2d_core::{conditions, crd, duration, managed, plan, snapshot};
 
 pub mod act;
+pub mod cached;
 pub mod caches;
 pub mod changes;
 pub mod controller;

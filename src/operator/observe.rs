@@ -16,10 +16,7 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Pod, PodSpec, Secret},
-    },
+    api::core::v1::{ConfigMap, Secret},
     jiff::Timestamp,
 };
 use kube::{core::ObjectMeta, Api, Client, ResourceExt};
@@ -27,6 +24,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 
 use super::{
+    cached::{CachedDeployment, CachedPod, TemplateContainer},
     caches::Caches,
     crd::{Dedup2DRollout, Dedup2DRolloutSpec, FIELD_MANAGER, ORIGINALS_ANNOTATION},
     drain::{self, ActiveFigures, SCAN_BATCH},
@@ -484,21 +482,19 @@ pub fn redis_target(
 
 /// A Deployment and its pods as the planner sees them.
 pub fn deployment_obs<'a>(
-    d: &Deployment,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    d: &CachedDeployment,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
 ) -> DeploymentObs {
     let name = d.name_any();
     let spec = d.spec.as_ref();
     let status = d.status.as_ref();
     let template = spec.map(|s| &s.template);
-    let pod_spec = template.and_then(|t| t.spec.as_ref());
-    let progress_deadline_exceeded = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-            })
-        });
+    let template_containers = template.map_or(&[][..], |t| &t.spec.containers);
+    let progress_deadline_exceeded = status.is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        })
+    });
     let deployment_name = name.clone();
     DeploymentObs {
         generation: d.metadata.generation.unwrap_or(0),
@@ -508,12 +504,14 @@ pub fn deployment_obs<'a>(
         updated_replicas: status.and_then(|s| s.updated_replicas).unwrap_or(0),
         available_replicas: status.and_then(|s| s.available_replicas).unwrap_or(0),
         progress_deadline_exceeded,
-        containers: pod_spec.map(containers).unwrap_or_default(),
+        containers: template_containers
+            .iter()
+            .map(|c| name_and_image(&c.name, &c.image))
+            .collect(),
         template_annotations: template
-            .and_then(|t| t.metadata.as_ref())
-            .map(annotations)
+            .map(|t| t.metadata.annotations.clone())
             .unwrap_or_default(),
-        reads_config_maps: pod_spec.map(reads_config_maps).unwrap_or_default(),
+        reads_config_maps: reads_config_maps(template_containers),
         pods: pods.into_iter().map(pod_obs).collect(),
         managers: managed::managers(d.managed_fields(), FIELD_MANAGER, |f| {
             managed::deployment_fields(&deployment_name, f)
@@ -524,25 +522,27 @@ pub fn deployment_obs<'a>(
 }
 
 /// One pod: its containers, annotations, readiness, and whether it is terminating.
-pub fn pod_obs(p: &Pod) -> PodObs {
+pub fn pod_obs(p: &CachedPod) -> PodObs {
     PodObs {
         name: p.name_any(),
-        containers: p.spec.as_ref().map(containers).unwrap_or_default(),
+        containers: p
+            .spec
+            .containers
+            .iter()
+            .map(|c| name_and_image(&c.name, &c.image))
+            .collect(),
         annotations: annotations(&p.metadata),
         ready: p
             .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
         terminating: p.metadata.deletion_timestamp.is_some(),
     }
 }
 
-fn containers(spec: &PodSpec) -> Vec<(String, String)> {
-    spec.containers
-        .iter()
-        .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
-        .collect()
+fn name_and_image(name: &str, image: &Option<String>) -> (String, String) {
+    (name.to_string(), image.clone().unwrap_or_default())
 }
 
 fn annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
@@ -551,20 +551,17 @@ fn annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
 
 /// ConfigMaps the pod's containers read into their environment (`envFrom.configMapRef`,
 /// `env[].valueFrom.configMapKeyRef`), sorted and unique.
-pub fn reads_config_maps(spec: &PodSpec) -> Vec<String> {
-    let mut out: Vec<String> = spec
-        .containers
+pub fn reads_config_maps(containers: &[TemplateContainer]) -> Vec<String> {
+    let mut out: Vec<String> = containers
         .iter()
         .flat_map(|c| {
             let from = c
                 .env_from
                 .iter()
-                .flatten()
                 .filter_map(|e| e.config_map_ref.as_ref().map(|r| r.name.clone()));
             let keys = c
                 .env
                 .iter()
-                .flatten()
                 .filter_map(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
                 .map(|r| r.name.clone());
             from.chain(keys).collect::<Vec<_>>()
@@ -682,7 +679,7 @@ mod tests {
     use k8s_openapi::ByteString;
     use serde_json::json;
 
-    fn deployment() -> Deployment {
+    fn deployment() -> CachedDeployment {
         serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "api", "generation": 3, "managedFields": [
@@ -707,7 +704,7 @@ mod tests {
         .unwrap()
     }
 
-    fn pod(name: &str, image: &str, ready: bool, terminating: bool) -> Pod {
+    fn pod(name: &str, image: &str, ready: bool, terminating: bool) -> CachedPod {
         let mut v = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "annotations": {"a": "b"}},
@@ -764,7 +761,7 @@ mod tests {
 
     #[test]
     fn pod_without_status_is_not_ready() {
-        let p: Pod = serde_json::from_value(
+        let p: CachedPod = serde_json::from_value(
             json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c"}]}}),
         )
         .unwrap();
