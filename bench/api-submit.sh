@@ -4,7 +4,8 @@
 # (SMEMBERS + an HGET per member), side by side, each on a private redis-server, per block of
 # 1/10 of the submits; writes bench/results/api-submit.json. A measurement, not a test: nothing
 # here is timed. Needs redis-server (hack/lib/peers.sh installs it). DEDUP2D_BENCH_SUBMITS
-# (default 10000 per pass) and DEDUP2D_BENCH_CONCURRENCY (default 1,8,32) size it; the API is
+# (default 10000 per pass), DEDUP2D_BENCH_CONCURRENCY (default 1,8,32) and DEDUP2D_BENCH_ROUNDS
+# (default 5: the API and script passes are repeated, each block's figure the median) size it; the API is
 # built with the release profile unless DEDUP2D_BENCH_PROFILE says otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::bench::{command_calls, reset_command_stats};
+use crate::support::measure::median_of;
 use crate::support::peer_scripts::run_peer_async;
 use crate::support::redis::RedisServer;
 
@@ -241,12 +242,7 @@ async fn worker_throughput_against_arq() {
             ours.push(measure(&redis, "dedup2d", concurrency, n, sleep).await);
             arq.push(measure(&redis, "arq", concurrency, n, sleep).await);
         }
-        let median = |side: &[Value], k: &str| {
-            let mut v: Vec<f64> = side.iter().map(|r| r[k].as_f64().unwrap()).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let ratio = |k: &str| round(median(&ours, k) / median(&arq, k), 2);
+        let ratio = |k: &str| round(median_of(&ours, k) / median_of(&arq, k), 2);
         let per_round: Vec<f64> = ours
             .iter()
             .zip(&arq)
@@ -260,8 +256,8 @@ async fn worker_throughput_against_arq() {
         ratios.push(json!({
             "concurrency": concurrency,
             "rounds": rounds,
-            "jobs_per_s_ours_median": median(&ours, "jobs_per_s"),
-            "jobs_per_s_arq_median": median(&arq, "jobs_per_s"),
+            "jobs_per_s_ours_median": median_of(&ours, "jobs_per_s"),
+            "jobs_per_s_arq_median": median_of(&arq, "jobs_per_s"),
             "jobs_per_s_ours_over_arq": ratio("jobs_per_s"),
             "jobs_per_s_ours_over_arq_by_round": per_round,
             "commands_per_job_ours_over_arq": ratio("redis_commands_per_job"),

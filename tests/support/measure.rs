@@ -136,3 +136,19 @@ pub async fn load_payload_mix(
     }
     (legacy, bytes)
 }
+
+/// The median of field `key` over `rows` (the upper one of an even count), for figures taken
+/// over several rounds.
+pub fn median_of(rows: &[serde_json::Value], key: &str) -> f64 {
+    let mut v: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            r[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} is not a number in {r}"))
+        })
+        .collect();
+    assert!(!v.is_empty(), "no rows to take the median of {key} from");
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
