@@ -37,7 +37,7 @@ pub struct PodStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// A container's name and image (a pod's, or a pod template's).
+/// A pod's container: its name and image.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {

@@ -506,7 +506,7 @@ pub fn deployment_obs<'a>(
         progress_deadline_exceeded,
         containers: template_containers
             .iter()
-            .map(|c| name_and_image(&c.name, &c.image))
+            .map(|c| name_and_image(&c.name, c.image.as_deref()))
             .collect(),
         template_annotations: template
             .map(|t| t.metadata.annotations.clone())
@@ -529,7 +529,7 @@ pub fn pod_obs(p: &CachedPod) -> PodObs {
             .spec
             .containers
             .iter()
-            .map(|c| name_and_image(&c.name, &c.image))
+            .map(|c| name_and_image(&c.name, c.image.as_deref()))
             .collect(),
         annotations: annotations(&p.metadata),
         ready: p
@@ -541,8 +541,8 @@ pub fn pod_obs(p: &CachedPod) -> PodObs {
     }
 }
 
-fn name_and_image(name: &str, image: &Option<String>) -> (String, String) {
-    (name.to_string(), image.clone().unwrap_or_default())
+fn name_and_image(name: &str, image: Option<&str>) -> (String, String) {
+    (name.to_string(), image.unwrap_or_default().to_string())
 }
 
 fn annotations(meta: &ObjectMeta) -> BTreeMap<String, String> {
