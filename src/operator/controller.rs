@@ -401,10 +401,7 @@ fn watching_targets(
                 };
                 // A new phase or the deletion of one rollout can end another's conflict.
                 let ns = changed.namespace().unwrap_or_default();
-                c4.rollouts_sharing_a_deployment(&ns, changed)
-                    .iter()
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
+                refs(&c4.rollouts_sharing_a_deployment(&ns, changed))
             },
         )
 }
@@ -415,8 +412,12 @@ fn targeting(
     ns: Option<String>,
     target: Target,
 ) -> Vec<ObjectRef<GuardedRollout>> {
-    caches
-        .rollouts_targeting(&ns.unwrap_or_default(), &target)
+    refs(&caches.rollouts_targeting(&ns.unwrap_or_default(), &target))
+}
+
+/// The controller's references to `rollouts`.
+fn refs(rollouts: &[Arc<GuardedRollout>]) -> Vec<ObjectRef<GuardedRollout>> {
+    rollouts
         .iter()
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect()

@@ -178,9 +178,8 @@ async fn a_completed_rollout_clears_originals_another_manager_also_owns_once() {
     s.wait("r", Phase::Completed).await;
     wait_originals_released(ns, "r").await;
 
-    let image_field = field_id::image("worker-a", "worker");
     let encoded = serde_json::to_string(&Originals::from([(
-        image_field.clone(),
+        field_id::image("worker-a", "worker"),
         Some(OLD_IMAGE.to_string()),
     )]))
     .unwrap();
